@@ -1,0 +1,50 @@
+# ivyvm: the two commands a newcomer needs are `make demo` and `make test`.
+# Both do all set-up themselves: a virtualenv with the package (whose cffi
+# build compiles native/), then the guest programs.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+IVYVM  := $(VENV)/bin/ivyvm
+STAMP  := $(VENV)/.installed
+
+NATIVE_SOURCES := $(wildcard native/*.c native/*.h native/*.py)
+
+.PHONY: all setup guests demo demo-single test bench clean distclean
+
+all: setup guests
+
+setup: $(STAMP)
+
+# The stamp depends on the native sources so an edit to the C core rebuilds
+# the compiled module on the next `make`.
+$(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel cffi
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	touch $@
+
+guests:
+	$(MAKE) -C guest
+
+# The demo: one guest whose 2 vCPUs run in two node processes sharing its RAM.
+demo: setup guests
+	$(IVYVM) run guest/build/hello.elf --vcpus 2 --nodes 2
+
+# The same guest on one node.
+demo-single: setup guests
+	$(IVYVM) run guest/build/hello.elf --vcpus 2
+
+test: setup guests
+	$(PY) -m pytest -q tests
+
+bench: setup guests
+	mkdir -p bench/results
+	$(PY) bench/run.py --json bench/results/bench.json
+
+clean:
+	$(MAKE) -C guest clean
+	rm -rf build bench/results hypervisor/_ivy_native*.so hypervisor/_ivy_native.c
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

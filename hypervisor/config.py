@@ -1,0 +1,188 @@
+"""Cluster configuration: which node runs which vCPUs, where each listens.
+
+One file describes a whole cluster and every host is given the same file
+(``ivyvm node --config cluster.toml --id K``). ``ivyvm run --nodes N`` builds
+the same structure in memory for N processes on loopback.
+
+The secret never appears in the file or on a command line: it is read from
+``secret_file`` or from the environment variable IVYVM_SECRET.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SECRET_ENV = "IVYVM_SECRET"
+MAX_NODES = 64
+MAX_VCPUS = 64
+READ_OWNERSHIP = ("giantvm", "ivy")
+MANAGERS = ("dynamic", "central", "fixed")
+
+
+class ConfigError(Exception):
+    """A cluster description that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    id: int
+    host: str
+    port: int
+    vcpus: tuple[int, ...]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def control_address(self) -> tuple[str, int]:
+        # The control channel (forwarded I/O, interrupts, stop) listens next
+        # to the DSM port so a config names one port per node.
+        return (self.host, self.port + 1)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    image: Path
+    vcpus: int
+    mem: int
+    nodes: tuple[NodeSpec, ...]
+    read_ownership: str = "giantvm"
+    manager: str = "dynamic"
+    secret_file: Path | None = field(default=None)
+
+    @property
+    def nnodes(self) -> int:
+        return len(self.nodes)
+
+    def node_of_vcpu(self, vcpu: int) -> int:
+        for node in self.nodes:
+            if vcpu in node.vcpus:
+                return node.id
+        raise ConfigError(f"vCPU {vcpu} is placed on no node")
+
+    def read_secret(self) -> bytes:
+        """The cluster secret, from the environment or from secret_file."""
+        env = os.environ.get(SECRET_ENV)
+        if env:
+            return env.encode()
+        if self.secret_file is None:
+            raise ConfigError(f"no cluster secret: set {SECRET_ENV} or secret_file in the config")
+        try:
+            secret = self.secret_file.read_bytes().strip()
+        except OSError as err:
+            raise ConfigError(f"cannot read secret_file {self.secret_file}: {err.strerror}") from None
+        if len(secret) < 16:
+            raise ConfigError(f"secret in {self.secret_file} is {len(secret)} bytes; at least 16 are needed")
+        return secret
+
+
+def contiguous_placement(vcpus: int, nnodes: int) -> list[tuple[int, ...]]:
+    """vCPU i runs on node floor(i * N / vcpus): contiguous, balanced ranges."""
+    placement: list[list[int]] = [[] for _ in range(nnodes)]
+    for vcpu in range(vcpus):
+        placement[vcpu * nnodes // vcpus].append(vcpu)
+    return [tuple(p) for p in placement]
+
+
+def parse_size(text: str | int) -> int:
+    """'64M', '1G', '4096K' or a plain number of bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1
+    if raw and raw[-1] in units:
+        scale = units[raw[-1]]
+        raw = raw[:-1]
+    if not raw.isdigit():
+        raise ConfigError(f"bad size {text!r}: expected a number with an optional K, M or G suffix")
+    return int(raw) * scale
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65535:
+        raise ConfigError(f"bad address {text!r}: expected HOST:PORT with PORT in 1..65534")
+    return host.strip("[]"), int(port)
+
+
+def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list[int],
+                     read_ownership: str = "giantvm", manager: str = "dynamic") -> ClusterConfig:
+    """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1."""
+    if not 1 <= nnodes <= min(MAX_NODES, vcpus):
+        raise ConfigError(f"--nodes {nnodes}: must be between 1 and the vCPU count ({vcpus})")
+    placement = contiguous_placement(vcpus, nnodes)
+    nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i], placement[i]) for i in range(nnodes))
+    return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager))
+
+
+def load_config(path: Path) -> ClusterConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    cluster = data.get("cluster")
+    raw_nodes = data.get("node")
+    if not isinstance(cluster, dict) or not isinstance(raw_nodes, list) or not raw_nodes:
+        raise ConfigError(f"{path}: needs a [cluster] table and at least one [[node]]")
+    base = path.parent
+    try:
+        vcpus = int(cluster["vcpus"])
+        image = base / str(cluster["image"])
+    except KeyError as err:
+        raise ConfigError(f"{path}: [cluster] lacks {err.args[0]!r}") from None
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: [cluster] vcpus must be a whole number") from None
+    mem = parse_size(cluster.get("mem", "64M"))
+    secret_file = cluster.get("secret_file")
+    nnodes = len(raw_nodes)
+    default_placement = contiguous_placement(vcpus, nnodes) if nnodes <= vcpus else []
+    nodes = []
+    for index, raw in enumerate(raw_nodes):
+        if not isinstance(raw, dict) or "address" not in raw:
+            raise ConfigError(f"{path}: [[node]] number {index} lacks an address")
+        node_id = int(raw.get("id", index))
+        host, port = parse_address(str(raw["address"]))
+        if "vcpus" in raw:
+            placed = tuple(int(v) for v in raw["vcpus"])
+        elif default_placement:
+            placed = default_placement[node_id] if node_id < nnodes else ()
+        else:
+            placed = ()
+        nodes.append(NodeSpec(node_id, host, port, placed))
+    config = ClusterConfig(
+        image=image, vcpus=vcpus, mem=mem, nodes=tuple(sorted(nodes, key=lambda n: n.id)),
+        read_ownership=str(cluster.get("read_ownership", "giantvm")),
+        manager=str(cluster.get("manager", "dynamic")),
+        secret_file=(base / secret_file) if secret_file else None,
+    )
+    return _checked(config)
+
+
+def _checked(config: ClusterConfig) -> ClusterConfig:
+    if not 1 <= config.vcpus <= MAX_VCPUS:
+        raise ConfigError(f"vcpus {config.vcpus}: must be between 1 and {MAX_VCPUS}")
+    if not 1 <= config.nnodes <= MAX_NODES:
+        raise ConfigError(f"{config.nnodes} nodes: must be between 1 and {MAX_NODES}")
+    ids = [n.id for n in config.nodes]
+    if ids != list(range(config.nnodes)):
+        raise ConfigError(f"node ids {ids}: must be 0..{config.nnodes - 1}, each once")
+    placed = sorted(v for n in config.nodes for v in n.vcpus)
+    if placed != list(range(config.vcpus)):
+        raise ConfigError(f"vCPU placement {placed}: every vCPU 0..{config.vcpus - 1} must be on exactly one node")
+    if any(not n.vcpus for n in config.nodes):
+        empty = [n.id for n in config.nodes if not n.vcpus]
+        raise ConfigError(f"nodes {empty} run no vCPU")
+    if config.read_ownership not in READ_OWNERSHIP:
+        raise ConfigError(f"read_ownership {config.read_ownership!r}: expected one of {', '.join(READ_OWNERSHIP)}")
+    if config.manager not in MANAGERS:
+        raise ConfigError(f"manager {config.manager!r}: expected one of {', '.join(MANAGERS)}")
+    addresses = [a for n in config.nodes for a in (n.address, n.control_address)]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError("two nodes share a port (each node uses PORT and PORT+1)")
+    return config

@@ -1,0 +1,127 @@
+"""The control channel between node 0 and every other node.
+
+Memory coherence travels on the DSM connections (C, no Python per fault).
+Everything else that makes N processes look like one machine travels here:
+forwarded port I/O, cross-node interrupts, parking, errors and the final
+stop. It is deliberately small: a fixed 8-byte header (type, flags, payload
+length) and one struct per message type.
+
+Each node k > 0 holds one connection to node 0 (a star): node 0 owns the
+devices, so every forwarded access has to reach it anyway, and relaying an
+interrupt through node 0 costs one extra hop only for vCPUs that are on
+neither node 0 nor the sender's node.
+"""
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+
+HEADER = struct.Struct("<HHI")  # type, flags, payload length
+MAX_PAYLOAD = 4096
+
+
+class ControlError(Exception):
+    """The peer broke the control protocol or went away."""
+
+
+class Msg(enum.IntEnum):
+    JOIN = 1      # k -> 0: image digest and machine shape, checked by node 0
+    GO = 2        # 0 -> k: RAM is loaded, start the vCPUs
+    IO = 3        # k -> 0: a port access of a remote vCPU
+    IO_DONE = 4   # 0 -> k: its result (reads), or its completion (writes)
+    IRQ = 5       # either way: queue `vector` for `target`
+    PARKED = 6    # k -> 0: a vCPU parked for good
+    FAILED = 7    # k -> 0: a guest or host error on node k, status and line
+    STOP = 8      # 0 -> k: stop now (guest exit, error elsewhere, all parked)
+    PING = 9      # either way: heartbeat while idle
+    BYE = 10      # either way: clean close follows
+
+
+FLAG_POSTED = 1  # an IO write that wants no IO_DONE (console bytes)
+
+JOIN = struct.Struct("<32sIQ")     # image sha256, vcpus, mem
+IO = struct.Struct("<IHHBBxxI")    # seq, vcpu, port, size, is_write, value
+IO_DONE = struct.Struct("<IHxxI")  # seq, vcpu, value
+IRQ = struct.Struct("<HH")         # target vcpu, vector
+PARKED = struct.Struct("<H")       # vcpu
+STATUS = struct.Struct("<i")       # FAILED/STOP: status, then a UTF-8 line
+
+_FIXED_SIZE = {
+    Msg.JOIN: JOIN.size, Msg.GO: 0, Msg.IO: IO.size, Msg.IO_DONE: IO_DONE.size,
+    Msg.IRQ: IRQ.size, Msg.PARKED: PARKED.size, Msg.PING: 0, Msg.BYE: 0,
+}
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: Msg
+    flags: int
+    payload: bytes
+
+
+def encode(kind: Msg, payload: bytes = b"", flags: int = 0) -> bytes:
+    return HEADER.pack(kind, flags, len(payload)) + payload
+
+
+def encode_status(kind: Msg, status: int, line: str) -> bytes:
+    text = line.encode("utf-8", "replace")[: MAX_PAYLOAD - STATUS.size]
+    return encode(kind, STATUS.pack(status) + text)
+
+
+def decode_status(frame: Frame) -> tuple[int, str]:
+    (status,) = STATUS.unpack_from(frame.payload)
+    return status, frame.payload[STATUS.size:].decode("utf-8", "replace")
+
+
+def check_header(kind: int, length: int) -> Msg:
+    """Validate a header before reading its payload; the error names the values."""
+    try:
+        msg = Msg(kind)
+    except ValueError:
+        raise ControlError(f"unknown control message type {kind}") from None
+    fixed = _FIXED_SIZE.get(msg)
+    if fixed is not None and length != fixed:
+        raise ControlError(f"control message {msg.name} has length {length}, expected {fixed}")
+    if fixed is None and not STATUS.size <= length <= MAX_PAYLOAD:
+        raise ControlError(f"control message {msg.name} has length {length}, outside {STATUS.size}..{MAX_PAYLOAD}")
+    return msg
+
+
+class Channel:
+    """One authenticated control connection: framed send (any thread), framed receive (one thread)."""
+
+    def __init__(self, sock: socket.socket, peer: int):
+        self.sock = sock
+        self.peer = peer
+        self._send_lock = threading.Lock()
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def receive(self) -> Frame:
+        header = self._read_exact(HEADER.size)
+        kind, flags, length = HEADER.unpack(header)
+        msg = check_header(kind, length)
+        return Frame(msg, flags, self._read_exact(length) if length else b"")
+
+    def _read_exact(self, count: int) -> bytes:
+        chunks = bytearray()
+        while len(chunks) < count:
+            chunk = self.sock.recv(count - len(chunks))
+            if not chunk:
+                raise ControlError(f"node {self.peer} closed the control connection")
+            chunks += chunk
+        return bytes(chunks)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()

@@ -1,0 +1,98 @@
+"""Cluster configuration: placement, parsing and the errors a user sees."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hypervisor.config import (ConfigError, contiguous_placement, load_config,
+                               loopback_cluster, parse_size)
+
+
+def test_contiguous_placement_follows_floor_formula() -> None:
+    assert contiguous_placement(4, 2) == [(0, 1), (2, 3)]
+    assert contiguous_placement(3, 3) == [(0,), (1,), (2,)]
+    assert contiguous_placement(5, 2) == [(0, 1, 2), (3, 4)]
+    for vcpus in range(1, 9):
+        for nodes in range(1, vcpus + 1):
+            placement = contiguous_placement(vcpus, nodes)
+            for node, placed in enumerate(placement):
+                assert all(v * nodes // vcpus == node for v in placed)
+
+
+def test_parse_size_units() -> None:
+    assert parse_size("64M") == 64 << 20
+    assert parse_size("1G") == 1 << 30
+    assert parse_size("4096") == 4096
+    assert parse_size("2MiB") == 2 << 20
+    with pytest.raises(ConfigError, match="bad size"):
+        parse_size("lots")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    return path
+
+
+def test_load_config_defaults_and_explicit_placement(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+[cluster]
+image = "guest.elf"
+vcpus = 3
+mem = "32M"
+manager = "fixed"
+[[node]]
+address = "10.1.0.1:7000"
+vcpus = [0, 2]
+[[node]]
+address = "10.1.0.2:7000"
+vcpus = [1]
+"""))
+    assert config.mem == 32 << 20
+    assert config.image == tmp_path / "guest.elf"
+    assert config.nodes[0].vcpus == (0, 2)
+    assert config.node_of_vcpu(1) == 1
+    assert config.nodes[1].control_address == ("10.1.0.2", 7001)
+    assert config.manager == "fixed"
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[cluster]\nimage="g"\nvcpus=2\n', "at least one"),
+    ('[cluster]\nimage="g"\nvcpus=2\n[[node]]\naddress="h"\n', "bad address"),
+    ('[cluster]\nimage="g"\nvcpus=2\n[[node]]\naddress="h:1"\nvcpus=[0]\n', "exactly one node"),
+    ('[cluster]\nimage="g"\nvcpus=2\nmanager="x"\n[[node]]\naddress="h:1"\n', "manager"),
+    ('[cluster]\nvcpus=2\n[[node]]\naddress="h:1"\n', "lacks 'image'"),
+    ('[cluster\n', "not valid TOML"),
+])
+def test_bad_configs_name_the_problem(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, body))
+
+
+def test_secret_comes_from_environment_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IVYVM_SECRET", raising=False)
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32 + "\n")
+    config = load_config(write(tmp_path, f"""
+[cluster]
+image = "g"
+vcpus = 1
+secret_file = "{secret.name}"
+[[node]]
+address = "127.0.0.1:7000"
+"""))
+    assert config.read_secret() == b"s" * 32
+    monkeypatch.setenv("IVYVM_SECRET", "from-environment-0123")
+    assert config.read_secret() == b"from-environment-0123"
+    secret.write_text("short")
+    monkeypatch.delenv("IVYVM_SECRET")
+    with pytest.raises(ConfigError, match="at least 16"):
+        config.read_secret()
+
+
+def test_loopback_cluster_rejects_more_nodes_than_vcpus() -> None:
+    with pytest.raises(ConfigError, match="--nodes 3"):
+        loopback_cluster(Path("g"), vcpus=2, mem=64 << 20, nnodes=3, ports=[1000, 1002, 1004])
+    config = loopback_cluster(Path("g"), vcpus=4, mem=64 << 20, nnodes=2, ports=[1000, 1002])
+    assert [n.vcpus for n in config.nodes] == [(0, 1), (2, 3)]
