@@ -44,7 +44,9 @@ enum ivy_pending {
     IVY_IDLE = 0,
     IVY_WANT_READ = 1,  /* request sent, waiting for the owner's reply */
     IVY_WANT_WRITE = 2, /* request sent, waiting for the owner's reply */
-    IVY_WAIT_ACKS = 3   /* have the page, waiting for invalidation acks */
+    IVY_WAIT_ACKS = 3,  /* have the page, waiting for invalidation acks */
+    IVY_READ_STALE = 4  /* classic Ivy: invalidated while WANT_READ, so the coming
+                           reply is already stale; the engine asks again */
 };
 
 enum ivy_read_ownership {

@@ -1,0 +1,156 @@
+"""The `ivyvm` command line.
+
+`ivyvm run GUEST.elf` boots a guest on this host. The parser is built from
+subcommands so that cluster commands (`node`, `--nodes N`) slot in beside `run`.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from hypervisor.loader import STACK_SIZE, LoaderError, load_image
+
+STATUS_USAGE = 2
+STATUS_IMAGE = 3
+STATUS_HOST = 7
+STATUS_INTERRUPTED = 130
+
+MIB = 1 << 20
+MIN_MEM, MAX_MEM, MEM_ALIGN = 4 * MIB, 4 << 30, 2 * MIB
+MIN_VCPUS, MAX_VCPUS = 1, 64
+DEFAULT_MEM, DEFAULT_VCPUS = 64 * MIB, 1
+
+EXIT_STATUSES = """\
+exit statuses:
+  0-255  the guest wrote this value to port 0xf4; 0 also when every vCPU parked
+  2      bad command line
+  3      guest image refused
+  4      guest error: unhandled port I/O, MMIO, bad 0xf6 write
+  5      guest error: triple fault (shutdown)
+  6      guest error: VM entry failure or KVM internal error
+  7      host error: /dev/kvm missing or refusing, out of resources
+  8      cluster error: a node died, was cut off, or refused the handshake
+  130    interrupted (Ctrl-C)
+A guest that wants an unambiguous status exits with 0 or 1 (or a value above 8).
+The guest ABI is docs/guest-abi.md."""
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr and status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(STATUS_USAGE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '64M', '1G', '512K', '64MiB' or a plain byte count."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KkMmGg]?)(?:i?B)?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use bytes or a number with K, M or G")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def mem_size(text: str) -> int:
+    size = parse_size(text)
+    if size % MEM_ALIGN or not MIN_MEM <= size <= MAX_MEM:
+        raise argparse.ArgumentTypeError(f"memory size {text!r} ({size} bytes) must be a multiple of 2 MiB "
+                                         "between 4M and 4G")
+    return size
+
+
+def vcpu_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid vCPU count {text!r}") from None
+    if not MIN_VCPUS <= n <= MAX_VCPUS:
+        raise argparse.ArgumentTypeError(f"vCPU count {n} outside {MIN_VCPUS}..{MAX_VCPUS}")
+    return n
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="ivyvm", description="A small KVM hypervisor whose guests can span several hosts.",
+                     epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser("run", help="boot a guest on this host and stream its console to stdout",
+                              description="Boot GUEST.elf (guest ABI v1), stream its console to stdout and "
+                                          "exit with the guest's status.",
+                              epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("guest", metavar="GUEST.elf", help="static ELF64 x86-64 executable (guest ABI v1)")
+    run.add_argument("--vcpus", type=vcpu_count, default=DEFAULT_VCPUS, metavar="N",
+                     help=f"number of vCPUs, {MIN_VCPUS}..{MAX_VCPUS} (default {DEFAULT_VCPUS})")
+    run.add_argument("--mem", type=mem_size, default=DEFAULT_MEM, metavar="SIZE",
+                     help="guest RAM: bytes or with a K/M/G suffix, a multiple of 2M from 4M to 4G (default 64M)")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="on a guest error, also print the vCPU's registers")
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+class StdoutConsole:
+    """Console bytes to fd 1 as they come; a closed reader must not stop the guest."""
+
+    def __init__(self, fd: int = 1) -> None:
+        self.fd = fd
+        self.broken = False
+
+    def __call__(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+            self.broken = True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.mem - args.vcpus * STACK_SIZE <= MIB:
+        return usage_error(f"--mem {args.mem} leaves no room for a guest beside {args.vcpus} x 64 KiB stacks")
+    try:
+        image = load_image(args.guest, args.mem, args.vcpus)
+    except LoaderError as e:
+        return fail(STATUS_IMAGE, str(e))
+    from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
+    try:
+        machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=StdoutConsole(), verbose=args.verbose)
+    except MachineError as e:
+        return fail(STATUS_HOST, f"cannot create the VM: {e}")
+    try:
+        result = machine.run()
+    finally:
+        machine.close()
+    if result.error or result.status == STATUS_INTERRUPTED:
+        sys.stderr.write(f"ivyvm: {result.message}\n")
+    return result.status
+
+
+def usage_error(message: str) -> int:
+    return fail(STATUS_USAGE, message)
+
+
+def fail(status: int, message: str) -> int:
+    sys.stderr.write(f"ivyvm: {message}\n")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except KeyboardInterrupt:
+        return fail(STATUS_INTERRUPTED, "interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""``ivyvm run --nodes N``: N node processes on this machine, one supervisor.
+
+The supervisor owns no guest state. It picks free ports, makes a fresh
+random secret, writes the cluster description to a private temporary file,
+starts ``ivyvm node`` N times and waits. Node 0 streams the console and
+decides the exit status; the supervisor's job is that no process outlives
+it, whatever happens: node 0 finishing, a node dying, Ctrl-C, SIGTERM, or
+the supervisor itself being killed (children carry PR_SET_PDEATHSIG).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import SECRET_ENV, ClusterConfig, loopback_cluster
+
+# After node 0 has finished, the others get this long to leave by themselves.
+GRACE_SECONDS = 5.0
+STATUS_INTERRUPTED = 130
+STATUS_CLUSTER = 8
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in each child between fork and exec: follow the supervisor's death."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def free_port_pairs(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports P with P and P+1 both free (DSM and control), distinct pairs."""
+    ports: list[int] = []
+    holders: list[socket.socket] = []
+    try:
+        while len(ports) < count:
+            first = socket.socket()
+            first.bind((host, 0))
+            port = first.getsockname()[1]
+            second = socket.socket()
+            try:
+                second.bind((host, port + 1))
+            except OSError:
+                first.close()
+                second.close()
+                continue
+            holders += [first, second]
+            ports.append(port)
+    finally:
+        for sock in holders:
+            sock.close()
+    return ports
+
+
+def write_config(config: ClusterConfig, directory: Path) -> Path:
+    """The TOML the children read: the same format a multi-host user writes."""
+    lines = [
+        "[cluster]",
+        f'image = "{config.image.resolve()}"',
+        f"vcpus = {config.vcpus}",
+        f"mem = {config.mem}",
+        f'read_ownership = "{config.read_ownership}"',
+        f'manager = "{config.manager}"',
+    ]
+    for node in config.nodes:
+        lines += ["", "[[node]]", f"id = {node.id}", f'address = "{node.host}:{node.port}"',
+                  f"vcpus = [{', '.join(map(str, node.vcpus))}]"]
+    path = directory / "cluster.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool = False,
+                 read_ownership: str = "giantvm", manager: str = "dynamic") -> int:
+    config = loopback_cluster(image, vcpus, mem, nnodes, free_port_pairs(nnodes),
+                              read_ownership, manager)
+    env = dict(os.environ)
+    env[SECRET_ENV] = secrets.token_hex(32)
+    with tempfile.TemporaryDirectory(prefix="ivyvm-") as scratch:
+        path = write_config(config, Path(scratch))
+        children: list[subprocess.Popen[bytes]] = []
+        try:
+            for node in config.nodes:
+                argv = [sys.executable, "-m", "hypervisor.cli", "node", "--config", str(path),
+                        "--id", str(node.id)] + (["-v"] if verbose else [])
+                children.append(subprocess.Popen(
+                    argv, env=env, preexec_fn=_die_with_parent, start_new_session=True,
+                    stdout=None if node.id == 0 else subprocess.DEVNULL))
+            return _supervise(children)
+        except KeyboardInterrupt:
+            print("ivyvm: interrupted, stopping every node", file=sys.stderr)
+            return STATUS_INTERRUPTED
+        finally:
+            _reap(children)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    """Wait for node 0; if another node dies first, node 0 will notice and report."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        head = children[0]
+        while True:
+            status = head.poll()
+            if status is not None:
+                break
+            time.sleep(0.02)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for child in children[1:]:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                child.wait(remaining)
+            except subprocess.TimeoutExpired:
+                pass
+        if status < 0:
+            print(f"ivyvm: node 0 was killed by {signal.Signals(-status).name}", file=sys.stderr)
+            return STATUS_CLUSTER
+        return status
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _reap(children: list[subprocess.Popen[bytes]]) -> None:
+    """Ask politely, then insist: nothing may outlive the supervisor."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 2.0
+    for child in children:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

@@ -1,0 +1,264 @@
+"""The DSM control plane: start, watch and stop one node of the shared guest RAM.
+
+The data plane is C (native/runtime.c, native/engine.c), reached through the
+private cffi module ``hypervisor._ivy_native``. Python only hands it the RAM
+views and the authenticated peer sockets (see ``hypervisor.handshake``), then
+reads statistics and waits for failure. Nothing here runs per fault.
+"""
+from __future__ import annotations
+
+import os
+import select
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from hypervisor._ivy_native import ffi, lib
+
+PAGE_SIZE = 4096
+PROTOCOL_VERSION = int(lib.IVY_WIRE_PROTO)
+MAX_NODES = int(lib.IVY_MAX_NODES)
+READ_OWNERSHIP = {"giantvm": lib.IVY_READ_GIANTVM, "ivy": lib.IVY_READ_IVY}
+MANAGERS = {"dynamic": lib.IVY_MGR_DYNAMIC, "central": lib.IVY_MGR_CENTRAL, "fixed": lib.IVY_MGR_FIXED}
+MESSAGE_TYPES = {1: "READ", 2: "WRITE", 3: "REPLY", 4: "INVALIDATE", 5: "INV_ACK", 6: "PING", 7: "BYE"}
+FAULT_KINDS = ("read", "write", "wp", "spurious", "duplicate", "local", "remote")
+
+
+class DsmError(Exception):
+    """A DSM node could not be set up, or it stopped because of an error."""
+
+
+@dataclass(frozen=True)
+class DsmOptions:
+    """Protocol variant (must match cluster-wide) and link liveness timing."""
+
+    read_ownership: str = "giantvm"
+    manager: str = "dynamic"
+    heartbeat_ms: int = 250
+    timeout_ms: int = 2000
+    # Busy-poll this long for an expected reply before sleeping in epoll. Off by
+    # default: on a host with fewer cores than busy threads (vCPUs + event
+    # loops) polling steals the CPU the peer needs (bench/dsm_bench.py --poll-us).
+    poll_us: int = 0
+
+    def __post_init__(self) -> None:
+        if self.read_ownership not in READ_OWNERSHIP:
+            raise DsmError(f"read_ownership {self.read_ownership!r}: expected one of {', '.join(READ_OWNERSHIP)}")
+        if self.manager not in MANAGERS:
+            raise DsmError(f"manager {self.manager!r}: expected one of {', '.join(MANAGERS)}")
+        if not 0 <= self.poll_us <= 1_000_000:
+            raise DsmError(f"poll_us {self.poll_us} must be between 0 and 1000000")
+        if not 1 <= self.heartbeat_ms < self.timeout_ms:
+            raise DsmError(f"heartbeat_ms {self.heartbeat_ms} must be >= 1 and below timeout_ms {self.timeout_ms}")
+
+    @property
+    def read_ownership_code(self) -> int:
+        return int(READ_OWNERSHIP[self.read_ownership])
+
+    @property
+    def manager_code(self) -> int:
+        return int(MANAGERS[self.manager])
+
+
+@dataclass(frozen=True)
+class RamRegion:
+    """Guest RAM as the DSM sees it: the memfd and its two MAP_SHARED views."""
+
+    memfd: int
+    guest_addr: int
+    vmm_addr: int
+    size: int
+
+    @classmethod
+    def of(cls, ram: Any) -> "RamRegion":
+        """Accept a RamRegion, or anything with (fd or memfd), guest_addr, vmm_addr, size (GuestRam)."""
+        if isinstance(ram, RamRegion):
+            return ram
+        fd = getattr(ram, "memfd", getattr(ram, "fd", None))
+        if fd is None:
+            raise DsmError(f"{type(ram).__name__} has no memfd/fd attribute: not guest RAM")
+        return cls(int(fd), int(ram.guest_addr), int(ram.vmm_addr), int(ram.size))
+
+
+class SharedRam:
+    """A memfd mapped twice, for tests and benchmarks without a VMM."""
+
+    def __init__(self, size: int, name: str = "ivy-dsm-ram") -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise DsmError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
+        self.size = size
+        self.memfd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(self.memfd, size)
+        self.guest_addr = int(lib.ivy_map_shared(self.memfd, size))
+        self.vmm_addr = int(lib.ivy_map_shared(self.memfd, size))
+        if not self.guest_addr or not self.vmm_addr:
+            self.close()
+            raise DsmError(f"mmap of {size} bytes of shared RAM failed")
+
+    @property
+    def region(self) -> RamRegion:
+        return RamRegion(self.memfd, self.guest_addr, self.vmm_addr, self.size)
+
+    def close(self) -> None:
+        for attr in ("guest_addr", "vmm_addr"):
+            if getattr(self, attr, 0):
+                lib.ivy_unmap(getattr(self, attr), self.size)
+                setattr(self, attr, 0)
+        if getattr(self, "memfd", -1) >= 0:
+            os.close(self.memfd)
+            self.memfd = -1
+
+
+def _histogram(stats: Any) -> dict[int, int]:
+    """Latency buckets keyed by their lower bound in ns; empty buckets left out."""
+    return {1 << i: int(stats.lat_hist[i]) for i in range(lib.IVY_RT_LAT_BUCKETS) if stats.lat_hist[i]}
+
+
+class DsmNode:
+    """One node of the DSM: owns the runtime, its thread and the peer sockets.
+
+    ``peers`` maps every other node id to a connected, authenticated socket;
+    the node takes ownership of them (they are detached and closed by stop()).
+    Create, optionally mark_loaded(), start(), then stop() (or use ``with``).
+    """
+
+    def __init__(self, node_id: int, nnodes: int, ram: Any, peers: Mapping[int, Any],
+                 options: DsmOptions | None = None) -> None:
+        self.node_id = node_id
+        self.nnodes = nnodes
+        self.options = options or DsmOptions()
+        self.ram = RamRegion.of(ram)
+        self._rt: Any = ffi.NULL
+        self._started = False
+        if not 1 <= nnodes <= MAX_NODES or not 0 <= node_id < nnodes:
+            raise DsmError(f"node {node_id} of {nnodes}: need 1 <= nnodes <= {MAX_NODES} and 0 <= node < nnodes")
+        expected = set(range(nnodes)) - {node_id}
+        if set(peers) != expected:
+            raise DsmError(f"node {node_id}: sockets for nodes {sorted(peers)} given, nodes {sorted(expected)} needed")
+        cfg = ffi.new("struct ivy_rt_config *")
+        cfg.self = node_id
+        cfg.nnodes = nnodes
+        cfg.read_ownership = self.options.read_ownership_code
+        cfg.manager = self.options.manager_code
+        cfg.memfd = self.ram.memfd
+        cfg.guest_addr = self.ram.guest_addr
+        cfg.vmm_addr = self.ram.vmm_addr
+        cfg.size = self.ram.size
+        cfg.heartbeat_ms = self.options.heartbeat_ms
+        cfg.timeout_ms = self.options.timeout_ms
+        cfg.poll_us = self.options.poll_us
+        for i in range(MAX_NODES):
+            cfg.peer_fds[i] = -1
+        for peer, sock in peers.items():
+            cfg.peer_fds[peer] = sock.detach() if hasattr(sock, "detach") else int(sock)
+        err = ffi.new("char[]", 256)
+        self._rt = lib.ivy_rt_create(cfg, err, 256)
+        if self._rt == ffi.NULL:
+            for peer in peers:
+                os.close(cfg.peer_fds[peer])
+            raise DsmError(f"node {node_id}: {ffi.string(err).decode()}")
+
+    def mark_loaded(self, pages: Iterable[int], version: int = 1) -> None:
+        """Declare pages written before start (node 0's image): they travel with version >= 1."""
+        self._require(started=False)
+        for page in pages:
+            if lib.ivy_rt_set_version(self._rt, page, version) != 0:
+                raise DsmError(f"node {self.node_id}: cannot mark page {page:#x} loaded with version {version} "
+                               f"(RAM has {self.ram.size // PAGE_SIZE} pages; versions start at 1)")
+
+    def start(self) -> None:
+        self._require(started=False)
+        if lib.ivy_rt_start(self._rt) != 0:
+            raise DsmError(f"node {self.node_id}: {self.error}")
+        self._started = True
+
+    def stop(self) -> None:
+        """Say BYE to the peers, join the thread, wake blocked faulters, close every fd."""
+        if self._rt != ffi.NULL:
+            lib.ivy_rt_stop(self._rt)
+
+    def close(self) -> None:
+        """stop() and free the runtime; statistics are gone afterwards."""
+        if self._rt != ffi.NULL:
+            lib.ivy_rt_destroy(self._rt)
+            self._rt = ffi.NULL
+
+    def __enter__(self) -> "DsmNode":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _require(self, started: bool) -> None:
+        if self._rt == ffi.NULL:
+            raise DsmError(f"node {self.node_id} is closed")
+        if self._started != started:
+            raise DsmError(f"node {self.node_id} is {'not ' if not self._started else ''}started")
+
+    @property
+    def error(self) -> str | None:
+        """Why the node stopped on its own (peer silent, bad frame, ...), or None."""
+        if self._rt == ffi.NULL:
+            return None
+        msg = lib.ivy_rt_error(self._rt)
+        return None if msg == ffi.NULL else f"node {self.node_id}: {ffi.string(msg).decode()}"
+
+    @property
+    def failure_fd(self) -> int:
+        """An fd that polls readable once the node has failed."""
+        self._require(started=self._started)
+        return int(lib.ivy_rt_failure_fd(self._rt))
+
+    def wait_failed(self, timeout: float | None) -> bool:
+        """Block up to `timeout` seconds (None: forever) for a failure; True if the node failed."""
+        if self.error is not None:
+            return True
+        poller = select.poll()
+        poller.register(self.failure_fd, select.POLLIN)
+        poller.poll(None if timeout is None else int(timeout * 1000))
+        return self.error is not None
+
+    def access(self, page: int) -> int:
+        """This node's access to a page right now: 0 none, 1 read, 2 read-write."""
+        return int(lib.ivy_rt_access(self._rt, page))
+
+    def top_pages(self, n: int = 16) -> list[tuple[int, int]]:
+        """(page, faults) for the n pages that faulted most, most first."""
+        pages = ffi.new("uint64_t[]", n)
+        counts = ffi.new("uint32_t[]", n)
+        filled = lib.ivy_rt_top_pages(self._rt, pages, counts, n)
+        return [(int(pages[i]), int(counts[i])) for i in range(filled)]
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters (GiantVM's KVM_DSM_PF_PROFILE, and more)."""
+        if self._rt == ffi.NULL:
+            raise DsmError(f"node {self.node_id} is closed")
+        s = lib.ivy_rt_stats(self._rt)
+        by_type = lambda arr: {name: int(arr[t]) for t, name in MESSAGE_TYPES.items()}  # noqa: E731
+        count = int(s.lat_count)
+        return {
+            "node": self.node_id,
+            "faults": {kind: int(getattr(s, f"faults_{kind}")) for kind in FAULT_KINDS},
+            "messages_sent": by_type(s.msgs_sent),
+            "messages_received": by_type(s.msgs_recv),
+            "bytes_sent": by_type(s.bytes_sent),
+            "bytes_received": by_type(s.bytes_recv),
+            "forwards": int(s.forwards),
+            "reply_hops": int(s.reply_hops),
+            "replies_with_data": int(s.replies_data),
+            "replies_elided": int(s.replies_elided),
+            "parked": int(s.parked),
+            "unparked": int(s.unparked),
+            "uffd": {name: int(getattr(s, name)) for name in
+                     ("zaps", "wrprotects", "continues", "wp_clears", "wakes", "eexist")},
+            "latency": {
+                "count": count,
+                "mean_ns": int(s.lat_sum_ns) // count if count else 0,
+                "max_ns": int(s.lat_max_ns),
+                "histogram_ns": _histogram(s),
+            },
+            "top_pages": self.top_pages(16),
+            "error": self.error,
+        }

@@ -1,0 +1,423 @@
+"""One node of a guest that spans several: ``ivyvm node --config F --id K``.
+
+Every node holds the whole guest RAM (a memfd kept coherent by the DSM core)
+and runs its own vCPUs. Node 0 also holds the devices and decides how the
+guest ends; node k > 0 forwards its port I/O to node 0 and waits to be told
+to stop. Start-up, in this order on every node, so no vCPU can fault before
+every DSM server runs:
+
+    RAM (node 0 writes boot tables and image) -> DSM mesh, authenticated
+    -> DSM core started -> control channel to node 0, JOIN checked by node 0
+    -> GO from node 0 -> vCPUs start
+
+Failure handling: whichever notices first, the DSM core (a peer silent or
+gone while a page is awaited) or the control channel (EOF, silence, garbage),
+stops the local machine with status 8 and one line naming the lost node.
+A guest error on node k is sent to node 0, which reports it once.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import control
+from .config import ClusterConfig, ConfigError
+from .control import Channel, ControlError, Frame, Msg
+from .devices import GuestIoError, describe_access
+from .dsm import DsmError, DsmNode, DsmOptions
+from .handshake import ClusterShape, HandshakeError, connect_mesh, handshake, listen
+from .loader import Image, LoaderError, load_image
+from .machine import Machine, MachineError, RunResult
+
+STATUS_IMAGE = 3
+STATUS_HOST = 7
+STATUS_CLUSTER = 8
+STATUS_INTERRUPTED = 130
+
+PORT_CONSOLE = 0x3F8
+HEARTBEAT_SECONDS = 0.25
+SILENCE_SECONDS = 2.0          # a control peer quiet this long is taken for dead
+SETUP_SECONDS = 20.0           # every node must have joined by then
+STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave before closing the DSM
+
+FLAG_UNHANDLED = 2             # IO_DONE: node 0 has no device at that port
+
+
+class NodeError(Exception):
+    """The node cannot join or keep its cluster; the message is the user's one line."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Pending:
+    """A forwarded access waiting for node 0's answer."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    value: int = 0
+    unhandled: bool = False
+
+
+class Node:
+    def __init__(self, config: ClusterConfig, node_id: int, secret: bytes, verbose: bool = False):
+        if not 0 <= node_id < config.nnodes:
+            raise NodeError(2, f"--id {node_id}: the config has nodes 0..{config.nnodes - 1}")
+        self.config = config
+        self.id = node_id
+        self.spec = config.nodes[node_id]
+        self.secret = secret
+        self.verbose = verbose
+        self.options = DsmOptions(read_ownership=config.read_ownership, manager=config.manager)
+        self.shape = ClusterShape.of(config.nnodes, config.mem, self.options)
+        self.channels: dict[int, Channel] = {}
+        self.machine: Machine | None = None
+        self.dsm: DsmNode | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        self._stop_from_node0: tuple[int, str] | None = None
+        self._parked_nodes: set[int] = set()
+        self._parked_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- start-up -----------------------------------------------------------
+    def _load(self) -> tuple[Image, bytes]:
+        try:
+            data = self.config.image.read_bytes()
+        except OSError as err:
+            raise NodeError(STATUS_IMAGE, f"cannot read guest image {self.config.image}: {err.strerror}") from None
+        try:
+            image = load_image(self.config.image, self.config.mem, self.config.vcpus)
+        except LoaderError as err:
+            raise NodeError(STATUS_IMAGE, str(err)) from None
+        return image, hashlib.sha256(data).digest()
+
+    def _create_machine(self, image: Image) -> Machine:
+        is_head = self.id == 0
+        try:
+            return Machine(image, vcpus=self.config.vcpus, mem=self.config.mem, local_vcpus=self.spec.vcpus,
+                           write_memory=is_head, io=None if is_head else self, router=self,
+                           console=_stdout, verbose=self.verbose, node=self.id,
+                           on_all_parked=self._local_all_parked)
+        except MachineError as err:
+            raise NodeError(STATUS_HOST, f"node {self.id}: {err}") from None
+
+    def _connect_dsm(self, machine: Machine) -> DsmNode:
+        listener = listen(self.spec.host, self.spec.port)
+        try:
+            peers = connect_mesh(self.id, [n.address for n in self.config.nodes], self.secret, self.shape,
+                                 listener=listener, timeout=SETUP_SECONDS)
+        finally:
+            listener.close()
+        assert machine.ram is not None
+        dsm = DsmNode(self.id, self.config.nnodes, machine.ram, peers, self.options)
+        dsm.mark_loaded(machine.written_pages)
+        dsm.start()
+        return dsm
+
+    def _join_as_head(self, digest: bytes) -> None:
+        """Node 0: accept every other node's control connection and check its JOIN."""
+        listener = listen(*self.spec.control_address)
+        deadline = time.monotonic() + SETUP_SECONDS
+        waiting = set(range(1, self.config.nnodes))
+        try:
+            while waiting:
+                listener.settimeout(max(0.05, deadline - time.monotonic()))
+                try:
+                    sock, _ = listener.accept()
+                except (socket.timeout, OSError):
+                    raise NodeError(STATUS_CLUSTER, f"node 0: nodes {sorted(waiting)} never opened "
+                                                    f"their control connection") from None
+                try:
+                    peer = handshake(sock, self_id=0, shape=self.shape, secret=self.secret, initiator=False,
+                                     expected=waiting)
+                except HandshakeError:
+                    sock.close()       # a stranger; the DSM mesh already proved the real nodes
+                    continue
+                channel = Channel(sock, peer)
+                sock.settimeout(SETUP_SECONDS)
+                frame = channel.receive()
+                if frame.type is not Msg.JOIN:
+                    raise NodeError(STATUS_CLUSTER, f"node {peer} sent {frame.type.name} instead of JOIN")
+                their_digest, vcpus, mem = control.JOIN.unpack(frame.payload)
+                if their_digest != digest:
+                    line = (f"node {peer} runs a different guest image (sha256 {their_digest.hex()[:16]}..., "
+                            f"node 0 has {digest.hex()[:16]}...)")
+                    channel.send(control.encode_status(Msg.STOP, STATUS_CLUSTER, line))
+                    raise NodeError(STATUS_CLUSTER, line)
+                if (vcpus, mem) != (self.config.vcpus, self.config.mem):
+                    line = (f"node {peer} has {vcpus} vCPUs and {mem} bytes of RAM, node 0 has "
+                            f"{self.config.vcpus} and {self.config.mem}")
+                    channel.send(control.encode_status(Msg.STOP, STATUS_CLUSTER, line))
+                    raise NodeError(STATUS_CLUSTER, line)
+                sock.settimeout(SILENCE_SECONDS)
+                self.channels[peer] = channel
+                waiting.discard(peer)
+        finally:
+            listener.close()
+
+    def _join_as_member(self, digest: bytes) -> None:
+        host, port = self.config.nodes[0].control_address
+        deadline = time.monotonic() + SETUP_SECONDS
+        while True:
+            try:
+                sock = socket.create_connection((host, port), timeout=2.0)
+                break
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise NodeError(STATUS_CLUSTER, f"node {self.id}: cannot reach node 0's control port "
+                                                    f"{host}:{port}: {err.strerror or err}") from None
+                time.sleep(0.05)
+        handshake(sock, self_id=self.id, shape=self.shape, secret=self.secret, initiator=True, expected={0},
+                  who=f"node 0 at {host}:{port}")
+        channel = Channel(sock, 0)
+        channel.send(control.encode(Msg.JOIN, control.JOIN.pack(digest, self.config.vcpus, self.config.mem)))
+        sock.settimeout(SETUP_SECONDS)
+        frame = channel.receive()
+        if frame.type is Msg.STOP:
+            status, line = control.decode_status(frame)
+            raise NodeError(status, f"node {self.id}: refused by node 0: {line}")
+        if frame.type is not Msg.GO:
+            raise NodeError(STATUS_CLUSTER, f"node 0 sent {frame.type.name} instead of GO")
+        sock.settimeout(SILENCE_SECONDS)
+        self.channels[0] = channel
+
+    # --- running ------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            image, digest = self._load()
+            self.machine = machine = self._create_machine(image)
+            try:
+                self.dsm = self._connect_dsm(machine)
+                if self.id == 0:
+                    self._join_as_head(digest)
+                    for channel in self.channels.values():
+                        channel.send(control.encode(Msg.GO))
+                else:
+                    self._join_as_member(digest)
+                self._spawn(self._watch_dsm, "dsm-watch")
+                for peer, channel in self.channels.items():
+                    self._spawn(lambda c=channel: self._receive_loop(c), f"control-rx-{peer}")
+                self._spawn(self._heartbeat, "control-ping")
+                result = machine.run()
+                return self._finish(result)
+            finally:
+                self._shutdown()
+        except (HandshakeError, DsmError, ControlError, ConfigError) as err:
+            return _report(STATUS_CLUSTER, str(err))
+        except NodeError as err:
+            return _report(err.status, str(err))
+        except KeyboardInterrupt:
+            return STATUS_INTERRUPTED
+
+    def _finish(self, result: RunResult) -> int:
+        """Turn the local machine's end into the cluster's: report once, stop the others."""
+        if self.id == 0:
+            for channel in self.channels.values():
+                try:
+                    channel.send(control.encode_status(Msg.STOP, result.status, result.message))
+                except OSError:
+                    pass
+            if result.error:
+                print(result.message, file=sys.stderr, flush=True)
+            self._linger()
+            return result.status
+        if self._stop_from_node0 is not None:
+            return self._stop_from_node0[0]
+        if result.status == STATUS_INTERRUPTED:
+            return result.status
+        # Node 0 reports guest errors once; a lost node is also said here,
+        # since this node's operator may be on another host.
+        if result.status == STATUS_CLUSTER and result.error:
+            print(result.message, file=sys.stderr, flush=True)
+        try:
+            self.channels[0].send(control.encode_status(Msg.FAILED, result.status, result.message))
+        except (OSError, KeyError):
+            if result.status != STATUS_CLUSTER:
+                print(result.message, file=sys.stderr, flush=True)
+        return result.status
+
+    def _linger(self) -> None:
+        """Give peers a moment to leave before the DSM says BYE, so none sees its server vanish."""
+        deadline = time.monotonic() + STOP_LINGER_SECONDS
+        for thread in self._threads:
+            if thread.name.startswith("control-rx"):
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _shutdown(self) -> None:
+        self._closing.set()
+        for channel in self.channels.values():
+            channel.close()
+        for thread in self._threads:
+            thread.join(1.0)
+        if self.machine is not None:
+            self.machine.close()
+        if self.dsm is not None:
+            self.dsm.close()
+
+    def _spawn(self, target, name: str) -> None:  # type: ignore[no-untyped-def]
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _lost(self, line: str) -> None:
+        assert self.machine is not None
+        if not self._closing.is_set():
+            self.machine.stop(STATUS_CLUSTER, line, error=True)
+
+    def _watch_dsm(self) -> None:
+        assert self.dsm is not None
+        while not self._closing.is_set():
+            if self.dsm.wait_failed(0.25):
+                self._lost(self.dsm.error or f"node {self.id}: the DSM core stopped")
+                return
+
+    def _heartbeat(self) -> None:
+        ping = control.encode(Msg.PING)
+        while not self._closing.wait(HEARTBEAT_SECONDS):
+            for channel in list(self.channels.values()):
+                try:
+                    channel.send(ping)
+                except OSError:
+                    pass   # the receiving side reports the loss, with more detail
+
+    def _receive_loop(self, channel: Channel) -> None:
+        try:
+            while not self._closing.is_set():
+                self._dispatch(channel, channel.receive())
+        except socket.timeout:
+            self._lost(f"node {self.id}: node {channel.peer} silent for {SILENCE_SECONDS:.1f} s"
+                       f"{self._waiting_for()}")
+        except (ControlError, OSError) as err:
+            if self._closing.is_set() or self._stop_from_node0 is not None:
+                return
+            reason = str(err) if isinstance(err, ControlError) else f"control connection to node {channel.peer} failed: {err}"
+            self._lost(f"node {self.id}: {reason}{self._waiting_for()}")
+
+    def _waiting_for(self) -> str:
+        if not self._pending:
+            return ""
+        return " while vCPUs " + ", ".join(str(v) for v in sorted(self._pending)) + " waited for forwarded I/O"
+
+    def _dispatch(self, channel: Channel, frame: Frame) -> None:
+        assert self.machine is not None
+        kind = frame.type
+        if kind is Msg.PING:
+            return
+        if kind is Msg.IO and self.id == 0:
+            self._serve_io(channel, frame)
+        elif kind is Msg.IO_DONE and self.id != 0:
+            seq, vcpu, value = control.IO_DONE.unpack(frame.payload)
+            pending = self._pending.get(vcpu)
+            if pending is not None:
+                pending.value = value
+                pending.unhandled = bool(frame.flags & FLAG_UNHANDLED)
+                pending.event.set()
+        elif kind is Msg.IRQ:
+            target, vector = control.IRQ.unpack(frame.payload)
+            self.raise_interrupt(target, vector)
+        elif kind is Msg.PARKED and self.id == 0:
+            self._node_parked(channel.peer)
+        elif kind is Msg.FAILED and self.id == 0:
+            status, line = control.decode_status(frame)
+            self.machine.stop(status, line, error=True)
+        elif kind is Msg.STOP and self.id != 0:
+            self._stop_from_node0 = control.decode_status(frame)
+            self.machine.stop(*self._stop_from_node0)
+        elif kind is Msg.BYE:
+            raise ControlError(f"node {channel.peer} left")
+        else:
+            raise ControlError(f"node {channel.peer} sent {kind.name}, which node {self.id} never expects")
+
+    # --- devices seam (PortIo) on node k > 0 ----------------------------------
+    def io(self, vcpu: int, port: int, size: int, is_write: bool, value: int) -> int | None:
+        """Carry a port access to node 0's devices; console writes are posted (ordered by TCP)."""
+        channel = self.channels[0]
+        with self._seq_lock:
+            self._seq += 1
+            seq = self._seq
+        payload = control.IO.pack(seq, vcpu, port, size, int(is_write), value)
+        if is_write and port == PORT_CONSOLE:
+            channel.send(control.encode(Msg.IO, payload, control.FLAG_POSTED))
+            return None
+        pending = self._pending[vcpu] = _Pending()
+        try:
+            channel.send(control.encode(Msg.IO, payload))
+            while not pending.event.wait(0.1):
+                if self._closing.is_set() or (self.machine and self.machine.result is not None):
+                    return 0 if not is_write else None   # the VM is stopping; the value is never used
+        finally:
+            del self._pending[vcpu]
+        if pending.unhandled:
+            raise GuestIoError(f"unhandled port I/O: {describe_access(port, size, is_write, value)}")
+        return None if is_write else pending.value
+
+    def _serve_io(self, channel: Channel, frame: Frame) -> None:
+        """Node 0: run a forwarded access on the real devices and answer it."""
+        assert self.machine is not None
+        seq, vcpu, port, size, is_write, value = control.IO.unpack(frame.payload)
+        flags, result = 0, 0
+        try:
+            result = self.machine.io.io(vcpu, port, size, bool(is_write), value) or 0
+        except GuestIoError:
+            flags = FLAG_UNHANDLED
+        if not frame.flags & control.FLAG_POSTED:
+            channel.send(control.encode(Msg.IO_DONE, control.IO_DONE.pack(seq, vcpu, result), flags))
+
+    # --- interrupts (InterruptRouter) -----------------------------------------
+    def raise_interrupt(self, target_vcpu: int, vector: int) -> None:
+        """Deliver locally, or send towards the node running the target (via node 0)."""
+        assert self.machine is not None
+        if target_vcpu in self.spec.vcpus:
+            self.machine.inject(target_vcpu, vector)
+            return
+        owner = self.config.node_of_vcpu(target_vcpu)
+        via = owner if self.id == 0 else 0
+        self.channels[via].send(control.encode(Msg.IRQ, control.IRQ.pack(target_vcpu, vector)))
+
+    # --- parking --------------------------------------------------------------
+    def _local_all_parked(self) -> None:
+        if self.id == 0:
+            self._node_parked(0)
+        else:
+            self.channels[0].send(control.encode(Msg.PARKED, control.PARKED.pack(len(self.spec.vcpus))))
+
+    def _node_parked(self, node: int) -> None:
+        assert self.machine is not None
+        with self._parked_lock:
+            self._parked_nodes.add(node)
+            everyone = len(self._parked_nodes) == self.config.nnodes
+        if everyone:
+            self.machine.stop(0, "every vCPU parked")
+
+
+def _stdout(data: bytes) -> None:
+    os.write(1, data)
+
+
+def _report(status: int, line: str) -> int:
+    print(f"ivyvm: {line}", file=sys.stderr, flush=True)
+    return status
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_node(config: ClusterConfig, node_id: int, verbose: bool = False) -> int:
+    """Entry point of ``ivyvm node``: SIGTERM behaves as Ctrl-C (stop, status 130)."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        secret = config.read_secret()
+    except ConfigError as err:
+        return _report(2, str(err))
+    return Node(config, node_id, secret, verbose).run()

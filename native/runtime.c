@@ -1,0 +1,1053 @@
+/*
+ * runtime.c - one DSM node: a single event-loop thread drives the engine.
+ *
+ * The loop waits in epoll on: the userfaultfd of the guest view (local
+ * faults), one TCP socket per peer (frames), an eventfd (stop) and a timerfd
+ * (heartbeats and silence detection). Every event becomes engine input; every
+ * engine action is performed here, in order. There are no per-page locks: the
+ * engine's PARK/UNPARK holds a request that reaches a page being acquired, and
+ * the loop goes on serving every other page meanwhile. See /tmp/dsm-runtime.md
+ * (docs/dsm.md) for the argument that this cannot deadlock.
+ */
+#define _GNU_SOURCE
+#include "runtime.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "wire.h"
+
+/* Newer than the distribution's uapi header (Linux 6.6+). */
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
+#endif
+
+#define EP_UFFD 1000u
+#define EP_STOP 1001u
+#define EP_TIMER 1002u
+#define IN_CAP (256u * 1024u)
+#define UFFD_BATCH 64
+
+enum mapping { MAP_NONE = 0, MAP_RO = 1, MAP_RW = 2 };
+
+struct conn {
+    int fd;                 /* -1: no link (self, or closed after BYE) */
+    uint16_t peer;
+    bool bye;               /* peer said BYE: its EOF is a clean close */
+    bool want_out;          /* EPOLLOUT armed */
+    uint8_t *in;            /* IN_CAP bytes of reassembly buffer */
+    size_t in_len;
+    uint8_t *out;           /* bytes the kernel did not take yet */
+    size_t out_off, out_len, out_cap;
+    uint64_t last_recv_ns, last_send_ns;
+};
+
+struct parked {
+    struct parked *next;
+    struct ivy_msg msg;
+};
+
+/* Messages waiting to be fed to the engine (unparked, or sent to self). */
+struct fifo {
+    struct ivy_msg *q;
+    size_t head, len, cap;
+};
+
+struct ivy_rt {
+    struct ivy_rt_config cfg;
+    uint64_t npages;
+    struct ivy_engine engine;
+    struct ivy_page *pages;
+    uint8_t *mapped;          /* enum mapping of each guest-view page, as last set here */
+    uint8_t *remote;          /* the outstanding fault on this page sent a request */
+    uint64_t waiting_remote;  /* pages with remote set: replies we expect soon */
+    uint64_t *fault_t0;       /* when the outstanding fault on this page was read */
+    uint32_t *fault_count;
+    struct parked **parked;   /* per page, arrival order */
+    struct fifo fifo;
+    struct conn conns[IVY_MAX_NODES];
+    int uffd, epfd, stopfd, timerfd, failfd;
+    pthread_t thread;
+    bool started, stopped, registered;
+    bool leaving;             /* clean stop in progress: send errors no longer matter */
+    volatile int failed;
+    char error[IVY_RT_ERR_LEN];
+    struct ivy_rt_stats stats;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static uint8_t *guest_page(struct ivy_rt *rt, uint64_t page)
+{
+    return (uint8_t *)(uintptr_t)(rt->cfg.guest_addr + page * IVY_PAGE_SIZE);
+}
+
+static uint8_t *vmm_page(struct ivy_rt *rt, uint64_t page)
+{
+    return (uint8_t *)(uintptr_t)(rt->cfg.vmm_addr + page * IVY_PAGE_SIZE);
+}
+
+static const char *type_name(uint8_t type)
+{
+    return type == IVY_WIRE_PING ? "PING" : type == IVY_WIRE_BYE ? "BYE" : ivy_msg_name(type);
+}
+
+/* What this node is waiting for, for error messages. */
+static void describe_wait(struct ivy_rt *rt, char *buf, size_t len)
+{
+    uint64_t waiting = 0, first = 0;
+    uint8_t kind = IVY_IDLE;
+    for (uint64_t p = 0; p < rt->npages; p++) {
+        if (rt->pages[p].pending != IVY_IDLE) {
+            if (waiting++ == 0) {
+                first = p;
+                kind = rt->pages[p].pending;
+            }
+        }
+    }
+    if (!waiting) {
+        snprintf(buf, len, "while idle");
+        return;
+    }
+    const char *what = kind == IVY_WANT_WRITE ? "write" : kind == IVY_WAIT_ACKS ? "invalidation acks" : "read";
+    if (waiting == 1)
+        snprintf(buf, len, "while waiting for page 0x%llx (%s)", (unsigned long long)first, what);
+    else
+        snprintf(buf, len, "while waiting for page 0x%llx (%s) and %llu other pages",
+                 (unsigned long long)first, what, (unsigned long long)(waiting - 1));
+}
+
+/* Record the first error, make the loop exit and tell pollers. */
+static void fail(struct ivy_rt *rt, const char *fmt, ...)
+{
+    if (rt->failed || rt->leaving)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rt->error, sizeof rt->error, fmt, ap);
+    va_end(ap);
+    __atomic_store_n(&rt->failed, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write(rt->failfd, &one, sizeof one) < 0) {
+        /* eventfd cannot overflow with one write; nothing else to report */
+    }
+}
+
+/* ---- userfaultfd: grant, zap, protect ---------------------------------- */
+
+static int uffd_ioctl(struct ivy_rt *rt, unsigned long req, void *arg)
+{
+    for (;;) {
+        if (ioctl(rt->uffd, req, arg) == 0)
+            return 0;
+        if (errno != EAGAIN && errno != EINTR)
+            return -errno;
+        /* EAGAIN: the mm is changing (fork, mremap); the request is still valid. */
+    }
+}
+
+static void uffd_wake(struct ivy_rt *rt, uint64_t page)
+{
+    struct uffdio_range r = {(uint64_t)(uintptr_t)guest_page(rt, page), IVY_PAGE_SIZE};
+    rt->stats.wakes++;
+    if (uffd_ioctl(rt, UFFDIO_WAKE, &r))
+        fail(rt, "UFFDIO_WAKE page 0x%llx: %s", (unsigned long long)page, strerror(errno));
+}
+
+/* Write-protect on or off; turning it off wakes threads waiting on the page. */
+static void uffd_protect(struct ivy_rt *rt, uint64_t page, bool on)
+{
+    struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)guest_page(rt, page), IVY_PAGE_SIZE},
+                                     on ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
+    int r = uffd_ioctl(rt, UFFDIO_WRITEPROTECT, &wp);
+    if (r)
+        fail(rt, "UFFDIO_WRITEPROTECT(%d) page 0x%llx: %s", on, (unsigned long long)page, strerror(-r));
+    if (on)
+        rt->stats.wrprotects++;
+    else
+        rt->stats.wp_clears++;
+}
+
+/*
+ * Make the guest view of `page` readable (rw=false) or writable and wake
+ * faulters. A page with no PTE gets UFFDIO_CONTINUE (bytes are already in the
+ * memfd); a mapped page only changes its write protection. EEXIST means our
+ * record said "not mapped" but a PTE is there (a duplicate fault already
+ * handled): fix the protection and wake explicitly.
+ */
+static void grant(struct ivy_rt *rt, uint64_t page, bool rw, bool force_continue)
+{
+    uint8_t m = rt->mapped[page];
+    if (m == MAP_NONE || force_continue) {
+        struct uffdio_continue c = {{(uint64_t)(uintptr_t)guest_page(rt, page), IVY_PAGE_SIZE},
+                                    rw ? 0 : UFFDIO_CONTINUE_MODE_WP, 0};
+        int r = uffd_ioctl(rt, UFFDIO_CONTINUE, &c);
+        rt->stats.continues++;
+        if (r == 0) {
+            rt->mapped[page] = rw ? MAP_RW : MAP_RO;
+            return;
+        }
+        if (r != -EEXIST) {
+            fail(rt, "UFFDIO_CONTINUE page 0x%llx: %s", (unsigned long long)page, strerror(-r));
+            return;
+        }
+        rt->stats.eexist++;
+        uffd_protect(rt, page, !rw);
+        rt->mapped[page] = rw ? MAP_RW : MAP_RO;
+        uffd_wake(rt, page);
+        return;
+    }
+    if (rw && m == MAP_RO) {
+        uffd_protect(rt, page, false);
+    } else if (!rw && m == MAP_RW) {
+        uffd_protect(rt, page, true);
+        uffd_wake(rt, page);
+    } else {
+        uffd_wake(rt, page);
+    }
+    rt->mapped[page] = rw ? MAP_RW : MAP_RO;
+}
+
+/*
+ * Remove the guest mapping; the bytes stay in the memfd for version elision.
+ * A write-protected PTE leaves a uffd-wp marker behind: measured harmless, the
+ * next access still raises a MINOR fault, so no WP clear is spent first.
+ */
+static void zap(struct ivy_rt *rt, uint64_t page)
+{
+    rt->stats.zaps++;
+    if (madvise(guest_page(rt, page), IVY_PAGE_SIZE, MADV_DONTNEED))
+        fail(rt, "MADV_DONTNEED page 0x%llx: %s", (unsigned long long)page, strerror(errno));
+    rt->mapped[page] = MAP_NONE;
+}
+
+static void wrprotect(struct ivy_rt *rt, uint64_t page)
+{
+    uffd_protect(rt, page, true);
+    if (rt->mapped[page] == MAP_RW)
+        rt->mapped[page] = MAP_RO;
+}
+
+/* A fault the engine says needs nothing: make the mapping match its access. */
+static void wake_spurious(struct ivy_rt *rt, uint64_t page, bool minor)
+{
+    int access = ivy_engine_access(&rt->engine, page);
+    rt->stats.faults_spurious++;
+    if (access == 0)
+        uffd_wake(rt, page); /* it will fault again and be handled then */
+    else
+        grant(rt, page, access == 2, minor);
+}
+
+/* ---- links ------------------------------------------------------------- */
+
+static void conn_arm(struct ivy_rt *rt, struct conn *c, bool want_out)
+{
+    if (c->want_out == want_out)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.u64 = c->peer};
+    if (epoll_ctl(rt->epfd, EPOLL_CTL_MOD, c->fd, &ev))
+        fail(rt, "epoll_ctl on link to node %u: %s", c->peer, strerror(errno));
+    c->want_out = want_out;
+}
+
+static void conn_queue(struct conn *c, const uint8_t *buf, size_t len)
+{
+    if (c->out_off + c->out_len + len > c->out_cap) {
+        memmove(c->out, c->out + c->out_off, c->out_len);
+        c->out_off = 0;
+        if (c->out_len + len > c->out_cap) {
+            size_t cap = c->out_cap ? c->out_cap : 65536;
+            while (cap < c->out_len + len)
+                cap *= 2;
+            uint8_t *n = realloc(c->out, cap);
+            if (!n)
+                abort(); /* out of memory on the data plane: nothing sensible left */
+            c->out = n;
+            c->out_cap = cap;
+        }
+    }
+    memcpy(c->out + c->out_off + c->out_len, buf, len);
+    c->out_len += len;
+}
+
+static void conn_flush(struct ivy_rt *rt, struct conn *c)
+{
+    while (c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                break;
+            fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
+            return;
+        }
+        c->out_off += (size_t)n;
+        c->out_len -= (size_t)n;
+    }
+    if (!c->out_len)
+        c->out_off = 0;
+    conn_arm(rt, c, c->out_len != 0);
+}
+
+/* Header plus optional page, straight to the socket when nothing is queued. */
+static void conn_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy_msg *m,
+                      const uint8_t *data)
+{
+    uint8_t hdr[IVY_WIRE_HDR_SIZE];
+    ivy_wire_encode(hdr, type, m);
+    size_t total = IVY_WIRE_HDR_SIZE + (data ? IVY_PAGE_SIZE : 0);
+    size_t done = 0;
+    if (c->fd < 0) {
+        char wait[128];
+        describe_wait(rt, wait, sizeof wait);
+        fail(rt, "node %u has left (BYE) but a %s for page 0x%llx must go to it (%s)", c->peer,
+             type_name(type), (unsigned long long)m->page, wait);
+        return;
+    }
+    if (!c->out_len) {
+        struct iovec iov[2] = {{hdr, IVY_WIRE_HDR_SIZE}, {(void *)data, data ? IVY_PAGE_SIZE : 0}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = data ? 2 : 1};
+        ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
+            return;
+        }
+        done = n < 0 ? 0 : (size_t)n;
+    }
+    if (done < IVY_WIRE_HDR_SIZE)
+        conn_queue(c, hdr + done, IVY_WIRE_HDR_SIZE - done);
+    if (data && done < total) {
+        size_t from = done > IVY_WIRE_HDR_SIZE ? done - IVY_WIRE_HDR_SIZE : 0;
+        conn_queue(c, data + from, IVY_PAGE_SIZE - from);
+    }
+    if (done < total)
+        conn_arm(rt, c, true);
+    c->last_send_ns = now_ns();
+    rt->stats.msgs_sent[type]++;
+    rt->stats.bytes_sent[type] += total;
+}
+
+/* ---- engine driver ----------------------------------------------------- */
+
+static void fifo_push(struct fifo *f, const struct ivy_msg *m)
+{
+    if (f->len == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 64;
+        struct ivy_msg *q = malloc(cap * sizeof *q);
+        if (!q)
+            abort();
+        for (size_t i = 0; i < f->len; i++)
+            q[i] = f->q[(f->head + i) % f->cap];
+        free(f->q);
+        f->q = q;
+        f->head = 0;
+        f->cap = cap;
+    }
+    f->q[(f->head + f->len) % f->cap] = *m;
+    f->len++;
+}
+
+static bool fifo_pop(struct fifo *f, struct ivy_msg *m)
+{
+    if (!f->len)
+        return false;
+    *m = f->q[f->head];
+    f->head = (f->head + 1) % f->cap;
+    f->len--;
+    return true;
+}
+
+static void park(struct ivy_rt *rt, const struct ivy_msg *m)
+{
+    struct parked *p = malloc(sizeof *p), **tail = &rt->parked[m->page];
+    if (!p)
+        abort();
+    p->next = NULL;
+    p->msg = *m;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = p;
+    rt->stats.parked++;
+}
+
+/* Move every message held for `page` to the delivery queue, in arrival order. */
+static void unpark(struct ivy_rt *rt, uint64_t page)
+{
+    struct parked *p = rt->parked[page];
+    rt->parked[page] = NULL;
+    while (p) {
+        struct parked *next = p->next;
+        fifo_push(&rt->fifo, &p->msg);
+        rt->stats.unparked++;
+        free(p);
+        p = next;
+    }
+}
+
+static void fault_done(struct ivy_rt *rt, uint64_t page)
+{
+    if (rt->remote[page]) {
+        rt->stats.faults_remote++;
+        rt->waiting_remote--;
+    } else {
+        rt->stats.faults_local++;
+    }
+    rt->remote[page] = 0;
+    if (!rt->fault_t0[page])
+        return;
+    uint64_t ns = now_ns() - rt->fault_t0[page];
+    rt->fault_t0[page] = 0;
+    unsigned b = 0;
+    while (b + 1 < IVY_RT_LAT_BUCKETS && (ns >> (b + 1)))
+        b++;
+    rt->stats.lat_hist[b]++;
+    rt->stats.lat_count++;
+    rt->stats.lat_sum_ns += ns;
+    if (ns > rt->stats.lat_max_ns)
+        rt->stats.lat_max_ns = ns;
+}
+
+static void send_action(struct ivy_rt *rt, const struct ivy_action *a)
+{
+    const struct ivy_msg *m = &a->msg;
+    bool request = m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE;
+    if (request && m->requester == rt->cfg.self) {
+        if (!rt->remote[a->page]) { /* a stale classic-Ivy read asks again: same fault */
+            rt->remote[a->page] = 1;
+            rt->waiting_remote++;
+        }
+    } else if (request) {
+        rt->stats.forwards++;
+    }
+    if (a->to == rt->cfg.self) {
+        fifo_push(&rt->fifo, m);
+        return;
+    }
+    if (a->to >= rt->cfg.nnodes) {
+        fail(rt, "engine asked to send %s to node %u of %u", ivy_msg_name(m->type), a->to, rt->cfg.nnodes);
+        return;
+    }
+    bool data = m->type == IVY_MSG_REPLY && (m->flags & IVY_REPLY_DATA);
+    conn_send(rt, &rt->conns[a->to], m->type, m, data ? vmm_page(rt, a->page) : NULL);
+}
+
+/* Perform actions strictly in order; `minor` describes the fault being handled, if any. */
+static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool minor)
+{
+    for (unsigned i = 0; i < acts->n && !rt->failed; i++) {
+        const struct ivy_action *a = &acts->a[i];
+        if (a->page >= rt->npages) {
+            fail(rt, "engine action %u names page 0x%llx beyond RAM", a->kind, (unsigned long long)a->page);
+            return;
+        }
+        switch (a->kind) {
+        case IVY_ACT_SEND: send_action(rt, a); break;
+        case IVY_ACT_MAP_RO: grant(rt, a->page, false, false); break;
+        case IVY_ACT_MAP_RW: grant(rt, a->page, true, false); break;
+        case IVY_ACT_ZAP: zap(rt, a->page); break;
+        case IVY_ACT_WRPROTECT: wrprotect(rt, a->page); break;
+        case IVY_ACT_WAKE: wake_spurious(rt, a->page, minor); break;
+        case IVY_ACT_PARK: park(rt, &a->msg); break;
+        case IVY_ACT_UNPARK: unpark(rt, a->page); break;
+        case IVY_ACT_DONE: fault_done(rt, a->page); break;
+        default: fail(rt, "engine returned unknown action kind %u", a->kind); return;
+        }
+    }
+}
+
+/* Feed queued messages (unparked or self-addressed) until none is left. */
+static void drain_fifo(struct ivy_rt *rt)
+{
+    struct ivy_msg m;
+    struct ivy_actions acts;
+    while (!rt->failed && fifo_pop(&rt->fifo, &m)) {
+        acts.n = 0;
+        ivy_engine_message(&rt->engine, &m, &acts);
+        run_actions(rt, &acts, false);
+    }
+}
+
+static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
+{
+    uint64_t addr = um->arg.pagefault.address, flags = um->arg.pagefault.flags;
+    if (addr < rt->cfg.guest_addr || addr >= rt->cfg.guest_addr + rt->cfg.size)
+        return;
+    uint64_t page = (addr - rt->cfg.guest_addr) / IVY_PAGE_SIZE;
+    bool wp = flags & UFFD_PAGEFAULT_FLAG_WP;
+    bool write = wp || (flags & UFFD_PAGEFAULT_FLAG_WRITE);
+    if (wp)
+        rt->stats.faults_wp++;
+    else if (write)
+        rt->stats.faults_write++;
+    else
+        rt->stats.faults_read++;
+    if (rt->fault_count[page] != UINT32_MAX)
+        rt->fault_count[page]++;
+    if (!rt->fault_t0[page])
+        rt->fault_t0[page] = now_ns();
+    struct ivy_actions acts;
+    acts.n = 0;
+    ivy_engine_fault(&rt->engine, page, write, &acts);
+    if (acts.n == 0)
+        rt->stats.faults_duplicate++; /* another thread's fault on this page is being served */
+    run_actions(rt, &acts, !wp);
+    drain_fifo(rt);
+}
+
+static void read_faults(struct ivy_rt *rt)
+{
+    struct uffd_msg msgs[UFFD_BATCH];
+    while (!rt->failed) {
+        ssize_t n = read(rt->uffd, msgs, sizeof msgs);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            fail(rt, "reading userfaultfd: %s", strerror(errno));
+            return;
+        }
+        for (size_t i = 0; i < (size_t)n / sizeof msgs[0]; i++)
+            if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+                handle_fault(rt, &msgs[i]);
+        /* A short read drained the queue; epoll reports anything newer (saves a syscall per fault). */
+        if ((size_t)n < sizeof msgs)
+            return;
+    }
+}
+
+/*
+ * Checks the pure decoder cannot make, done before the engine sees the frame:
+ * the sender is the peer at the other end of this link, and the message fits
+ * the page's state the way the engine's preconditions require (a reply
+ * answers our outstanding request, an ack one we are waiting for, ...). The
+ * engine asserts these; a peer must not be able to trip an assert, nor get
+ * bytes written into a page it was not asked for.
+ */
+static const char *frame_misfit(struct ivy_rt *rt, const struct ivy_msg *m)
+{
+    const struct ivy_page *pg = &rt->pages[m->page];
+    uint16_t self = rt->cfg.self;
+    switch (m->type) {
+    case IVY_MSG_READ:
+    case IVY_MSG_WRITE:
+        if (m->requester == self)
+            return "a request naming this node as requester";
+        if (pg->pending == IVY_IDLE && !pg->owner &&
+            (pg->probowner == self || pg->probowner == m->requester))
+            return "a request this node can neither serve nor forward";
+        return NULL;
+    case IVY_MSG_REPLY:
+        if (m->requester != self)
+            return "a reply for another node";
+        if (pg->pending != IVY_WANT_READ && pg->pending != IVY_WANT_WRITE && pg->pending != IVY_READ_STALE)
+            return "a reply this node did not ask for";
+        if (m->txid != pg->txid)
+            return "a reply with a stale transaction id";
+        if (!(m->flags & IVY_REPLY_DATA) && m->version != pg->version)
+            return "a reply without data for a version this node does not have";
+        if ((m->flags & IVY_REPLY_DATA) && ivy_engine_access(&rt->engine, m->page) != 0)
+            return "page bytes for a page that is still readable here";
+        if (pg->pending == IVY_WANT_WRITE && !(m->flags & IVY_REPLY_OWNERSHIP))
+            return "a write reply without ownership";
+        if (pg->pending == IVY_READ_STALE && (m->flags & IVY_REPLY_OWNERSHIP))
+            return "ownership on a reply that an invalidation overtook";
+        return NULL;
+    case IVY_MSG_INVALIDATE:
+        return pg->owner ? "an invalidation sent to the owner" : NULL;
+    case IVY_MSG_INV_ACK:
+        if (pg->pending != IVY_WAIT_ACKS || !(pg->acks_missing & (1ull << m->sender)) || m->txid != pg->txid)
+            return "an acknowledgement nobody waits for";
+        return NULL;
+    default:
+        return "an unknown message type";
+    }
+}
+
+static void handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f)
+{
+    const struct ivy_msg *m = &f->msg;
+    rt->stats.msgs_recv[m->type]++;
+    rt->stats.bytes_recv[m->type] += f->frame_len;
+    if (m->sender != c->peer) {
+        fail(rt, "node %u sent a %s claiming to be node %u; dropping the link", c->peer, type_name(m->type),
+             m->sender);
+        return;
+    }
+    if (m->type == IVY_WIRE_PING)
+        return;
+    if (m->type == IVY_WIRE_BYE) {
+        c->bye = true;
+        return;
+    }
+    const char *misfit = frame_misfit(rt, m);
+    if (misfit) {
+        fail(rt, "node %u sent %s (%s page 0x%llx requester %u sender %u txid 0x%llx); dropping the link",
+             c->peer, misfit, ivy_msg_name(m->type), (unsigned long long)m->page, m->requester, m->sender,
+             (unsigned long long)m->txid);
+        return;
+    }
+    if (m->type == IVY_MSG_REPLY) {
+        rt->stats.reply_hops += m->hops;
+        if (f->data) {
+            memcpy(vmm_page(rt, m->page), f->data, IVY_PAGE_SIZE);
+            rt->stats.replies_data++;
+        } else {
+            rt->stats.replies_elided++;
+        }
+    }
+    struct ivy_actions acts;
+    acts.n = 0;
+    ivy_engine_message(&rt->engine, m, &acts);
+    run_actions(rt, &acts, false);
+    drain_fifo(rt);
+}
+
+static void close_conn(struct ivy_rt *rt, struct conn *c)
+{
+    if (c->fd < 0)
+        return;
+    epoll_ctl(rt->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->fd = -1;
+}
+
+static void read_conn(struct ivy_rt *rt, struct conn *c)
+{
+    while (!rt->failed && c->fd >= 0) {
+        size_t room = IN_CAP - c->in_len;
+        ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            char wait[128];
+            describe_wait(rt, wait, sizeof wait);
+            fail(rt, "connection to node %u failed: %s (%s)", c->peer, strerror(errno), wait);
+            return;
+        }
+        if (n == 0) {
+            if (c->bye) {
+                close_conn(rt, c);
+                return;
+            }
+            char wait[128];
+            describe_wait(rt, wait, sizeof wait);
+            fail(rt, "node %u closed the connection without BYE %s", c->peer, wait);
+            return;
+        }
+        c->in_len += (size_t)n;
+        c->last_recv_ns = now_ns();
+        size_t off = 0;
+        while (!rt->failed) {
+            struct ivy_wire_frame f;
+            int st = ivy_wire_decode(c->in + off, c->in_len - off, rt->npages, rt->cfg.nnodes, &f);
+            if (st == IVY_WIRE_SHORT)
+                break;
+            if (st != IVY_WIRE_OK) {
+                fail(rt, "node %u sent a bad frame: %s; dropping the link", c->peer, ivy_wire_status_name(st));
+                return;
+            }
+            handle_frame(rt, c, &f);
+            off += f.frame_len;
+        }
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+        /* Less than asked for: the socket is drained, epoll (level-triggered) reports more. */
+        if ((size_t)n < room)
+            return;
+    }
+}
+
+static void heartbeat(struct ivy_rt *rt)
+{
+    uint64_t expirations, now = now_ns();
+    if (read(rt->timerfd, &expirations, sizeof expirations) < 0)
+        return;
+    struct ivy_msg ping;
+    memset(&ping, 0, sizeof ping);
+    ping.sender = rt->cfg.self;
+    for (unsigned i = 0; i < rt->cfg.nnodes && !rt->failed; i++) {
+        struct conn *c = &rt->conns[i];
+        if (i == rt->cfg.self || c->fd < 0)
+            continue;
+        uint64_t silent = now - c->last_recv_ns;
+        if (!c->bye && silent > (uint64_t)rt->cfg.timeout_ms * 1000000ull) {
+            char wait[128];
+            describe_wait(rt, wait, sizeof wait);
+            fail(rt, "node %u silent for %.1f s %s", i, silent / 1e9, wait);
+            return;
+        }
+        if (now - c->last_send_ns >= (uint64_t)rt->cfg.heartbeat_ms * 900000ull) {
+            ping.requester = rt->cfg.self;
+            conn_send(rt, c, IVY_WIRE_PING, &ping, NULL);
+        }
+    }
+}
+
+/*
+ * Let every thread blocked in a fault go on without us. UFFDIO_UNREGISTER
+ * wakes only MISSING-mode faulters (measured on 6.18), so MINOR and WP ones
+ * get an explicit UFFDIO_WAKE after it; they retry on a plain mapping.
+ */
+static void release_faulters(struct ivy_rt *rt)
+{
+    if (!rt->registered)
+        return;
+    struct uffdio_range r = {rt->cfg.guest_addr, rt->cfg.size};
+    if (ioctl(rt->uffd, UFFDIO_UNREGISTER, &r) == 0)
+        rt->registered = false;
+    ioctl(rt->uffd, UFFDIO_WAKE, &r);
+}
+
+static void *event_loop(void *arg)
+{
+    struct ivy_rt *rt = arg;
+    struct epoll_event evs[64];
+    bool stop = false;
+    while (!stop && !rt->failed) {
+        int n = 0;
+        if (rt->waiting_remote && rt->cfg.poll_us) {
+            /* A reply is due within tens of microseconds: poll for it rather than
+             * sleep, since waking an idle CPU costs as much again on a VM host. */
+            uint64_t until = now_ns() + (uint64_t)rt->cfg.poll_us * 1000u;
+            do
+                n = epoll_wait(rt->epfd, evs, 64, 0);
+            while (n == 0 && now_ns() < until);
+        }
+        if (n == 0)
+            n = epoll_wait(rt->epfd, evs, 64, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            fail(rt, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n && !rt->failed; i++) {
+            uint64_t tag = evs[i].data.u64;
+            if (tag == EP_STOP) {
+                stop = true;
+            } else if (tag == EP_UFFD) {
+                read_faults(rt);
+            } else if (tag == EP_TIMER) {
+                heartbeat(rt);
+            } else {
+                struct conn *c = &rt->conns[tag];
+                if (c->fd < 0)
+                    continue;
+                if (evs[i].events & EPOLLOUT)
+                    conn_flush(rt, c);
+                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                    read_conn(rt, c);
+            }
+        }
+    }
+    if (!rt->failed) {
+        /* Clean stop: tell every peer so its EOF is not mistaken for a crash. */
+        rt->leaving = true;
+        struct ivy_msg bye;
+        memset(&bye, 0, sizeof bye);
+        bye.sender = bye.requester = rt->cfg.self;
+        for (unsigned i = 0; i < rt->cfg.nnodes; i++) {
+            struct conn *c = &rt->conns[i];
+            if (c->fd < 0)
+                continue;
+            conn_send(rt, c, IVY_WIRE_BYE, &bye, NULL);
+            /* Bounded blocking flush: a peer that stopped reading cannot hold up stop(). */
+            struct timeval tv = {1, 0};
+            setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+            fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
+            conn_flush(rt, c);
+        }
+    }
+    release_faulters(rt);
+    return NULL;
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+static int setup_uffd(struct ivy_rt *rt, char *err, size_t errlen)
+{
+    rt->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (rt->uffd < 0) {
+        int fd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+        if (fd >= 0) {
+            rt->uffd = ioctl(fd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+            close(fd);
+        }
+    }
+    if (rt->uffd < 0) {
+        snprintf(err, errlen, "userfaultfd: %s (needs root or vm.unprivileged_userfaultfd=1)", strerror(errno));
+        return -1;
+    }
+    struct uffdio_api api = {.api = UFFD_API,
+                             .features = UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+                                         UFFD_FEATURE_PAGEFAULT_FLAG_WP};
+    if (ioctl(rt->uffd, UFFDIO_API, &api)) {
+        snprintf(err, errlen, "UFFDIO_API with MINOR_SHMEM|WP_SHMEM: %s (kernel too old?)", strerror(errno));
+        return -1;
+    }
+    /* Drop any mapping made before we manage the view, so every page starts faulting. */
+    if (madvise((void *)(uintptr_t)rt->cfg.guest_addr, rt->cfg.size, MADV_DONTNEED)) {
+        snprintf(err, errlen, "MADV_DONTNEED on the guest view: %s", strerror(errno));
+        return -1;
+    }
+    /* Every page in the page cache, so a first touch is a MINOR fault, never MISSING. */
+    if (madvise((void *)(uintptr_t)rt->cfg.vmm_addr, rt->cfg.size, MADV_POPULATE_WRITE)) {
+        snprintf(err, errlen, "MADV_POPULATE_WRITE on the VMM view: %s", strerror(errno));
+        return -1;
+    }
+    struct uffdio_register reg = {{rt->cfg.guest_addr, rt->cfg.size},
+                                  UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP, 0};
+    if (ioctl(rt->uffd, UFFDIO_REGISTER, &reg)) {
+        snprintf(err, errlen, "UFFDIO_REGISTER MINOR|WP on the guest view (0x%llx, %llu bytes): %s",
+                 (unsigned long long)rt->cfg.guest_addr, (unsigned long long)rt->cfg.size, strerror(errno));
+        return -1;
+    }
+    rt->registered = true;
+    if (!(reg.ioctls & (1ull << _UFFDIO_CONTINUE)) || !(reg.ioctls & (1ull << _UFFDIO_WRITEPROTECT))) {
+        snprintf(err, errlen, "the guest view does not support UFFDIO_CONTINUE and UFFDIO_WRITEPROTECT "
+                              "(is it a MAP_SHARED memfd view?)");
+        return -1;
+    }
+    return 0;
+}
+
+static int setup_loop(struct ivy_rt *rt, char *err, size_t errlen)
+{
+    rt->epfd = epoll_create1(EPOLL_CLOEXEC);
+    rt->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    rt->failfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    rt->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (rt->epfd < 0 || rt->stopfd < 0 || rt->failfd < 0 || rt->timerfd < 0) {
+        snprintf(err, errlen, "creating epoll/eventfd/timerfd: %s", strerror(errno));
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.u64 = EP_UFFD;
+    epoll_ctl(rt->epfd, EPOLL_CTL_ADD, rt->uffd, &ev);
+    ev.data.u64 = EP_STOP;
+    epoll_ctl(rt->epfd, EPOLL_CTL_ADD, rt->stopfd, &ev);
+    ev.data.u64 = EP_TIMER;
+    epoll_ctl(rt->epfd, EPOLL_CTL_ADD, rt->timerfd, &ev);
+    for (unsigned i = 0; i < rt->cfg.nnodes; i++) {
+        struct conn *c = &rt->conns[i];
+        if (c->fd < 0)
+            continue;
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+        c->in = malloc(IN_CAP);
+        if (!c->in) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        ev.data.u64 = i;
+        if (epoll_ctl(rt->epfd, EPOLL_CTL_ADD, c->fd, &ev)) {
+            snprintf(err, errlen, "epoll_ctl on the link to node %u (fd %d): %s", i, c->fd, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->nnodes == 0 || cfg->nnodes > IVY_MAX_NODES || cfg->self >= cfg->nnodes) {
+        snprintf(err, errlen, "node %u of %u: need 1 <= nnodes <= %u and self < nnodes", cfg->self,
+                 cfg->nnodes, IVY_MAX_NODES);
+        return NULL;
+    }
+    if (!cfg->size || cfg->size % IVY_PAGE_SIZE || cfg->guest_addr % IVY_PAGE_SIZE ||
+        cfg->vmm_addr % IVY_PAGE_SIZE) {
+        snprintf(err, errlen, "RAM size 0x%llx and both views must be non-empty and page aligned",
+                 (unsigned long long)cfg->size);
+        return NULL;
+    }
+    if (cfg->read_ownership > IVY_READ_IVY || cfg->manager > IVY_MGR_FIXED) {
+        snprintf(err, errlen, "read_ownership %u / manager %u out of range", cfg->read_ownership, cfg->manager);
+        return NULL;
+    }
+    for (unsigned i = 0; i < cfg->nnodes; i++) {
+        if ((i == cfg->self) != (cfg->peer_fds[i] < 0)) {
+            snprintf(err, errlen, "node %u: a socket is needed for every peer and none for self (peer %u fd %d)",
+                     cfg->self, i, cfg->peer_fds[i]);
+            return NULL;
+        }
+    }
+    struct ivy_rt *rt = calloc(1, sizeof *rt);
+    if (!rt) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    rt->cfg = *cfg;
+    if (!rt->cfg.heartbeat_ms)
+        rt->cfg.heartbeat_ms = 250;
+    if (!rt->cfg.timeout_ms)
+        rt->cfg.timeout_ms = 2000;
+    rt->uffd = rt->epfd = rt->stopfd = rt->timerfd = rt->failfd = -1;
+    rt->npages = cfg->size / IVY_PAGE_SIZE;
+    for (unsigned i = 0; i < IVY_MAX_NODES; i++) {
+        rt->conns[i].fd = i < cfg->nnodes ? cfg->peer_fds[i] : -1;
+        rt->conns[i].peer = (uint16_t)i;
+    }
+    rt->pages = calloc(rt->npages, sizeof *rt->pages);
+    rt->mapped = calloc(rt->npages, 1);
+    rt->remote = calloc(rt->npages, 1);
+    rt->fault_t0 = calloc(rt->npages, sizeof *rt->fault_t0);
+    rt->fault_count = calloc(rt->npages, sizeof *rt->fault_count);
+    rt->parked = calloc(rt->npages, sizeof *rt->parked);
+    if (!rt->pages || !rt->mapped || !rt->remote || !rt->fault_t0 || !rt->fault_count || !rt->parked) {
+        snprintf(err, errlen, "out of memory for %llu pages", (unsigned long long)rt->npages);
+        ivy_rt_destroy(rt);
+        return NULL;
+    }
+    struct ivy_config ec = {.self = cfg->self, .nnodes = cfg->nnodes, .read_ownership = cfg->read_ownership,
+                            .manager = cfg->manager, .npages = rt->npages};
+    ivy_engine_init(&rt->engine, &ec, rt->pages);
+    if (setup_uffd(rt, err, errlen) || setup_loop(rt, err, errlen)) {
+        ivy_rt_destroy(rt);
+        return NULL;
+    }
+    return rt;
+}
+
+int ivy_rt_set_version(struct ivy_rt *rt, uint64_t page, uint64_t version)
+{
+    if (rt->started || page >= rt->npages || version == 0)
+        return -1;
+    ivy_engine_set_version(&rt->engine, page, version);
+    return 0;
+}
+
+int ivy_rt_start(struct ivy_rt *rt)
+{
+    if (rt->started)
+        return -1;
+    uint64_t now = now_ns();
+    for (unsigned i = 0; i < rt->cfg.nnodes; i++)
+        rt->conns[i].last_recv_ns = rt->conns[i].last_send_ns = now;
+    uint64_t ns = (uint64_t)rt->cfg.heartbeat_ms * 1000000ull;
+    struct itimerspec its = {{(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)},
+                             {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)}};
+    timerfd_settime(rt->timerfd, 0, &its, NULL);
+    int r = pthread_create(&rt->thread, NULL, event_loop, rt);
+    if (r) {
+        fail(rt, "pthread_create: %s", strerror(r));
+        return -1;
+    }
+    rt->started = true;
+    return 0;
+}
+
+void ivy_rt_stop(struct ivy_rt *rt)
+{
+    if (rt->stopped)
+        return;
+    rt->stopped = true;
+    if (rt->started) {
+        uint64_t one = 1;
+        if (write(rt->stopfd, &one, sizeof one) < 0) {
+            /* cannot fail for an eventfd far from overflow */
+        }
+        pthread_join(rt->thread, NULL);
+    }
+    release_faulters(rt);
+    for (unsigned i = 0; i < IVY_MAX_NODES; i++) {
+        struct conn *c = &rt->conns[i];
+        if (c->fd >= 0 && rt->epfd >= 0)
+            close_conn(rt, c);
+        else if (c->fd >= 0)
+            close(c->fd), c->fd = -1;
+    }
+    int *fds[] = {&rt->uffd, &rt->epfd, &rt->stopfd, &rt->timerfd};
+    for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
+}
+
+void ivy_rt_destroy(struct ivy_rt *rt)
+{
+    if (!rt)
+        return;
+    ivy_rt_stop(rt);
+    if (rt->failfd >= 0)
+        close(rt->failfd);
+    for (unsigned i = 0; i < IVY_MAX_NODES; i++) {
+        free(rt->conns[i].in);
+        free(rt->conns[i].out);
+    }
+    if (rt->parked) {
+        for (uint64_t p = 0; p < rt->npages; p++) {
+            while (rt->parked[p]) {
+                struct parked *next = rt->parked[p]->next;
+                free(rt->parked[p]);
+                rt->parked[p] = next;
+            }
+        }
+    }
+    free(rt->fifo.q);
+    free(rt->pages);
+    free(rt->mapped);
+    free(rt->remote);
+    free(rt->fault_t0);
+    free(rt->fault_count);
+    free(rt->parked);
+    free(rt);
+}
+
+const struct ivy_rt_stats *ivy_rt_stats(const struct ivy_rt *rt) { return &rt->stats; }
+
+const char *ivy_rt_error(const struct ivy_rt *rt)
+{
+    return __atomic_load_n(&rt->failed, __ATOMIC_ACQUIRE) ? rt->error : NULL;
+}
+
+int ivy_rt_failure_fd(const struct ivy_rt *rt) { return rt->failfd; }
+
+unsigned ivy_rt_top_pages(const struct ivy_rt *rt, uint64_t *pages, uint32_t *counts, unsigned n)
+{
+    unsigned filled = 0;
+    for (uint64_t p = 0; p < rt->npages; p++) {
+        uint32_t c = __atomic_load_n(&rt->fault_count[p], __ATOMIC_RELAXED);
+        if (!c || (filled == n && c <= counts[n - 1]))
+            continue;
+        unsigned i = filled < n ? filled++ : n - 1;
+        while (i > 0 && counts[i - 1] < c) {
+            pages[i] = pages[i - 1];
+            counts[i] = counts[i - 1];
+            i--;
+        }
+        pages[i] = p;
+        counts[i] = c;
+    }
+    return filled;
+}
+
+int ivy_rt_access(const struct ivy_rt *rt, uint64_t page)
+{
+    return page < rt->npages ? ivy_engine_access(&rt->engine, page) : -1;
+}

@@ -1,0 +1,96 @@
+/*
+ * runtime.h - one DSM node: userfaultfd fault path, peer links, engine driver.
+ *
+ * A node is one event-loop thread that owns the engine, every per-page table
+ * and every file descriptor below. Python creates it with connected,
+ * authenticated sockets (one per peer), optionally declares pre-loaded pages,
+ * starts it, reads statistics at any time and stops it. Nothing here blocks on
+ * anything but epoll_wait, so serving one page never waits for another.
+ */
+#ifndef IVY_RUNTIME_H
+#define IVY_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+
+#define IVY_RT_LAT_BUCKETS 48 /* bucket i counts latencies in [2^i, 2^(i+1)) ns */
+#define IVY_RT_NTYPES 8       /* wire types 1..7 (engine messages, PING, BYE) */
+#define IVY_RT_ERR_LEN 256
+
+struct ivy_rt_config {
+    uint16_t self;
+    uint16_t nnodes;
+    uint8_t read_ownership; /* enum ivy_read_ownership */
+    uint8_t manager;        /* enum ivy_manager */
+    int memfd;              /* backs both views; kept open by the caller */
+    uint64_t guest_addr;    /* MAP_SHARED view the guest (and KVM) touches */
+    uint64_t vmm_addr;      /* MAP_SHARED view the runtime reads and writes */
+    uint64_t size;          /* bytes, a multiple of IVY_PAGE_SIZE */
+    int peer_fds[IVY_MAX_NODES]; /* connected socket per peer, -1 for self; the runtime owns them */
+    uint32_t heartbeat_ms;  /* PING period per link (0: 250) */
+    uint32_t timeout_ms;    /* a peer silent this long fails the node (0: 2000) */
+    uint32_t poll_us;       /* busy-poll this long for an expected reply before sleeping (0: never) */
+};
+
+/*
+ * Plain counters written only by the event-loop thread. Readers in other
+ * threads may see a counter one update stale; every field is an aligned
+ * 64-bit word, so no read is torn on x86-64.
+ */
+struct ivy_rt_stats {
+    uint64_t faults_read;     /* userfaultfd MINOR faults for a read */
+    uint64_t faults_write;    /* MINOR faults for a write */
+    uint64_t faults_wp;       /* write-protect faults */
+    uint64_t faults_spurious; /* faults the engine answered with WAKE */
+    uint64_t faults_local;    /* completed without a message */
+    uint64_t faults_remote;   /* completed after a request to a peer */
+    uint64_t faults_duplicate; /* arrived while the page was already being acquired */
+    uint64_t msgs_sent[IVY_RT_NTYPES];
+    uint64_t msgs_recv[IVY_RT_NTYPES];
+    uint64_t bytes_sent[IVY_RT_NTYPES];
+    uint64_t bytes_recv[IVY_RT_NTYPES];
+    uint64_t forwards;        /* requests this node passed on to another node */
+    uint64_t reply_hops;      /* sum of `hops` over replies received */
+    uint64_t replies_data;    /* replies received carrying page bytes */
+    uint64_t replies_elided;  /* replies received without bytes (versions matched) */
+    uint64_t parked;
+    uint64_t unparked;
+    uint64_t zaps;
+    uint64_t wrprotects;
+    uint64_t continues;
+    uint64_t wp_clears;
+    uint64_t wakes;
+    uint64_t eexist;          /* grants that found the page already mapped */
+    uint64_t lat_count;
+    uint64_t lat_sum_ns;
+    uint64_t lat_max_ns;
+    uint64_t lat_hist[IVY_RT_LAT_BUCKETS];
+};
+
+struct ivy_rt;
+
+/* Validate cfg, open and register userfaultfd, populate the page cache.
+ * NULL on failure with a one-line reason in err. */
+struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t errlen);
+/* Declare bytes written before start (node 0's image): version >= 1. 0 or -1. */
+int ivy_rt_set_version(struct ivy_rt *rt, uint64_t page, uint64_t version);
+/* Start the event-loop thread. 0 or -1 (reason in ivy_rt_error). */
+int ivy_rt_start(struct ivy_rt *rt);
+/* Say BYE, stop and join the thread, wake every blocked faulter, close fds. */
+void ivy_rt_stop(struct ivy_rt *rt);
+/* Stop if needed and free everything. */
+void ivy_rt_destroy(struct ivy_rt *rt);
+
+const struct ivy_rt_stats *ivy_rt_stats(const struct ivy_rt *rt);
+/* The first error that stopped the node, or NULL while healthy. */
+const char *ivy_rt_error(const struct ivy_rt *rt);
+/* An eventfd that becomes readable when the node fails (poll it). */
+int ivy_rt_failure_fd(const struct ivy_rt *rt);
+/* The n pages that faulted most, most first; returns how many were filled. */
+unsigned ivy_rt_top_pages(const struct ivy_rt *rt, uint64_t *pages, uint32_t *counts, unsigned n);
+/* Engine access right now (0 none, 1 read, 2 write); racy, for tests. */
+int ivy_rt_access(const struct ivy_rt *rt, uint64_t page);
+
+#endif

@@ -1,0 +1,240 @@
+/*
+ * testkit.c - helpers for tests and the benchmark, called through cffi.
+ *
+ * cffi releases the GIL around every call, so Python threads calling these
+ * touch the guest view concurrently, from C, exactly as vCPU threads would;
+ * a thread blocked in a userfaultfd fault holds no Python lock.
+ */
+#define _GNU_SOURCE
+#include "testkit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+uint64_t ivy_map_shared(int fd, uint64_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? 0 : (uint64_t)(uintptr_t)p;
+}
+
+int ivy_unmap(uint64_t addr, uint64_t size) { return munmap((void *)(uintptr_t)addr, size); }
+
+uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count)
+{
+    uint64_t *p = (uint64_t *)(uintptr_t)addr, last = 0;
+    for (uint64_t i = 0; i < count; i++)
+        last = __atomic_add_fetch(p, delta, __ATOMIC_SEQ_CST);
+    return last;
+}
+
+uint64_t ivy_test_load64(uint64_t addr) { return __atomic_load_n((uint64_t *)(uintptr_t)addr, __ATOMIC_ACQUIRE); }
+
+void ivy_test_store64(uint64_t addr, uint64_t value)
+{
+    __atomic_store_n((uint64_t *)(uintptr_t)addr, value, __ATOMIC_RELEASE);
+}
+
+static uint64_t pattern(uint64_t seed, uint64_t i) { return (seed * 0x9e3779b97f4a7c15ull) ^ (i * 0xbf58476d1ce4e5b9ull) ^ i; }
+
+void ivy_test_fill(uint64_t addr, uint64_t len, uint64_t seed)
+{
+    uint64_t *p = (uint64_t *)(uintptr_t)addr;
+    for (uint64_t i = 0; i < len / 8; i++)
+        p[i] = pattern(seed, i);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+int64_t ivy_test_verify(uint64_t addr, uint64_t len, uint64_t seed)
+{
+    const uint64_t *p = (const uint64_t *)(uintptr_t)addr;
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (uint64_t i = 0; i < len / 8; i++)
+        if (p[i] != pattern(seed, i))
+            return (int64_t)i;
+    return -1;
+}
+
+int ivy_test_wait_value(uint64_t addr, uint64_t value, uint64_t timeout_ns)
+{
+    uint64_t deadline = now_ns() + timeout_ns;
+    for (unsigned spins = 0;; spins++) {
+        if (ivy_test_load64(addr) == value)
+            return 0;
+        if ((spins & 63) == 63) {
+            if (now_ns() > deadline)
+                return -1;
+            sched_yield();
+        }
+    }
+}
+
+/* One access, timed: a plain load, or a plain store (a write fault, no read first). */
+uint64_t ivy_test_touch_timed(uint64_t addr, int write)
+{
+    volatile uint64_t *p = (volatile uint64_t *)(uintptr_t)addr;
+    uint64_t t0 = now_ns();
+    if (write)
+        *p = t0;
+    else
+        (void)*p;
+    return now_ns() - t0;
+}
+
+/*
+ * Ownership ping-pong as a spinlock hand-off does it: node `self` (0 or 1)
+ * waits for 2r+self with a locked cmpxchg (a write access, so each attempt
+ * needs the page writable here) and replaces it with 2r+self+1. Each round
+ * moves the page to this node once. out_ns[r]: time from the end of our
+ * previous turn to the end of this one. 0, or -1 after timeout_ns idle.
+ */
+int ivy_test_pingpong(uint64_t addr, int self, uint64_t rounds, uint64_t *out_ns, uint64_t timeout_ns)
+{
+    uint64_t *p = (uint64_t *)(uintptr_t)addr, last = now_ns();
+    for (uint64_t r = 0; r < rounds; r++) {
+        uint64_t want = 2 * r + (uint64_t)self;
+        for (unsigned spins = 0;; spins++) {
+            uint64_t expected = want;
+            if (__atomic_compare_exchange_n(p, &expected, want + 1, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                break;
+            /* Give the core to this node's event loop: on a 2-core host a pure
+             * spinner starves the thread that must hand the page over. */
+            sched_yield();
+            if ((spins & 1023) == 1023 && now_ns() - last > timeout_ns)
+                return -1;
+        }
+        uint64_t now = now_ns();
+        out_ns[r] = now - last;
+        last = now;
+    }
+    return 0;
+}
+
+/* ---- floors for the benchmark ------------------------------------------ */
+
+struct floor_ctx {
+    int uffd;
+    volatile int done;
+};
+
+static void *floor_server(void *arg)
+{
+    struct floor_ctx *f = arg;
+    while (!f->done) {
+        struct pollfd p = {f->uffd, POLLIN, 0};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        struct uffd_msg m;
+        if (read(f->uffd, &m, sizeof m) != sizeof m || m.event != UFFD_EVENT_PAGEFAULT)
+            continue;
+        struct uffdio_continue c = {{m.arg.pagefault.address & ~(uint64_t)(IVY_PAGE_SIZE - 1), IVY_PAGE_SIZE}, 0, 0};
+        if (ioctl(f->uffd, UFFDIO_CONTINUE, &c)) {
+            struct uffdio_range r = c.range;
+            ioctl(f->uffd, UFFDIO_WAKE, &r);
+        }
+    }
+    return NULL;
+}
+
+/* Bare MINOR fault round trip: zap, touch, a poll() thread CONTINUEs. */
+int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
+{
+    int fd = memfd_create("ivy-floor", MFD_CLOEXEC), rc = -1;
+    struct floor_ctx f = {-1, 0};
+    char *g = MAP_FAILED, *v = MAP_FAILED;
+    if (fd < 0 || ftruncate(fd, IVY_PAGE_SIZE))
+        goto out;
+    g = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    v = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (g == MAP_FAILED || v == MAP_FAILED)
+        goto out;
+    v[0] = 1;
+    f.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM};
+    if (f.uffd < 0 || ioctl(f.uffd, UFFDIO_API, &api))
+        goto out;
+    struct uffdio_register reg = {{(uint64_t)(uintptr_t)g, IVY_PAGE_SIZE}, UFFDIO_REGISTER_MODE_MINOR, 0};
+    if (ioctl(f.uffd, UFFDIO_REGISTER, &reg))
+        goto out;
+    pthread_t t;
+    if (pthread_create(&t, NULL, floor_server, &f))
+        goto out;
+    for (uint64_t i = 0; i < n; i++) {
+        madvise(g, IVY_PAGE_SIZE, MADV_DONTNEED);
+        uint64_t t0 = now_ns();
+        (void)*(volatile char *)g;
+        out_ns[i] = now_ns() - t0;
+    }
+    f.done = 1;
+    pthread_join(t, NULL);
+    rc = 0;
+out:
+    if (f.uffd >= 0)
+        close(f.uffd);
+    if (g != MAP_FAILED)
+        munmap(g, IVY_PAGE_SIZE);
+    if (v != MAP_FAILED)
+        munmap(v, IVY_PAGE_SIZE);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+static int full_io(int fd, void *buf, size_t len, bool send_it)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t r = send_it ? send(fd, (char *)buf + done, len - done, MSG_NOSIGNAL)
+                            : recv(fd, (char *)buf + done, len - done, 0);
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            return -1;
+        }
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+/* Bare TCP round trip shaped like a read fault: 56 bytes out, 56 + 4096 back. */
+int ivy_bench_tcp_ping(int fd, uint64_t n, uint64_t *out_ns)
+{
+    char req[56] = {0}, rep[56 + IVY_PAGE_SIZE];
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t t0 = now_ns();
+        if (full_io(fd, req, sizeof req, true) || full_io(fd, rep, sizeof rep, false))
+            return -1;
+        out_ns[i] = now_ns() - t0;
+    }
+    return 0;
+}
+
+int ivy_bench_tcp_pong(int fd, uint64_t n)
+{
+    char req[56], rep[56 + IVY_PAGE_SIZE];
+    memset(rep, 0x5a, sizeof rep);
+    for (uint64_t i = 0; i < n; i++)
+        if (full_io(fd, req, sizeof req, false) || full_io(fd, rep, sizeof rep, true))
+            return -1;
+    return 0;
+}

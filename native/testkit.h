@@ -1,0 +1,21 @@
+/* testkit.h - guest-view helpers for tests and the benchmark (see testkit.c). */
+#ifndef IVY_TESTKIT_H
+#define IVY_TESTKIT_H
+
+#include <stdint.h>
+
+uint64_t ivy_map_shared(int fd, uint64_t size);
+int ivy_unmap(uint64_t addr, uint64_t size);
+uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count);
+uint64_t ivy_test_load64(uint64_t addr);
+void ivy_test_store64(uint64_t addr, uint64_t value);
+void ivy_test_fill(uint64_t addr, uint64_t len, uint64_t seed);
+int64_t ivy_test_verify(uint64_t addr, uint64_t len, uint64_t seed);
+int ivy_test_wait_value(uint64_t addr, uint64_t value, uint64_t timeout_ns);
+uint64_t ivy_test_touch_timed(uint64_t addr, int write);
+int ivy_test_pingpong(uint64_t addr, int self, uint64_t rounds, uint64_t *out_ns, uint64_t timeout_ns);
+int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns);
+int ivy_bench_tcp_ping(int fd, uint64_t n, uint64_t *out_ns);
+int ivy_bench_tcp_pong(int fd, uint64_t n);
+
+#endif

@@ -1,0 +1,241 @@
+"""The runtime in one process: local grants, a scripted peer, liveness, stop and errors."""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from hypervisor._ivy_native import ffi, lib
+from hypervisor.dsm import PAGE_SIZE, DsmError, DsmNode, DsmOptions, RamRegion, SharedRam
+
+HDR = struct.Struct("<IBBBBIHHHHIQQQQ")
+READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = range(1, 8)
+NPAGES = 32
+
+
+def frame(type_: int, page: int, requester: int, sender: int, version: int = 0, copyset: int = 0, txid: int = 0,
+          flags: int = 0, payload: bytes = b"") -> bytes:
+    return HDR.pack(lib.IVY_WIRE_MAGIC, lib.IVY_WIRE_PROTO, type_, flags, 0, len(payload), requester, sender, 0, 0,
+                    0, page, version, copyset, txid) + payload
+
+
+def recv_frame(sock: socket.socket, skip_pings: bool = True) -> dict:
+    while True:
+        hdr = b""
+        while len(hdr) < HDR.size:
+            chunk = sock.recv(HDR.size - len(hdr))
+            assert chunk, "node closed the link"
+            hdr += chunk
+        f = dict(zip(("magic", "proto", "type", "flags", "r0", "len", "requester", "sender", "hops", "r1", "r2",
+                      "page", "version", "copyset", "txid"), HDR.unpack(hdr)))
+        data = b""
+        while len(data) < f["len"]:
+            data += sock.recv(f["len"] - len(data))
+        f["data"] = data
+        if not (skip_pings and f["type"] == PING):
+            return f
+
+
+def toucher(addr: int, write: bool = False) -> threading.Thread:
+    """A thread that reads (or plainly stores to) one guest-view word, blocking in its fault."""
+    if write:
+        t = threading.Thread(target=lib.ivy_test_store64, args=(addr, 1), daemon=True)
+    else:
+        t = threading.Thread(target=lib.ivy_test_load64, args=(addr,), daemon=True)
+    t.start()
+    return t
+
+
+@pytest.fixture
+def ram():
+    r = SharedRam(NPAGES * PAGE_SIZE)
+    yield r
+    r.close()
+
+
+def test_single_node_grants_locally(ram: SharedRam) -> None:
+    with DsmNode(0, 1, ram, {}) as node:
+        node.start()
+        lib.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 11)
+        # Bytes written through the guest view are in the memfd, seen by the VMM view.
+        assert lib.ivy_test_verify(ram.vmm_addr, NPAGES * PAGE_SIZE, 11) == -1
+        threads = [threading.Thread(target=lib.ivy_test_atomic_add, args=(ram.guest_addr + 8, 1, 20000))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        s = node.stats()
+        assert s["faults"]["local"] == NPAGES and s["faults"]["remote"] == 0
+        assert s["latency"]["count"] == NPAGES and sum(s["latency"]["histogram_ns"].values()) == NPAGES
+        assert all(node.access(p) == 2 for p in range(NPAGES))
+        assert node.error is None
+    # Stopped: plain memory again, the increments all landed.
+    assert lib.ivy_test_load64(ram.guest_addr + 8) == 80000 + _pattern_word(11, 1)
+
+
+def _pattern_word(seed: int, i: int) -> int:
+    fill = SharedRam(PAGE_SIZE)
+    lib.ivy_test_fill(fill.vmm_addr, PAGE_SIZE, seed)
+    value = lib.ivy_test_load64(fill.vmm_addr + 8 * i)
+    fill.close()
+    return int(value)
+
+
+def test_read_then_write_on_node0_is_read_fault_then_wp_fault(ram: SharedRam) -> None:
+    with DsmNode(0, 1, ram, {}) as node:
+        node.start()
+        lib.ivy_test_touch_timed(ram.guest_addr, 0)
+        assert node.access(0) == 1
+        lib.ivy_test_touch_timed(ram.guest_addr, 1)
+        assert node.access(0) == 2
+        f = node.stats()["faults"]
+        assert (f["read"], f["wp"], f["write"]) == (1, 1, 0)
+
+
+@pytest.fixture
+def scripted(ram: SharedRam):
+    """Node 1 of 2, its node 0 played by the test over a socketpair."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    node = DsmNode(1, 2, ram, {0: theirs})
+    node.start()
+    yield node, ours, ram
+    node.close()
+    ours.close()
+
+
+def test_duplicate_faults_send_one_request_and_all_wake(scripted) -> None:
+    node, peer, ram = scripted
+    threads = [toucher(ram.guest_addr + 3 * PAGE_SIZE + 8 * i) for i in range(4)]
+    req = recv_frame(peer)
+    assert (req["type"], req["page"], req["requester"], req["sender"]) == (READ, 3, 1, 1)
+    time.sleep(0.1)  # let every thread reach the fault
+    page = bytes([7]) * PAGE_SIZE
+    peer.sendall(frame(REPLY, 3, 1, 0, version=1, copyset=1, txid=req["txid"],
+                       flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=page))
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+    assert lib.ivy_test_load64(ram.guest_addr + 3 * PAGE_SIZE) == int.from_bytes(page[:8], "little")
+    s = node.stats()
+    assert s["messages_sent"]["READ"] == 1 and s["faults"]["remote"] == 1
+    assert node.access(3) == 1
+
+
+def test_invalidate_zaps_and_next_read_asks_again(scripted) -> None:
+    node, peer, ram = scripted
+    toucher(ram.guest_addr + 4 * PAGE_SIZE).join(0.05)
+    req = recv_frame(peer)
+    # Classic reply with data but keeping ownership at node 0 is not GiantVM's; hand ownership over.
+    peer.sendall(frame(REPLY, 4, 1, 0, version=3, copyset=1, txid=req["txid"],
+                       flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=b"\x01" * PAGE_SIZE))
+    deadline = time.monotonic() + 5
+    while node.access(4) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Node 0 now wants to write: WRITE to the owner (node 1) which replies without data (versions match).
+    peer.sendall(frame(WRITE, 4, 0, 0, version=3, txid=555))
+    reply = recv_frame(peer)
+    assert (reply["type"], reply["txid"], reply["len"]) == (REPLY, 555, 0)
+    assert reply["flags"] & lib.IVY_REPLY_OWNERSHIP and not reply["flags"] & lib.IVY_REPLY_DATA
+    assert node.access(4) == 0
+    # The zapped page faults again and the request goes to the new owner.
+    t = toucher(ram.guest_addr + 4 * PAGE_SIZE)
+    again = recv_frame(peer)
+    assert (again["type"], again["page"], again["version"]) == (READ, 4, 3)
+    peer.sendall(frame(REPLY, 4, 1, 0, version=4, copyset=1, txid=again["txid"],
+                       flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=b"\x02" * PAGE_SIZE))
+    t.join(5)
+    assert not t.is_alive()
+    assert lib.ivy_test_load64(ram.guest_addr + 4 * PAGE_SIZE) == int.from_bytes(b"\x02" * 8, "little")
+    assert node.stats()["uffd"]["zaps"] >= 1
+
+
+def test_failure_releases_threads_blocked_in_faults(scripted) -> None:
+    node, peer, ram = scripted
+    t = toucher(ram.guest_addr + 5 * PAGE_SIZE)
+    assert recv_frame(peer)["type"] == READ
+    peer.close()
+    assert node.wait_failed(5.0)
+    assert "node 0" in node.error and "page 0x5 (read)" in node.error, node.error
+    t.join(5)
+    assert not t.is_alive(), "a faulting thread stayed blocked after the node failed"
+
+
+def test_stop_releases_threads_blocked_in_faults(scripted) -> None:
+    node, peer, ram = scripted
+    t = toucher(ram.guest_addr + 6 * PAGE_SIZE, write=True)
+    assert recv_frame(peer)["type"] == WRITE
+    node.stop()
+    t.join(5)
+    assert not t.is_alive()
+    assert recv_frame(peer)["type"] == BYE
+    assert node.error is None
+
+
+def test_idle_link_kept_alive_by_heartbeats(ram: SharedRam) -> None:
+    other = SharedRam(NPAGES * PAGE_SIZE)
+    a, b = socket.socketpair()
+    opts = DsmOptions(heartbeat_ms=20, timeout_ms=150)
+    n0 = DsmNode(0, 2, ram, {1: a}, opts)
+    n1 = DsmNode(1, 2, other, {0: b}, opts)
+    try:
+        n0.start()
+        n1.start()
+        assert not n0.wait_failed(0.6) and not n1.wait_failed(0.01), (n0.error, n1.error)
+        assert n1.stats()["messages_received"]["PING"] >= 5
+        # And the pair really shares memory.
+        lib.ivy_test_store64(ram.guest_addr + 9 * PAGE_SIZE, 4242)
+        assert lib.ivy_test_load64(other.guest_addr + 9 * PAGE_SIZE) == 4242
+    finally:
+        n0.close()
+        n1.close()
+        other.close()
+
+
+def test_no_fd_leaks_across_start_stop(ram: SharedRam) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        a, b = socket.socketpair()
+        node = DsmNode(1, 2, ram, {0: b})
+        node.start()
+        node.close()
+        a.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_bad_configuration_is_a_clear_error(ram: SharedRam) -> None:
+    with pytest.raises(DsmError, match=r"sockets for nodes \[\] given, nodes \[1\] needed"):
+        DsmNode(0, 2, ram, {})
+    with pytest.raises(DsmError, match="node 3 of 2"):
+        DsmNode(3, 2, ram, {})
+    with pytest.raises(DsmError, match="manager 'chaos'"):
+        DsmOptions(manager="chaos")
+    odd = RamRegion(ram.memfd, ram.guest_addr, ram.vmm_addr, PAGE_SIZE + 1)
+    with pytest.raises(DsmError, match="page aligned"):
+        DsmNode(0, 1, odd, {})
+    with DsmNode(0, 1, ram, {}) as node:
+        with pytest.raises(DsmError, match="cannot mark page 0x20 loaded"):
+            node.mark_loaded([NPAGES])
+        node.start()
+        with pytest.raises(DsmError, match="is started"):
+            node.mark_loaded([1])
+
+
+def test_top_pages_ranks_the_hottest(scripted) -> None:
+    node, peer, ram = scripted
+    # Page 2 faults three times (each time the scripted owner takes it back), page 1 once.
+    for page, times in ((2, 3), (1, 1)):
+        for _ in range(times):
+            t = toucher(ram.guest_addr + page * PAGE_SIZE)
+            req = recv_frame(peer)
+            peer.sendall(frame(REPLY, page, 1, 0, version=req["version"], copyset=1, txid=req["txid"],
+                               flags=lib.IVY_REPLY_OWNERSHIP))
+            t.join(5)
+            peer.sendall(frame(WRITE, page, 0, 0, version=req["version"], txid=900 + page))
+            assert recv_frame(peer)["type"] == REPLY
+    assert node.top_pages(2) == [(2, 3), (1, 1)]

@@ -1,0 +1,81 @@
+"""Command-line parsing and errors: a bad command line is one line on stderr and status 2."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from hypervisor import cli
+
+
+@pytest.mark.parametrize("text, size", [
+    ("64M", 64 << 20), ("64m", 64 << 20), ("1G", 1 << 30), ("4096K", 4 << 20), ("67108864", 64 << 20),
+    ("64MiB", 64 << 20), ("2GB", 2 << 30),
+])
+def test_parse_size(text: str, size: int) -> None:
+    assert cli.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "M", "64X", "-4M", "1.5G", "64 M B"])
+def test_parse_size_rejects_garbage(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.parse_size(text)
+
+
+def test_defaults_and_options() -> None:
+    args = cli.build_parser().parse_args(["run", "g.elf"])
+    assert (args.guest, args.vcpus, args.mem, args.verbose) == ("g.elf", 1, 64 << 20, False)
+    args = cli.build_parser().parse_args(["run", "g.elf", "--vcpus", "64", "--mem", "4G", "-v"])
+    assert (args.vcpus, args.mem, args.verbose) == (64, 4 << 30, True)
+    assert cli.build_parser().parse_args(["run", "--mem=4M", "g.elf"]).mem == 4 << 20
+
+
+@pytest.mark.parametrize("argv, needle", [
+    ([], "COMMAND"),
+    (["boot", "g.elf"], "invalid choice"),
+    (["run"], "GUEST.elf"),
+    (["run", "g.elf", "--vcpus", "0"], "--vcpus"),
+    (["run", "g.elf", "--vcpus", "65"], "outside 1..64"),
+    (["run", "g.elf", "--vcpus", "two"], "invalid vCPU count"),
+    (["run", "g.elf", "--mem", "2M"], "--mem"),
+    (["run", "g.elf", "--mem", "65M"], "multiple of 2 MiB"),
+    (["run", "g.elf", "--mem", "6G"], "between 4M and 4G"),
+    (["run", "g.elf", "--mem", "lots"], "invalid size"),
+    (["run", "g.elf", "--frobnicate"], "unrecognized arguments"),
+])
+def test_bad_command_lines(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_no_room_beside_the_stacks_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "g.elf", "--mem", "4M", "--vcpus", "64"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
+def test_help_documents_options_and_statuses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for status in ("0-255", "2 ", "3 ", "4 ", "5 ", "6 ", "7 ", "8 ", "130"):
+        assert status in out
+    if argv[0] == "run":
+        for option in ("--vcpus", "--mem", "-v", "GUEST.elf"):
+            assert option in out
+
+
+def test_refused_image_is_status_3_before_kvm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "bogus.elf"
+    bogus.write_bytes(b"#!/bin/sh\n")
+    assert cli.main(["run", str(bogus)]) == 3
+    err = capsys.readouterr().err
+    assert "bogus.elf: not an ELF file" in err and err.count("\n") == 1
+    assert cli.main(["run", str(tmp_path / "absent.elf")]) == 3
+    assert "cannot read" in capsys.readouterr().err
