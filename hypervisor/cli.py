@@ -12,6 +12,9 @@ import re
 import sys
 from typing import Callable, NoReturn, Sequence
 
+from pathlib import Path
+
+from hypervisor.config import MANAGERS, READ_OWNERSHIP, SECRET_ENV
 from hypervisor.loader import STACK_SIZE, LoaderError, load_image
 
 STATUS_USAGE = 2
@@ -88,10 +91,41 @@ def build_parser() -> _Parser:
                      help=f"number of vCPUs, {MIN_VCPUS}..{MAX_VCPUS} (default {DEFAULT_VCPUS})")
     run.add_argument("--mem", type=mem_size, default=DEFAULT_MEM, metavar="SIZE",
                      help="guest RAM: bytes or with a K/M/G suffix, a multiple of 2M from 4M to 4G (default 64M)")
+    run.add_argument("--nodes", type=node_count, default=1, metavar="N",
+                     help="run the vCPUs in N node processes on this machine sharing the guest's RAM through "
+                          "the DSM over loopback; vCPU i runs on node i*N/vcpus (default 1: no DSM)")
+    run.add_argument("--read-ownership", choices=READ_OWNERSHIP, default="giantvm",
+                     help="with --nodes: whether a read moves page ownership to the reader (giantvm, default) "
+                          "or the owner keeps it (ivy)")
+    run.add_argument("--manager", choices=MANAGERS, default="dynamic",
+                     help="with --nodes: how a fault finds a page's owner: probable-owner forwarding (dynamic, "
+                          "default), node 0 records every owner (central), node p %% N does (fixed)")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="on a guest error, also print the vCPU's registers")
     run.set_defaults(handler=cmd_run)
+
+    node = commands.add_parser("node", help="run one node of a cluster described by a config file",
+                               description="Run node ID of the cluster in CONFIG (TOML; see README.md). "
+                                           f"The cluster secret comes from ${SECRET_ENV} or the config's "
+                                           "secret_file, never from the command line. Node 0 loads the image, "
+                                           "prints the console and exits with the guest's status.",
+                               epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    node.add_argument("--config", required=True, metavar="CONFIG", help="the cluster's TOML file")
+    node.add_argument("--id", type=int, required=True, metavar="ID", help="this node's id, 0..N-1")
+    node.add_argument("-v", "--verbose", action="store_true",
+                      help="on a guest error, also print the vCPU's registers")
+    node.set_defaults(handler=cmd_node)
     return parser
+
+
+def node_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid node count {text!r}") from None
+    if not 1 <= n <= MAX_VCPUS:
+        raise argparse.ArgumentTypeError(f"node count {n} outside 1..{MAX_VCPUS}")
+    return n
 
 
 class StdoutConsole:
@@ -120,6 +154,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         image = load_image(args.guest, args.mem, args.vcpus)
     except LoaderError as e:
         return fail(STATUS_IMAGE, str(e))
+    if args.nodes > 1:
+        if args.nodes > args.vcpus:
+            return usage_error(f"--nodes {args.nodes} is more than --vcpus {args.vcpus}: every node runs a vCPU")
+        from hypervisor.cluster import launch_local
+        return launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
+                            args.read_ownership, args.manager)
     from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
     try:
         machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=StdoutConsole(), verbose=args.verbose)
@@ -132,6 +172,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.error or result.status == STATUS_INTERRUPTED:
         sys.stderr.write(f"ivyvm: {result.message}\n")
     return result.status
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from hypervisor.config import ConfigError, load_config
+    from hypervisor.node import run_node
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as e:
+        return usage_error(str(e))
+    if not 0 <= args.id < config.nnodes:
+        return usage_error(f"--id {args.id}: {args.config} describes nodes 0..{config.nnodes - 1}")
+    return run_node(config, args.id, args.verbose)
 
 
 def usage_error(message: str) -> int:

@@ -238,14 +238,18 @@ def connect_mesh(self_id: int, addresses: Sequence[tuple[str, int]], secret: byt
     if own_listener:
         listener = listen(*addresses[self_id])
 
+    abandon = threading.Event()
+
     def accept_lower() -> None:
         assert listener is not None
         waiting = set(range(self_id))
-        while waiting and time.monotonic() < deadline:
-            listener.settimeout(max(0.05, deadline - time.monotonic()))
+        while waiting and time.monotonic() < deadline and not abandon.is_set():
+            listener.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
             try:
                 conn, _ = listener.accept()
-            except (socket.timeout, OSError):
+            except socket.timeout:
+                continue
+            except OSError:
                 return
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -256,6 +260,9 @@ def connect_mesh(self_id: int, addresses: Sequence[tuple[str, int]], secret: byt
                 accept_errors.append(str(err))
                 continue
             with lock:
+                if abandon.is_set():
+                    conn.close()
+                    return
                 peers[peer] = conn
             waiting.discard(peer)
 
@@ -281,11 +288,14 @@ def connect_mesh(self_id: int, addresses: Sequence[tuple[str, int]], secret: byt
             raise HandshakeError(f"node {self_id}: nodes {missing} did not connect within {timeout:.1f} s{detail}")
         return dict(peers)
     except BaseException:
+        abandon.set()
         with lock:
             for sock in peers.values():
                 sock.close()
             peers.clear()
         raise
     finally:
+        if self_id > 0:
+            acceptor.join()  # returns within 0.2 s once abandoned or done
         if own_listener and listener is not None:
             listener.close()

@@ -18,7 +18,6 @@ A guest error on node k is sent to node 0, which reports it once.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import socket
 import sys
@@ -27,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import control
+from .cli import StdoutConsole
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Frame, Msg
 from .devices import GuestIoError, describe_access
@@ -106,7 +106,7 @@ class Node:
         try:
             return Machine(image, vcpus=self.config.vcpus, mem=self.config.mem, local_vcpus=self.spec.vcpus,
                            write_memory=is_head, io=None if is_head else self, router=self,
-                           console=_stdout, verbose=self.verbose, node=self.id,
+                           console=StdoutConsole(), verbose=self.verbose, node=self.id,
                            on_all_parked=self._local_all_parked)
         except MachineError as err:
             raise NodeError(STATUS_HOST, f"node {self.id}: {err}") from None
@@ -228,7 +228,7 @@ class Node:
                 except OSError:
                     pass
             if result.error:
-                print(result.message, file=sys.stderr, flush=True)
+                _report(result.status, result.message)
             self._linger()
             return result.status
         if self._stop_from_node0 is not None:
@@ -238,12 +238,12 @@ class Node:
         # Node 0 reports guest errors once; a lost node is also said here,
         # since this node's operator may be on another host.
         if result.status == STATUS_CLUSTER and result.error:
-            print(result.message, file=sys.stderr, flush=True)
+            _report(result.status, result.message)
         try:
             self.channels[0].send(control.encode_status(Msg.FAILED, result.status, result.message))
         except (OSError, KeyError):
             if result.status != STATUS_CLUSTER:
-                print(result.message, file=sys.stderr, flush=True)
+                _report(result.status, result.message)
         return result.status
 
     def _linger(self) -> None:
@@ -398,10 +398,6 @@ class Node:
             everyone = len(self._parked_nodes) == self.config.nnodes
         if everyone:
             self.machine.stop(0, "every vCPU parked")
-
-
-def _stdout(data: bytes) -> None:
-    os.write(1, data)
 
 
 def _report(status: int, line: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from cffi import FFI
 
 NATIVE = Path(__file__).resolve().parent
-SOURCES = ["engine.c", "runtime.c", "testkit.c"]
+SOURCES = ["engine.c", "runtime.c", "link.c", "testkit.c"]
 
 CDEF = """
 #define IVY_MAX_NODES 64

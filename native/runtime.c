@@ -4,13 +4,13 @@
  * The loop waits in epoll on: the userfaultfd of the guest view (local
  * faults), one TCP socket per peer (frames), an eventfd (stop) and a timerfd
  * (heartbeats and silence detection). Every event becomes engine input; every
- * engine action is performed here, in order. There are no per-page locks: the
- * engine's PARK/UNPARK holds a request that reaches a page being acquired, and
- * the loop goes on serving every other page meanwhile. See /tmp/dsm-runtime.md
- * (docs/dsm.md) for the argument that this cannot deadlock.
+ * engine action is performed here, in order (links live in link.c). There
+ * are no per-page locks: the engine's PARK/UNPARK holds a request that reaches
+ * a page being acquired, and the loop goes on serving every other page
+ * meanwhile. docs/dsm.md gives the argument that this cannot deadlock.
  */
 #define _GNU_SOURCE
-#include "runtime.h"
+#include "rt_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,90 +34,23 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "wire.h"
-
 /* Newer than the distribution's uapi header (Linux 6.6+). */
 #ifndef UFFDIO_CONTINUE_MODE_WP
 #define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
 #endif
-
-#define EP_UFFD 1000u
-#define EP_STOP 1001u
-#define EP_TIMER 1002u
-#define IN_CAP (256u * 1024u)
-#define UFFD_BATCH 64
-
-enum mapping { MAP_NONE = 0, MAP_RO = 1, MAP_RW = 2 };
-
-struct conn {
-    int fd;                 /* -1: no link (self, or closed after BYE) */
-    uint16_t peer;
-    bool bye;               /* peer said BYE: its EOF is a clean close */
-    bool want_out;          /* EPOLLOUT armed */
-    uint8_t *in;            /* IN_CAP bytes of reassembly buffer */
-    size_t in_len;
-    uint8_t *out;           /* bytes the kernel did not take yet */
-    size_t out_off, out_len, out_cap;
-    uint64_t last_recv_ns, last_send_ns;
-};
-
-struct parked {
-    struct parked *next;
-    struct ivy_msg msg;
-};
-
-/* Messages waiting to be fed to the engine (unparked, or sent to self). */
-struct fifo {
-    struct ivy_msg *q;
-    size_t head, len, cap;
-};
-
-struct ivy_rt {
-    struct ivy_rt_config cfg;
-    uint64_t npages;
-    struct ivy_engine engine;
-    struct ivy_page *pages;
-    uint8_t *mapped;          /* enum mapping of each guest-view page, as last set here */
-    uint8_t *remote;          /* the outstanding fault on this page sent a request */
-    uint64_t waiting_remote;  /* pages with remote set: replies we expect soon */
-    uint64_t *fault_t0;       /* when the outstanding fault on this page was read */
-    uint32_t *fault_count;
-    struct parked **parked;   /* per page, arrival order */
-    struct fifo fifo;
-    struct conn conns[IVY_MAX_NODES];
-    int uffd, epfd, stopfd, timerfd, failfd;
-    pthread_t thread;
-    bool started, stopped, registered;
-    bool leaving;             /* clean stop in progress: send errors no longer matter */
-    volatile int failed;
-    char error[IVY_RT_ERR_LEN];
-    struct ivy_rt_stats stats;
-};
-
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
 
 static uint8_t *guest_page(struct ivy_rt *rt, uint64_t page)
 {
     return (uint8_t *)(uintptr_t)(rt->cfg.guest_addr + page * IVY_PAGE_SIZE);
 }
 
-static uint8_t *vmm_page(struct ivy_rt *rt, uint64_t page)
-{
-    return (uint8_t *)(uintptr_t)(rt->cfg.vmm_addr + page * IVY_PAGE_SIZE);
-}
-
-static const char *type_name(uint8_t type)
+const char *rt_type_name(uint8_t type)
 {
     return type == IVY_WIRE_PING ? "PING" : type == IVY_WIRE_BYE ? "BYE" : ivy_msg_name(type);
 }
 
 /* What this node is waiting for, for error messages. */
-static void describe_wait(struct ivy_rt *rt, char *buf, size_t len)
+void rt_describe_wait(struct ivy_rt *rt, char *buf, size_t len)
 {
     uint64_t waiting = 0, first = 0;
     uint8_t kind = IVY_IDLE;
@@ -142,7 +75,7 @@ static void describe_wait(struct ivy_rt *rt, char *buf, size_t len)
 }
 
 /* Record the first error, make the loop exit and tell pollers. */
-static void fail(struct ivy_rt *rt, const char *fmt, ...)
+void rt_fail(struct ivy_rt *rt, const char *fmt, ...)
 {
     if (rt->failed || rt->leaving)
         return;
@@ -175,7 +108,7 @@ static void uffd_wake(struct ivy_rt *rt, uint64_t page)
     struct uffdio_range r = {(uint64_t)(uintptr_t)guest_page(rt, page), IVY_PAGE_SIZE};
     rt->stats.wakes++;
     if (uffd_ioctl(rt, UFFDIO_WAKE, &r))
-        fail(rt, "UFFDIO_WAKE page 0x%llx: %s", (unsigned long long)page, strerror(errno));
+        rt_fail(rt, "UFFDIO_WAKE page 0x%llx: %s", (unsigned long long)page, strerror(errno));
 }
 
 /* Write-protect on or off; turning it off wakes threads waiting on the page. */
@@ -185,7 +118,7 @@ static void uffd_protect(struct ivy_rt *rt, uint64_t page, bool on)
                                      on ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
     int r = uffd_ioctl(rt, UFFDIO_WRITEPROTECT, &wp);
     if (r)
-        fail(rt, "UFFDIO_WRITEPROTECT(%d) page 0x%llx: %s", on, (unsigned long long)page, strerror(-r));
+        rt_fail(rt, "UFFDIO_WRITEPROTECT(%d) page 0x%llx: %s", on, (unsigned long long)page, strerror(-r));
     if (on)
         rt->stats.wrprotects++;
     else
@@ -212,7 +145,7 @@ static void grant(struct ivy_rt *rt, uint64_t page, bool rw, bool force_continue
             return;
         }
         if (r != -EEXIST) {
-            fail(rt, "UFFDIO_CONTINUE page 0x%llx: %s", (unsigned long long)page, strerror(-r));
+            rt_fail(rt, "UFFDIO_CONTINUE page 0x%llx: %s", (unsigned long long)page, strerror(-r));
             return;
         }
         rt->stats.eexist++;
@@ -241,7 +174,7 @@ static void zap(struct ivy_rt *rt, uint64_t page)
 {
     rt->stats.zaps++;
     if (madvise(guest_page(rt, page), IVY_PAGE_SIZE, MADV_DONTNEED))
-        fail(rt, "MADV_DONTNEED page 0x%llx: %s", (unsigned long long)page, strerror(errno));
+        rt_fail(rt, "MADV_DONTNEED page 0x%llx: %s", (unsigned long long)page, strerror(errno));
     rt->mapped[page] = MAP_NONE;
 }
 
@@ -261,94 +194,6 @@ static void wake_spurious(struct ivy_rt *rt, uint64_t page, bool minor)
         uffd_wake(rt, page); /* it will fault again and be handled then */
     else
         grant(rt, page, access == 2, minor);
-}
-
-/* ---- links ------------------------------------------------------------- */
-
-static void conn_arm(struct ivy_rt *rt, struct conn *c, bool want_out)
-{
-    if (c->want_out == want_out)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.u64 = c->peer};
-    if (epoll_ctl(rt->epfd, EPOLL_CTL_MOD, c->fd, &ev))
-        fail(rt, "epoll_ctl on link to node %u: %s", c->peer, strerror(errno));
-    c->want_out = want_out;
-}
-
-static void conn_queue(struct conn *c, const uint8_t *buf, size_t len)
-{
-    if (c->out_off + c->out_len + len > c->out_cap) {
-        memmove(c->out, c->out + c->out_off, c->out_len);
-        c->out_off = 0;
-        if (c->out_len + len > c->out_cap) {
-            size_t cap = c->out_cap ? c->out_cap : 65536;
-            while (cap < c->out_len + len)
-                cap *= 2;
-            uint8_t *n = realloc(c->out, cap);
-            if (!n)
-                abort(); /* out of memory on the data plane: nothing sensible left */
-            c->out = n;
-            c->out_cap = cap;
-        }
-    }
-    memcpy(c->out + c->out_off + c->out_len, buf, len);
-    c->out_len += len;
-}
-
-static void conn_flush(struct ivy_rt *rt, struct conn *c)
-{
-    while (c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                break;
-            fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
-            return;
-        }
-        c->out_off += (size_t)n;
-        c->out_len -= (size_t)n;
-    }
-    if (!c->out_len)
-        c->out_off = 0;
-    conn_arm(rt, c, c->out_len != 0);
-}
-
-/* Header plus optional page, straight to the socket when nothing is queued. */
-static void conn_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy_msg *m,
-                      const uint8_t *data)
-{
-    uint8_t hdr[IVY_WIRE_HDR_SIZE];
-    ivy_wire_encode(hdr, type, m);
-    size_t total = IVY_WIRE_HDR_SIZE + (data ? IVY_PAGE_SIZE : 0);
-    size_t done = 0;
-    if (c->fd < 0) {
-        char wait[128];
-        describe_wait(rt, wait, sizeof wait);
-        fail(rt, "node %u has left (BYE) but a %s for page 0x%llx must go to it (%s)", c->peer,
-             type_name(type), (unsigned long long)m->page, wait);
-        return;
-    }
-    if (!c->out_len) {
-        struct iovec iov[2] = {{hdr, IVY_WIRE_HDR_SIZE}, {(void *)data, data ? IVY_PAGE_SIZE : 0}};
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = data ? 2 : 1};
-        ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-        if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
-            return;
-        }
-        done = n < 0 ? 0 : (size_t)n;
-    }
-    if (done < IVY_WIRE_HDR_SIZE)
-        conn_queue(c, hdr + done, IVY_WIRE_HDR_SIZE - done);
-    if (data && done < total) {
-        size_t from = done > IVY_WIRE_HDR_SIZE ? done - IVY_WIRE_HDR_SIZE : 0;
-        conn_queue(c, data + from, IVY_PAGE_SIZE - from);
-    }
-    if (done < total)
-        conn_arm(rt, c, true);
-    c->last_send_ns = now_ns();
-    rt->stats.msgs_sent[type]++;
-    rt->stats.bytes_sent[type] += total;
 }
 
 /* ---- engine driver ----------------------------------------------------- */
@@ -448,11 +293,11 @@ static void send_action(struct ivy_rt *rt, const struct ivy_action *a)
         return;
     }
     if (a->to >= rt->cfg.nnodes) {
-        fail(rt, "engine asked to send %s to node %u of %u", ivy_msg_name(m->type), a->to, rt->cfg.nnodes);
+        rt_fail(rt, "engine asked to send %s to node %u of %u", ivy_msg_name(m->type), a->to, rt->cfg.nnodes);
         return;
     }
     bool data = m->type == IVY_MSG_REPLY && (m->flags & IVY_REPLY_DATA);
-    conn_send(rt, &rt->conns[a->to], m->type, m, data ? vmm_page(rt, a->page) : NULL);
+    link_send(rt, &rt->conns[a->to], m->type, m, data ? vmm_page(rt, a->page) : NULL);
 }
 
 /* Perform actions strictly in order; `minor` describes the fault being handled, if any. */
@@ -461,7 +306,7 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
     for (unsigned i = 0; i < acts->n && !rt->failed; i++) {
         const struct ivy_action *a = &acts->a[i];
         if (a->page >= rt->npages) {
-            fail(rt, "engine action %u names page 0x%llx beyond RAM", a->kind, (unsigned long long)a->page);
+            rt_fail(rt, "engine action %u names page 0x%llx beyond RAM", a->kind, (unsigned long long)a->page);
             return;
         }
         switch (a->kind) {
@@ -474,7 +319,7 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
         case IVY_ACT_PARK: park(rt, &a->msg); break;
         case IVY_ACT_UNPARK: unpark(rt, a->page); break;
         case IVY_ACT_DONE: fault_done(rt, a->page); break;
-        default: fail(rt, "engine returned unknown action kind %u", a->kind); return;
+        default: rt_fail(rt, "engine returned unknown action kind %u", a->kind); return;
         }
     }
 }
@@ -526,7 +371,7 @@ static void read_faults(struct ivy_rt *rt)
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 return;
-            fail(rt, "reading userfaultfd: %s", strerror(errno));
+            rt_fail(rt, "reading userfaultfd: %s", strerror(errno));
             return;
         }
         for (size_t i = 0; i < (size_t)n / sizeof msgs[0]; i++)
@@ -586,13 +431,13 @@ static const char *frame_misfit(struct ivy_rt *rt, const struct ivy_msg *m)
     }
 }
 
-static void handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f)
+void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f)
 {
     const struct ivy_msg *m = &f->msg;
     rt->stats.msgs_recv[m->type]++;
     rt->stats.bytes_recv[m->type] += f->frame_len;
     if (m->sender != c->peer) {
-        fail(rt, "node %u sent a %s claiming to be node %u; dropping the link", c->peer, type_name(m->type),
+        rt_fail(rt, "node %u sent a %s claiming to be node %u; dropping the link", c->peer, rt_type_name(m->type),
              m->sender);
         return;
     }
@@ -604,7 +449,7 @@ static void handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wir
     }
     const char *misfit = frame_misfit(rt, m);
     if (misfit) {
-        fail(rt, "node %u sent %s (%s page 0x%llx requester %u sender %u txid 0x%llx); dropping the link",
+        rt_fail(rt, "node %u sent %s (%s page 0x%llx requester %u sender %u txid 0x%llx); dropping the link",
              c->peer, misfit, ivy_msg_name(m->type), (unsigned long long)m->page, m->requester, m->sender,
              (unsigned long long)m->txid);
         return;
@@ -623,87 +468,6 @@ static void handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wir
     ivy_engine_message(&rt->engine, m, &acts);
     run_actions(rt, &acts, false);
     drain_fifo(rt);
-}
-
-static void close_conn(struct ivy_rt *rt, struct conn *c)
-{
-    if (c->fd < 0)
-        return;
-    epoll_ctl(rt->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    close(c->fd);
-    c->fd = -1;
-}
-
-static void read_conn(struct ivy_rt *rt, struct conn *c)
-{
-    while (!rt->failed && c->fd >= 0) {
-        size_t room = IN_CAP - c->in_len;
-        ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                return;
-            char wait[128];
-            describe_wait(rt, wait, sizeof wait);
-            fail(rt, "connection to node %u failed: %s (%s)", c->peer, strerror(errno), wait);
-            return;
-        }
-        if (n == 0) {
-            if (c->bye) {
-                close_conn(rt, c);
-                return;
-            }
-            char wait[128];
-            describe_wait(rt, wait, sizeof wait);
-            fail(rt, "node %u closed the connection without BYE %s", c->peer, wait);
-            return;
-        }
-        c->in_len += (size_t)n;
-        c->last_recv_ns = now_ns();
-        size_t off = 0;
-        while (!rt->failed) {
-            struct ivy_wire_frame f;
-            int st = ivy_wire_decode(c->in + off, c->in_len - off, rt->npages, rt->cfg.nnodes, &f);
-            if (st == IVY_WIRE_SHORT)
-                break;
-            if (st != IVY_WIRE_OK) {
-                fail(rt, "node %u sent a bad frame: %s; dropping the link", c->peer, ivy_wire_status_name(st));
-                return;
-            }
-            handle_frame(rt, c, &f);
-            off += f.frame_len;
-        }
-        memmove(c->in, c->in + off, c->in_len - off);
-        c->in_len -= off;
-        /* Less than asked for: the socket is drained, epoll (level-triggered) reports more. */
-        if ((size_t)n < room)
-            return;
-    }
-}
-
-static void heartbeat(struct ivy_rt *rt)
-{
-    uint64_t expirations, now = now_ns();
-    if (read(rt->timerfd, &expirations, sizeof expirations) < 0)
-        return;
-    struct ivy_msg ping;
-    memset(&ping, 0, sizeof ping);
-    ping.sender = rt->cfg.self;
-    for (unsigned i = 0; i < rt->cfg.nnodes && !rt->failed; i++) {
-        struct conn *c = &rt->conns[i];
-        if (i == rt->cfg.self || c->fd < 0)
-            continue;
-        uint64_t silent = now - c->last_recv_ns;
-        if (!c->bye && silent > (uint64_t)rt->cfg.timeout_ms * 1000000ull) {
-            char wait[128];
-            describe_wait(rt, wait, sizeof wait);
-            fail(rt, "node %u silent for %.1f s %s", i, silent / 1e9, wait);
-            return;
-        }
-        if (now - c->last_send_ns >= (uint64_t)rt->cfg.heartbeat_ms * 900000ull) {
-            ping.requester = rt->cfg.self;
-            conn_send(rt, c, IVY_WIRE_PING, &ping, NULL);
-        }
-    }
 }
 
 /*
@@ -741,7 +505,7 @@ static void *event_loop(void *arg)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            fail(rt, "epoll_wait: %s", strerror(errno));
+            rt_fail(rt, "epoll_wait: %s", strerror(errno));
             break;
         }
         for (int i = 0; i < n && !rt->failed; i++) {
@@ -751,36 +515,20 @@ static void *event_loop(void *arg)
             } else if (tag == EP_UFFD) {
                 read_faults(rt);
             } else if (tag == EP_TIMER) {
-                heartbeat(rt);
+                link_heartbeat(rt);
             } else {
                 struct conn *c = &rt->conns[tag];
                 if (c->fd < 0)
                     continue;
                 if (evs[i].events & EPOLLOUT)
-                    conn_flush(rt, c);
+                    link_flush(rt, c);
                 if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-                    read_conn(rt, c);
+                    link_read(rt, c);
             }
         }
     }
-    if (!rt->failed) {
-        /* Clean stop: tell every peer so its EOF is not mistaken for a crash. */
-        rt->leaving = true;
-        struct ivy_msg bye;
-        memset(&bye, 0, sizeof bye);
-        bye.sender = bye.requester = rt->cfg.self;
-        for (unsigned i = 0; i < rt->cfg.nnodes; i++) {
-            struct conn *c = &rt->conns[i];
-            if (c->fd < 0)
-                continue;
-            conn_send(rt, c, IVY_WIRE_BYE, &bye, NULL);
-            /* Bounded blocking flush: a peer that stopped reading cannot hold up stop(). */
-            struct timeval tv = {1, 0};
-            setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-            fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
-            conn_flush(rt, c);
-        }
-    }
+    if (!rt->failed)
+        link_say_bye(rt);
     release_faulters(rt);
     return NULL;
 }
@@ -954,7 +702,7 @@ int ivy_rt_start(struct ivy_rt *rt)
     timerfd_settime(rt->timerfd, 0, &its, NULL);
     int r = pthread_create(&rt->thread, NULL, event_loop, rt);
     if (r) {
-        fail(rt, "pthread_create: %s", strerror(r));
+        rt_fail(rt, "pthread_create: %s", strerror(r));
         return -1;
     }
     rt->started = true;
@@ -977,7 +725,7 @@ void ivy_rt_stop(struct ivy_rt *rt)
     for (unsigned i = 0; i < IVY_MAX_NODES; i++) {
         struct conn *c = &rt->conns[i];
         if (c->fd >= 0 && rt->epfd >= 0)
-            close_conn(rt, c);
+            link_close(rt, c);
         else if (c->fd >= 0)
             close(c->fd), c->fd = -1;
     }

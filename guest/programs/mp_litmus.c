@@ -22,7 +22,7 @@
 #define WORDS (RT_PAGE_SIZE / 8)
 
 static uint64_t data[MP_PAGES][WORDS] RT_PAGE_ALIGNED;
-static rt_page_u64 flag;
+static rt_event_t flag;                     /* round + 1 once the round's data is written */
 
 struct result {
     uint64_t checked, bad;
@@ -62,10 +62,12 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
             for (unsigned p = 0; p < MP_PAGES; p++)
                 for (unsigned w = 0; w < WORDS; w++)
                     data[p][w] = value(round, p, w);
-            __atomic_store_n(&flag.v, round + 1, __ATOMIC_RELEASE);
+            rt_event_set(&flag, round + 1);
         } else {
-            while (__atomic_load_n(&flag.v, __ATOMIC_ACQUIRE) < round + 1)
-                rt_pause();
+            /* Spin, then sleep: a plain spin would hold a host CPU the
+             * writer may need when vCPUs outnumber cores. */
+            for (uint64_t seen = __atomic_load_n(&flag.value, __ATOMIC_ACQUIRE); seen < round + 1;)
+                seen = rt_event_wait(&flag, seen);
         }
         check_round(round, r);
         rt_barrier();                       /* nobody rewrites data still being read */

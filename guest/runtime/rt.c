@@ -226,38 +226,53 @@ _Noreturn void rt_park(void)
 
 /* ---- barrier ---- */
 
-#ifndef RT_BARRIER_SPIN_CYCLES
-#define RT_BARRIER_SPIN_CYCLES 200000        /* about 0.1 ms, then sleep */
+/* ---- events and barriers ---- */
+
+#ifndef RT_SPIN_CYCLES
+#define RT_SPIN_CYCLES 50000                 /* about 20 us of spinning, then sleep */
 #endif
 
-void rt_barrier_wait(rt_barrier_t *b, unsigned n)
+/* No lost wake-up: the setter stores the value, then reads the sleepers; a
+ * waiter adds itself to the sleepers, then reads the value. Both pairs are
+ * separated by full fences, so at least one side sees the other's write. */
+void rt_event_set(rt_event_t *e, uint64_t value)
 {
-    uint64_t gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == n) {
-        /* Last to arrive: reset before releasing, so a fast vCPU that
-         * re-enters at once counts into the next round. Then wake the
-         * sleepers: a waiter registers before its final check of the
-         * generation and we read the sleepers after bumping it, so one of
-         * the two always sees the other (both are full fences). */
-        __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&b->generation, gen + 1, __ATOMIC_SEQ_CST);
-        uint64_t sleepers = __atomic_exchange_n(&b->sleepers, 0, __ATOMIC_SEQ_CST);
-        for (; sleepers; sleepers &= sleepers - 1)
-            rt_send_ipi((unsigned)__builtin_ctzll(sleepers), RT_WAKE_VECTOR);
+    __atomic_store_n(&e->value, value, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&e->sleepers, __ATOMIC_SEQ_CST))
         return;
-    }
-    uint64_t start = rt_rdtsc();
-    while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen) {
-        if (rt_rdtsc() - start < RT_BARRIER_SPIN_CYCLES) {
+    uint64_t sleepers = __atomic_exchange_n(&e->sleepers, 0, __ATOMIC_SEQ_CST);
+    for (; sleepers; sleepers &= sleepers - 1)
+        rt_send_ipi((unsigned)__builtin_ctzll(sleepers), RT_WAKE_VECTOR);
+}
+
+uint64_t rt_event_wait(rt_event_t *e, uint64_t old)
+{
+    uint64_t start = rt_rdtsc(), v;
+    while ((v = __atomic_load_n(&e->value, __ATOMIC_ACQUIRE)) == old) {
+        if (rt_rdtsc() - start < RT_SPIN_CYCLES) {
             rt_pause();
             continue;
         }
-        /* A wake-up meant for an earlier episode only costs one more turn. */
-        __atomic_or_fetch(&b->sleepers, 1ull << rt_cpu(), __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&b->generation, __ATOMIC_SEQ_CST) != gen)
-            break;
+        /* A stale wake-up (meant for an earlier wait) costs one more turn. */
+        __atomic_or_fetch(&e->sleepers, 1ull << rt_cpu(), __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&e->value, __ATOMIC_SEQ_CST) != old)
+            continue;
         rt_wait_irq();
     }
+    return v;
+}
+
+void rt_barrier_wait(rt_barrier_t *b, unsigned n)
+{
+    uint64_t gen = __atomic_load_n(&b->generation.value, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == n) {
+        /* Last to arrive: reset before releasing, so a fast vCPU that
+         * re-enters at once counts into the next round. */
+        __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+        rt_event_set(&b->generation, gen + 1);
+        return;
+    }
+    rt_event_wait(&b->generation, gen);
 }
 
 void rt_barrier(void) { rt_barrier_wait(&all_cpus_barrier, rt_ncpus); }

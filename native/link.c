@@ -1,0 +1,207 @@
+/*
+ * link.c - the node's TCP links: frame reassembly, output queues, heartbeats.
+ *
+ * Sockets are non-blocking and owned by the event-loop thread. A frame is
+ * decoded (wire.h) and handed to rt_handle_frame() only once whole; output
+ * goes straight to the kernel and is queued (EPOLLOUT armed) only when the
+ * kernel does not take it all.
+ */
+#define _GNU_SOURCE
+#include "rt_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static void conn_arm(struct ivy_rt *rt, struct conn *c, bool want_out)
+{
+    if (c->want_out == want_out)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.u64 = c->peer};
+    if (epoll_ctl(rt->epfd, EPOLL_CTL_MOD, c->fd, &ev))
+        rt_fail(rt, "epoll_ctl on link to node %u: %s", c->peer, strerror(errno));
+    c->want_out = want_out;
+}
+
+static void conn_queue(struct conn *c, const uint8_t *buf, size_t len)
+{
+    if (c->out_off + c->out_len + len > c->out_cap) {
+        memmove(c->out, c->out + c->out_off, c->out_len);
+        c->out_off = 0;
+        if (c->out_len + len > c->out_cap) {
+            size_t cap = c->out_cap ? c->out_cap : 65536;
+            while (cap < c->out_len + len)
+                cap *= 2;
+            uint8_t *n = realloc(c->out, cap);
+            if (!n)
+                abort(); /* out of memory on the data plane: nothing sensible left */
+            c->out = n;
+            c->out_cap = cap;
+        }
+    }
+    memcpy(c->out + c->out_off + c->out_len, buf, len);
+    c->out_len += len;
+}
+
+void link_flush(struct ivy_rt *rt, struct conn *c)
+{
+    while (c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                break;
+            rt_fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
+            return;
+        }
+        c->out_off += (size_t)n;
+        c->out_len -= (size_t)n;
+    }
+    if (!c->out_len)
+        c->out_off = 0;
+    conn_arm(rt, c, c->out_len != 0);
+}
+
+/* Header plus optional page, straight to the socket when nothing is queued. */
+void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy_msg *m,
+                      const uint8_t *data)
+{
+    uint8_t hdr[IVY_WIRE_HDR_SIZE];
+    ivy_wire_encode(hdr, type, m);
+    size_t total = IVY_WIRE_HDR_SIZE + (data ? IVY_PAGE_SIZE : 0);
+    size_t done = 0;
+    if (c->fd < 0) {
+        char wait[128];
+        rt_describe_wait(rt, wait, sizeof wait);
+        rt_fail(rt, "node %u has left (BYE) but a %s for page 0x%llx must go to it (%s)", c->peer,
+             rt_type_name(type), (unsigned long long)m->page, wait);
+        return;
+    }
+    if (!c->out_len) {
+        struct iovec iov[2] = {{hdr, IVY_WIRE_HDR_SIZE}, {(void *)data, data ? IVY_PAGE_SIZE : 0}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = data ? 2 : 1};
+        ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            rt_fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
+            return;
+        }
+        done = n < 0 ? 0 : (size_t)n;
+    }
+    if (done < IVY_WIRE_HDR_SIZE)
+        conn_queue(c, hdr + done, IVY_WIRE_HDR_SIZE - done);
+    if (data && done < total) {
+        size_t from = done > IVY_WIRE_HDR_SIZE ? done - IVY_WIRE_HDR_SIZE : 0;
+        conn_queue(c, data + from, IVY_PAGE_SIZE - from);
+    }
+    if (done < total)
+        conn_arm(rt, c, true);
+    c->last_send_ns = now_ns();
+    rt->stats.msgs_sent[type]++;
+    rt->stats.bytes_sent[type] += total;
+}
+
+void link_close(struct ivy_rt *rt, struct conn *c)
+{
+    if (c->fd < 0)
+        return;
+    epoll_ctl(rt->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->fd = -1;
+}
+
+void link_read(struct ivy_rt *rt, struct conn *c)
+{
+    while (!rt->failed && c->fd >= 0) {
+        size_t room = IN_CAP - c->in_len;
+        ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            char wait[128];
+            rt_describe_wait(rt, wait, sizeof wait);
+            rt_fail(rt, "connection to node %u failed: %s (%s)", c->peer, strerror(errno), wait);
+            return;
+        }
+        if (n == 0) {
+            if (c->bye) {
+                link_close(rt, c);
+                return;
+            }
+            char wait[128];
+            rt_describe_wait(rt, wait, sizeof wait);
+            rt_fail(rt, "node %u closed the connection without BYE %s", c->peer, wait);
+            return;
+        }
+        c->in_len += (size_t)n;
+        c->last_recv_ns = now_ns();
+        size_t off = 0;
+        while (!rt->failed) {
+            struct ivy_wire_frame f;
+            int st = ivy_wire_decode(c->in + off, c->in_len - off, rt->npages, rt->cfg.nnodes, &f);
+            if (st == IVY_WIRE_SHORT)
+                break;
+            if (st != IVY_WIRE_OK) {
+                rt_fail(rt, "node %u sent a bad frame: %s; dropping the link", c->peer, ivy_wire_status_name(st));
+                return;
+            }
+            rt_handle_frame(rt, c, &f);
+            off += f.frame_len;
+        }
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+        /* Less than asked for: the socket is drained, epoll (level-triggered) reports more. */
+        if ((size_t)n < room)
+            return;
+    }
+}
+
+void link_heartbeat(struct ivy_rt *rt)
+{
+    uint64_t expirations, now = now_ns();
+    if (read(rt->timerfd, &expirations, sizeof expirations) < 0)
+        return;
+    struct ivy_msg ping;
+    memset(&ping, 0, sizeof ping);
+    ping.sender = rt->cfg.self;
+    for (unsigned i = 0; i < rt->cfg.nnodes && !rt->failed; i++) {
+        struct conn *c = &rt->conns[i];
+        if (i == rt->cfg.self || c->fd < 0)
+            continue;
+        uint64_t silent = now - c->last_recv_ns;
+        if (!c->bye && silent > (uint64_t)rt->cfg.timeout_ms * 1000000ull) {
+            char wait[128];
+            rt_describe_wait(rt, wait, sizeof wait);
+            rt_fail(rt, "node %u silent for %.1f s %s", i, silent / 1e9, wait);
+            return;
+        }
+        if (now - c->last_send_ns >= (uint64_t)rt->cfg.heartbeat_ms * 900000ull) {
+            ping.requester = rt->cfg.self;
+            link_send(rt, c, IVY_WIRE_PING, &ping, NULL);
+        }
+    }
+}
+
+/* Clean stop: tell every peer, so its EOF is not mistaken for a crash. */
+void link_say_bye(struct ivy_rt *rt)
+{
+    rt->leaving = true;
+    struct ivy_msg bye;
+    memset(&bye, 0, sizeof bye);
+    bye.sender = bye.requester = rt->cfg.self;
+    for (unsigned i = 0; i < rt->cfg.nnodes; i++) {
+        struct conn *c = &rt->conns[i];
+        if (c->fd < 0)
+            continue;
+        link_send(rt, c, IVY_WIRE_BYE, &bye, NULL);
+        /* Bounded blocking flush: a peer that stopped reading cannot hold up stop(). */
+        struct timeval tv = {1, 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
+        link_flush(rt, c);
+    }
+}

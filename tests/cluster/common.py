@@ -1,0 +1,91 @@
+"""Running ivyvm clusters from tests: the CLI as a user runs it, and its processes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import ROOT, guest_elf
+
+IVYVM = [sys.executable, "-m", "hypervisor.cli"]
+SECRET = "cluster-test-secret-0123456789abcdef"
+
+
+@dataclass
+class Outcome:
+    status: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run_cli(*args: str, timeout: float = 90.0, env: dict[str, str] | None = None) -> Outcome:
+    start = time.monotonic()
+    proc = subprocess.run(IVYVM + list(args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def verdict(out: Outcome, name: str) -> str:
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert lines, f"{name}: no verdict; status {out.status}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    return lines[-1]
+
+
+def write_cluster(directory: Path, image: Path | str, vcpus: int, addresses: list[str], mem: str = "64M",
+                  extra: str = "") -> Path:
+    lines = ["[cluster]", f'image = "{image}"', f"vcpus = {vcpus}", f'mem = "{mem}"', extra]
+    for address in addresses:
+        lines += ["[[node]]", f'address = "{address}"']
+    path = directory / "cluster.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_node(config: Path, node: int, secret: str = SECRET, netns: str | None = None,
+               mem_override: str | None = None) -> subprocess.Popen[str]:
+    env = dict(os.environ, IVYVM_SECRET=secret, PYTHONPATH=str(ROOT))
+    argv = IVYVM + ["node", "--config", str(config), "--id", str(node)]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns] + argv
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish(procs: list[subprocess.Popen[str]], timeout: float) -> list[Outcome]:
+    """Wait for every process; kill what outlives `timeout` (and fail loudly about it)."""
+    deadline = time.monotonic() + timeout
+    outcomes = []
+    for proc in procs:
+        start = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise AssertionError(f"node process {proc.args} still ran after {timeout} s; stderr: {err}")
+        outcomes.append(Outcome(proc.returncode, out, err, time.monotonic() - start))
+    return outcomes
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text`: what a test left running."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+__all__ = ["Outcome", "run_cli", "verdict", "write_cluster", "start_node", "finish", "processes_mentioning",
+           "guest_elf", "SECRET"]
