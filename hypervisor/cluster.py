@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 from .config import SECRET_ENV, ClusterConfig, loopback_cluster
+from .handshake import listen
+from .node import LISTEN_FDS_ENV
 
 # After node 0 has finished, the others get this long to leave by themselves.
 GRACE_SECONDS = 5.0
@@ -36,8 +38,27 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def bind_listeners(count: int, host: str = "127.0.0.1") -> list[tuple[socket.socket, socket.socket]]:
+    """Each node's (DSM, control) listening sockets, bound here and inherited by the node.
+
+    Binding in the supervisor, rather than picking free ports for the
+    children to bind later, leaves no window in which another process (or
+    an outgoing connection's ephemeral port) could take a port meanwhile.
+    """
+    pairs = []
+    try:
+        for _ in range(count):
+            pairs.append((listen(host, 0), listen(host, 0)))
+    except BaseException:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+        raise
+    return pairs
+
+
 def free_port_pairs(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports P with P and P+1 both free (DSM and control), distinct pairs."""
+    """Ports P with P and P+1 both free now, for a config written by hand (tests)."""
     ports: list[int] = []
     holders: list[socket.socket] = []
     try:
@@ -72,7 +93,7 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
     ]
     for node in config.nodes:
         lines += ["", "[[node]]", f"id = {node.id}", f'address = "{node.host}:{node.port}"',
-                  f"vcpus = [{', '.join(map(str, node.vcpus))}]"]
+                  f"control_port = {node.control_address[1]}", f"vcpus = [{', '.join(map(str, node.vcpus))}]"]
     path = directory / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -80,26 +101,42 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
 
 def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool = False,
                  read_ownership: str = "giantvm", manager: str = "dynamic") -> int:
-    config = loopback_cluster(image, vcpus, mem, nnodes, free_port_pairs(nnodes),
-                              read_ownership, manager)
+    listeners = bind_listeners(nnodes)
+    ports = [(dsm.getsockname()[1], ctl.getsockname()[1]) for dsm, ctl in listeners]
+    try:
+        config = loopback_cluster(image, vcpus, mem, nnodes, ports, read_ownership, manager)
+    except BaseException:
+        _close_all(listeners)
+        raise
     env = dict(os.environ)
     env[SECRET_ENV] = secrets.token_hex(32)
     with tempfile.TemporaryDirectory(prefix="ivyvm-") as scratch:
         path = write_config(config, Path(scratch))
         children: list[subprocess.Popen[bytes]] = []
         try:
-            for node in config.nodes:
+            for node, (dsm, ctl) in zip(config.nodes, listeners):
                 argv = [sys.executable, "-m", "hypervisor.cli", "node", "--config", str(path),
                         "--id", str(node.id)] + (["-v"] if verbose else [])
+                fds = (dsm.fileno(), ctl.fileno())
                 children.append(subprocess.Popen(
-                    argv, env=env, preexec_fn=_die_with_parent, start_new_session=True,
+                    argv, env={**env, LISTEN_FDS_ENV: f"{fds[0]},{fds[1]}"}, pass_fds=fds,
+                    preexec_fn=_die_with_parent, start_new_session=True,
                     stdout=None if node.id == 0 else subprocess.DEVNULL))
+                dsm.close()
+                ctl.close()
             return _supervise(children)
         except KeyboardInterrupt:
             print("ivyvm: interrupted, stopping every node", file=sys.stderr)
             return STATUS_INTERRUPTED
         finally:
+            _close_all(listeners)
             _reap(children)
+
+
+def _close_all(listeners: list[tuple[socket.socket, socket.socket]]) -> None:
+    for pair in listeners:
+        for sock in pair:
+            sock.close()
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:

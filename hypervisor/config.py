@@ -19,6 +19,10 @@ MAX_NODES = 64
 MAX_VCPUS = 64
 READ_OWNERSHIP = ("giantvm", "ivy")
 MANAGERS = ("dynamic", "central", "fixed")
+# Every node must have joined within this many seconds of starting; on real
+# hosts started by hand, raise it with `setup_timeout` in [cluster].
+DEFAULT_SETUP_TIMEOUT = 20.0
+MAX_SETUP_TIMEOUT = 3600.0
 
 
 class ConfigError(Exception):
@@ -31,6 +35,9 @@ class NodeSpec:
     host: str
     port: int
     vcpus: tuple[int, ...]
+    # The control channel (forwarded I/O, interrupts, stop); by default next
+    # to the DSM port so a config names one port per node.
+    control_port: int = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -38,9 +45,7 @@ class NodeSpec:
 
     @property
     def control_address(self) -> tuple[str, int]:
-        # The control channel (forwarded I/O, interrupts, stop) listens next
-        # to the DSM port so a config names one port per node.
-        return (self.host, self.port + 1)
+        return (self.host, self.control_port or self.port + 1)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class ClusterConfig:
     read_ownership: str = "giantvm"
     manager: str = "dynamic"
     secret_file: Path | None = field(default=None)
+    setup_timeout: float = DEFAULT_SETUP_TIMEOUT
 
     @property
     def nnodes(self) -> int:
@@ -109,13 +115,16 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list[int],
+def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list[tuple[int, int]],
                      read_ownership: str = "giantvm", manager: str = "dynamic") -> ClusterConfig:
-    """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1."""
+    """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1.
+
+    `ports` holds each node's (DSM port, control port).
+    """
     if not 1 <= nnodes <= min(MAX_NODES, vcpus):
         raise ConfigError(f"--nodes {nnodes}: must be between 1 and the vCPU count ({vcpus})")
     placement = contiguous_placement(vcpus, nnodes)
-    nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i], placement[i]) for i in range(nnodes))
+    nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i][0], placement[i], ports[i][1]) for i in range(nnodes))
     return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager))
 
 
@@ -139,6 +148,9 @@ def load_config(path: Path) -> ClusterConfig:
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: [cluster] vcpus must be a whole number") from None
     mem = parse_size(cluster.get("mem", "64M"))
+    setup_timeout = cluster.get("setup_timeout", DEFAULT_SETUP_TIMEOUT)
+    if isinstance(setup_timeout, bool) or not isinstance(setup_timeout, (int, float)):
+        raise ConfigError(f"{path}: [cluster] setup_timeout must be a number of seconds, not {setup_timeout!r}")
     secret_file = cluster.get("secret_file")
     nnodes = len(raw_nodes)
     default_placement = contiguous_placement(vcpus, nnodes) if nnodes <= vcpus else []
@@ -154,12 +166,14 @@ def load_config(path: Path) -> ClusterConfig:
             placed = default_placement[node_id] if node_id < nnodes else ()
         else:
             placed = ()
-        nodes.append(NodeSpec(node_id, host, port, placed))
+        control_port = int(raw.get("control_port", port + 1))
+        nodes.append(NodeSpec(node_id, host, port, placed, control_port))
     config = ClusterConfig(
         image=image, vcpus=vcpus, mem=mem, nodes=tuple(sorted(nodes, key=lambda n: n.id)),
         read_ownership=str(cluster.get("read_ownership", "giantvm")),
         manager=str(cluster.get("manager", "dynamic")),
         secret_file=(base / secret_file) if secret_file else None,
+        setup_timeout=float(setup_timeout),
     )
     return _checked(config)
 
@@ -178,11 +192,15 @@ def _checked(config: ClusterConfig) -> ClusterConfig:
     if any(not n.vcpus for n in config.nodes):
         empty = [n.id for n in config.nodes if not n.vcpus]
         raise ConfigError(f"nodes {empty} run no vCPU")
+    if not 0 < config.setup_timeout <= MAX_SETUP_TIMEOUT:
+        raise ConfigError(f"setup_timeout {config.setup_timeout:g}: must be above 0 and at most "
+                          f"{MAX_SETUP_TIMEOUT:g} seconds")
     if config.read_ownership not in READ_OWNERSHIP:
         raise ConfigError(f"read_ownership {config.read_ownership!r}: expected one of {', '.join(READ_OWNERSHIP)}")
     if config.manager not in MANAGERS:
         raise ConfigError(f"manager {config.manager!r}: expected one of {', '.join(MANAGERS)}")
     addresses = [a for n in config.nodes for a in (n.address, n.control_address)]
     if len(set(addresses)) != len(addresses):
-        raise ConfigError("two nodes share a port (each node uses PORT and PORT+1)")
+        raise ConfigError("two nodes share a port (each node uses its PORT and its control_port, "
+                          "by default PORT+1)")
     return config

@@ -40,8 +40,6 @@ class Msg(enum.IntEnum):
     BYE = 10      # either way: clean close follows
 
 
-FLAG_POSTED = 1  # an IO write that wants no IO_DONE (console bytes)
-
 JOIN = struct.Struct("<32sIQ")     # image sha256, vcpus, mem
 IO = struct.Struct("<IHHBBxxI")    # seq, vcpu, port, size, is_write, value
 IO_DONE = struct.Struct("<IHxxI")  # seq, vcpu, value

@@ -253,6 +253,7 @@ class DsmNode:
             "unparked": int(s.unparked),
             "uffd": {name: int(getattr(s, name)) for name in
                      ("zaps", "wrprotects", "continues", "wp_clears", "wakes", "eexist")},
+            "sends_queued": int(s.sends_queued),
             "latency": {
                 "count": count,
                 "mean_ns": int(s.lat_sum_ns) // count if count else 0,

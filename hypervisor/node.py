@@ -18,6 +18,7 @@ A guest error on node k is sent to node 0, which reports it once.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import socket
 import sys
@@ -40,13 +41,16 @@ STATUS_HOST = 7
 STATUS_CLUSTER = 8
 STATUS_INTERRUPTED = 130
 
-PORT_CONSOLE = 0x3F8
 HEARTBEAT_SECONDS = 0.25
 SILENCE_SECONDS = 2.0          # a control peer quiet this long is taken for dead
-SETUP_SECONDS = 20.0           # every node must have joined by then
+DSM_GRACE_SECONDS = 0.4        # a DSM heartbeat tick (0.25 s) and some: see _receive_loop
 STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave before closing the DSM
 
-FLAG_UNHANDLED = 2             # IO_DONE: node 0 has no device at that port
+FLAG_UNHANDLED = 2
+
+# "DSM_FD,CONTROL_FD": listening sockets bound by `ivyvm run --nodes` and
+# inherited, so no other process can take the ports between choice and use.
+LISTEN_FDS_ENV = "IVYVM_LISTEN_FDS"             # IO_DONE: node 0 has no device at that port
 
 
 class NodeError(Exception):
@@ -111,11 +115,27 @@ class Node:
         except MachineError as err:
             raise NodeError(STATUS_HOST, f"node {self.id}: {err}") from None
 
-    def _connect_dsm(self, machine: Machine) -> DsmNode:
-        listener = listen(self.spec.host, self.spec.port)
+    def _open_listeners(self) -> tuple[socket.socket, socket.socket | None]:
+        """Bound before anything else, so peers can already queue connections."""
+        inherited = os.environ.pop(LISTEN_FDS_ENV, "")
+        if inherited:
+            dsm_fd, control_fd = (int(fd) for fd in inherited.split(","))
+            dsm, ctl = socket.socket(fileno=dsm_fd), socket.socket(fileno=control_fd)
+            if self.id != 0:
+                ctl.close()
+                return dsm, None
+            return dsm, ctl
+        dsm = listen(self.spec.host, self.spec.port)
+        try:
+            return dsm, listen(*self.spec.control_address) if self.id == 0 else None
+        except BaseException:
+            dsm.close()
+            raise
+
+    def _connect_dsm(self, machine: Machine, listener: socket.socket) -> DsmNode:
         try:
             peers = connect_mesh(self.id, [n.address for n in self.config.nodes], self.secret, self.shape,
-                                 listener=listener, timeout=SETUP_SECONDS)
+                                 listener=listener, timeout=self.config.setup_timeout)
         finally:
             listener.close()
         assert machine.ram is not None
@@ -124,10 +144,9 @@ class Node:
         dsm.start()
         return dsm
 
-    def _join_as_head(self, digest: bytes) -> None:
+    def _join_as_head(self, digest: bytes, listener: socket.socket) -> None:
         """Node 0: accept every other node's control connection and check its JOIN."""
-        listener = listen(*self.spec.control_address)
-        deadline = time.monotonic() + SETUP_SECONDS
+        deadline = time.monotonic() + self.config.setup_timeout
         waiting = set(range(1, self.config.nnodes))
         try:
             while waiting:
@@ -144,7 +163,7 @@ class Node:
                     sock.close()       # a stranger; the DSM mesh already proved the real nodes
                     continue
                 channel = Channel(sock, peer)
-                sock.settimeout(SETUP_SECONDS)
+                sock.settimeout(self.config.setup_timeout)
                 frame = channel.receive()
                 if frame.type is not Msg.JOIN:
                     raise NodeError(STATUS_CLUSTER, f"node {peer} sent {frame.type.name} instead of JOIN")
@@ -167,7 +186,7 @@ class Node:
 
     def _join_as_member(self, digest: bytes) -> None:
         host, port = self.config.nodes[0].control_address
-        deadline = time.monotonic() + SETUP_SECONDS
+        deadline = time.monotonic() + self.config.setup_timeout
         while True:
             try:
                 sock = socket.create_connection((host, port), timeout=2.0)
@@ -181,7 +200,7 @@ class Node:
                   who=f"node 0 at {host}:{port}")
         channel = Channel(sock, 0)
         channel.send(control.encode(Msg.JOIN, control.JOIN.pack(digest, self.config.vcpus, self.config.mem)))
-        sock.settimeout(SETUP_SECONDS)
+        sock.settimeout(self.config.setup_timeout)
         frame = channel.receive()
         if frame.type is Msg.STOP:
             status, line = control.decode_status(frame)
@@ -195,11 +214,19 @@ class Node:
     def run(self) -> int:
         try:
             image, digest = self._load()
-            self.machine = machine = self._create_machine(image)
+            dsm_listener, control_listener = self._open_listeners()
             try:
-                self.dsm = self._connect_dsm(machine)
+                self.machine = machine = self._create_machine(image)
+            except BaseException:
+                dsm_listener.close()
+                if control_listener is not None:
+                    control_listener.close()
+                raise
+            try:
+                self.dsm = self._connect_dsm(machine, dsm_listener)
                 if self.id == 0:
-                    self._join_as_head(digest)
+                    assert control_listener is not None
+                    self._join_as_head(digest, control_listener)
                     for channel in self.channels.values():
                         channel.send(control.encode(Msg.GO))
                 else:
@@ -231,8 +258,12 @@ class Node:
                 _report(result.status, result.message)
             self._linger()
             return result.status
-        if self._stop_from_node0 is not None:
-            return self._stop_from_node0[0]
+        if self._stop_from_node0 is not None and not result.error:
+            status, line = self._stop_from_node0
+            # A lost node concerns every host's operator; a guest error is said once, by node 0.
+            if status == STATUS_CLUSTER:
+                _report(status, f"node {self.id}: stopped by node 0: {line}")
+            return status
         if result.status == STATUS_INTERRUPTED:
             return result.status
         # Node 0 reports guest errors once; a lost node is also said here,
@@ -295,18 +326,29 @@ class Node:
             while not self._closing.is_set():
                 self._dispatch(channel, channel.receive())
         except socket.timeout:
-            self._lost(f"node {self.id}: node {channel.peer} silent for {SILENCE_SECONDS:.1f} s"
-                       f"{self._waiting_for()}")
+            # The DSM core times the same peer out with the same bound, checking once a
+            # heartbeat; its line names the page that was awaited, so let it speak first.
+            if not self._closing.is_set() and self.dsm is not None and self.dsm.wait_failed(DSM_GRACE_SECONDS):
+                self._lost(self.dsm.error or f"node {self.id}: the DSM core stopped")
+                return
+            self._lost(f"node {self.id}: node {channel.peer} silent for {SILENCE_SECONDS:.1f} s "
+                       f"on the control connection, {self._waiting_for()}")
         except (ControlError, OSError) as err:
             if self._closing.is_set() or self._stop_from_node0 is not None:
                 return
-            reason = str(err) if isinstance(err, ControlError) else f"control connection to node {channel.peer} failed: {err}"
-            self._lost(f"node {self.id}: {reason}{self._waiting_for()}")
+            reason = str(err) if isinstance(err, ControlError) else \
+                f"control connection to node {channel.peer} failed: {err.strerror or err}"
+            self._lost(f"node {self.id}: {reason}, {self._waiting_for()}")
 
     def _waiting_for(self) -> str:
-        if not self._pending:
-            return ""
-        return " while vCPUs " + ", ".join(str(v) for v in sorted(self._pending)) + " waited for forwarded I/O"
+        """What this node was waiting for from the lost peer, for the user's one line."""
+        pending = sorted(self._pending)
+        if pending:
+            who = f"vCPU {pending[0]} was" if len(pending) == 1 else f"vCPUs {', '.join(map(str, pending))} were"
+            return f"while {who} waiting for forwarded I/O"
+        if self.id == 0:
+            return "while waiting for its heartbeat, forwarded I/O and interrupts"
+        return "while waiting for node 0's heartbeat, I/O results and interrupts"
 
     def _dispatch(self, channel: Channel, frame: Frame) -> None:
         assert self.machine is not None
@@ -340,15 +382,16 @@ class Node:
 
     # --- devices seam (PortIo) on node k > 0 ----------------------------------
     def io(self, vcpu: int, port: int, size: int, is_write: bool, value: int) -> int | None:
-        """Carry a port access to node 0's devices; console writes are posted (ordered by TCP)."""
+        """Carry a port access to node 0's devices and wait for it to be done there.
+
+        Even console writes wait: a guest that prints under a lock expects its
+        line to be out before the lock is released, as on one machine.
+        """
         channel = self.channels[0]
         with self._seq_lock:
             self._seq += 1
             seq = self._seq
         payload = control.IO.pack(seq, vcpu, port, size, int(is_write), value)
-        if is_write and port == PORT_CONSOLE:
-            channel.send(control.encode(Msg.IO, payload, control.FLAG_POSTED))
-            return None
         pending = self._pending[vcpu] = _Pending()
         try:
             channel.send(control.encode(Msg.IO, payload))
@@ -370,8 +413,7 @@ class Node:
             result = self.machine.io.io(vcpu, port, size, bool(is_write), value) or 0
         except GuestIoError:
             flags = FLAG_UNHANDLED
-        if not frame.flags & control.FLAG_POSTED:
-            channel.send(control.encode(Msg.IO_DONE, control.IO_DONE.pack(seq, vcpu, result), flags))
+        channel.send(control.encode(Msg.IO_DONE, control.IO_DONE.pack(seq, vcpu, result), flags))
 
     # --- interrupts (InterruptRouter) -----------------------------------------
     def raise_interrupt(self, target_vcpu: int, vector: int) -> None:

@@ -93,6 +93,7 @@ address = "127.0.0.1:7000"
 
 def test_loopback_cluster_rejects_more_nodes_than_vcpus() -> None:
     with pytest.raises(ConfigError, match="--nodes 3"):
-        loopback_cluster(Path("g"), vcpus=2, mem=64 << 20, nnodes=3, ports=[1000, 1002, 1004])
-    config = loopback_cluster(Path("g"), vcpus=4, mem=64 << 20, nnodes=2, ports=[1000, 1002])
+        loopback_cluster(Path("g"), vcpus=2, mem=64 << 20, nnodes=3, ports=[(1000, 1001), (1002, 1003), (1004, 1005)])
+    config = loopback_cluster(Path("g"), vcpus=4, mem=64 << 20, nnodes=2, ports=[(1000, 2000), (1002, 2002)])
     assert [n.vcpus for n in config.nodes] == [(0, 1), (2, 3)]
+    assert config.nodes[1].control_address == ("127.0.0.1", 2002)

@@ -16,9 +16,9 @@ def pair() -> tuple[Channel, Channel]:
 
 def test_io_round_trip() -> None:
     left, right = pair()
-    left.send(control.encode(Msg.IO, control.IO.pack(7, 3, 0x3f8, 1, 1, ord("x")), control.FLAG_POSTED))
+    left.send(control.encode(Msg.IO, control.IO.pack(7, 3, 0x3f8, 1, 1, ord("x"))))
     frame = right.receive()
-    assert frame.type is Msg.IO and frame.flags == control.FLAG_POSTED
+    assert frame.type is Msg.IO and frame.flags == 0
     assert control.IO.unpack(frame.payload) == (7, 3, 0x3f8, 1, 1, ord("x"))
 
 
