@@ -140,14 +140,31 @@ def _close_all(listeners: list[tuple[socket.socket, socket.socket]]) -> None:
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
-    """Wait for node 0; if another node dies first, node 0 will notice and report."""
+    """Wait for node 0; if another node dies first, node 0 will notice and report.
+
+    Node 0 must notice within GRACE_SECONDS: a node 0 that is wedged (stopped,
+    or cut off from everything) must not keep `ivyvm run` waiting forever.
+    """
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         head = children[0]
+        failed_at: float | None = None
         while True:
             status = head.poll()
             if status is not None:
                 break
+            if failed_at is None:
+                failed = next(((i, c.returncode) for i, c in enumerate(children[1:], 1)
+                               if c.poll() is not None and c.returncode in _FAILURE_STATUSES), None)
+                if failed is not None:
+                    failed_at = time.monotonic()
+                    lost = failed
+            elif time.monotonic() - failed_at > GRACE_SECONDS:
+                node, code = lost
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"stopped with status {code}"
+                print(f"ivyvm: node {node} {how} and node 0 did not stop within {GRACE_SECONDS:.0f} s; "
+                      f"stopping every node", file=sys.stderr)
+                return STATUS_CLUSTER
             time.sleep(0.02)
         deadline = time.monotonic() + GRACE_SECONDS
         for child in children[1:]:
@@ -164,6 +181,10 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+# A node other than node 0 ending this way means the cluster is failing, not finishing.
+_FAILURE_STATUSES = frozenset({STATUS_CLUSTER} | {-int(sig) for sig in signal.Signals})
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -173,6 +194,7 @@ def _reap(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
+            child.send_signal(signal.SIGCONT)   # a stopped node would hold SIGTERM until then
     deadline = time.monotonic() + 2.0
     for child in children:
         try:

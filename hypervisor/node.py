@@ -44,13 +44,14 @@ STATUS_INTERRUPTED = 130
 HEARTBEAT_SECONDS = 0.25
 SILENCE_SECONDS = 2.0          # a control peer quiet this long is taken for dead
 DSM_GRACE_SECONDS = 0.4        # a DSM heartbeat tick (0.25 s) and some: see _receive_loop
+DSM_IDLE = " while idle"        # how the DSM core's failure line ends when no page was awaited
 STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave before closing the DSM
 
-FLAG_UNHANDLED = 2
+FLAG_UNHANDLED = 2             # IO_DONE: node 0 has no device at that port
 
 # "DSM_FD,CONTROL_FD": listening sockets bound by `ivyvm run --nodes` and
 # inherited, so no other process can take the ports between choice and use.
-LISTEN_FDS_ENV = "IVYVM_LISTEN_FDS"             # IO_DONE: node 0 has no device at that port
+LISTEN_FDS_ENV = "IVYVM_LISTEN_FDS"
 
 
 class NodeError(Exception):
@@ -309,7 +310,7 @@ class Node:
         assert self.dsm is not None
         while not self._closing.is_set():
             if self.dsm.wait_failed(0.25):
-                self._lost(self.dsm.error or f"node {self.id}: the DSM core stopped")
+                self._lost(self._dsm_failure())
                 return
 
     def _heartbeat(self) -> None:
@@ -329,7 +330,7 @@ class Node:
             # The DSM core times the same peer out with the same bound, checking once a
             # heartbeat; its line names the page that was awaited, so let it speak first.
             if not self._closing.is_set() and self.dsm is not None and self.dsm.wait_failed(DSM_GRACE_SECONDS):
-                self._lost(self.dsm.error or f"node {self.id}: the DSM core stopped")
+                self._lost(self._dsm_failure())
                 return
             self._lost(f"node {self.id}: node {channel.peer} silent for {SILENCE_SECONDS:.1f} s "
                        f"on the control connection, {self._waiting_for()}")
@@ -339,6 +340,14 @@ class Node:
             reason = str(err) if isinstance(err, ControlError) else \
                 f"control connection to node {channel.peer} failed: {err.strerror or err}"
             self._lost(f"node {self.id}: {reason}, {self._waiting_for()}")
+
+    def _dsm_failure(self) -> str:
+        """The DSM core's line, which names the page it awaited; when it awaited none, say what was."""
+        assert self.dsm is not None
+        line = self.dsm.error or f"node {self.id}: the DSM core stopped"
+        if line.endswith(DSM_IDLE):
+            line = line[: -len(DSM_IDLE)] + " while waiting for its heartbeats only (no page was awaited)"
+        return line
 
     def _waiting_for(self) -> str:
         """What this node was waiting for from the lost peer, for the user's one line."""
@@ -371,6 +380,9 @@ class Node:
             self._node_parked(channel.peer)
         elif kind is Msg.FAILED and self.id == 0:
             status, line = control.decode_status(frame)
+            if status == STATUS_CLUSTER:
+                # Node k has said that line itself (see _finish); node 0 says its own.
+                line = f"node 0: stopped by node {channel.peer}: {line}"
             self.machine.stop(status, line, error=True)
         elif kind is Msg.STOP and self.id != 0:
             self._stop_from_node0 = control.decode_status(frame)

@@ -27,14 +27,14 @@ CDEF = """
 #define IVY_RT_NTYPES 8
 #define IVY_RT_ERR_LEN 256
 
-enum ivy_state { IVY_INITIAL, IVY_INVALID, IVY_SHARED, IVY_MODIFIED };
-enum ivy_pending { IVY_IDLE, IVY_WANT_READ, IVY_WANT_WRITE, IVY_WAIT_ACKS, IVY_READ_STALE };
-enum ivy_read_ownership { IVY_READ_GIANTVM, IVY_READ_IVY };
-enum ivy_manager { IVY_MGR_DYNAMIC, IVY_MGR_CENTRAL, IVY_MGR_FIXED };
+enum ivy_state { IVY_INITIAL, IVY_INVALID, IVY_SHARED, IVY_MODIFIED, ... };
+enum ivy_pending { IVY_IDLE, IVY_WANT_READ, IVY_WANT_WRITE, IVY_WAIT_ACKS, IVY_READ_STALE, ... };
+enum ivy_read_ownership { IVY_READ_GIANTVM, IVY_READ_IVY, ... };
+enum ivy_manager { IVY_MGR_DYNAMIC, IVY_MGR_CENTRAL, IVY_MGR_FIXED, ... };
 enum ivy_msg_type { IVY_MSG_READ = 1, IVY_MSG_WRITE = 2, IVY_MSG_REPLY = 3, IVY_MSG_INVALIDATE = 4,
                     IVY_MSG_INV_ACK = 5, IVY_MSG_TYPE_MAX = 5 };
 enum ivy_action_kind { IVY_ACT_SEND = 1, IVY_ACT_MAP_RO, IVY_ACT_MAP_RW, IVY_ACT_ZAP, IVY_ACT_WRPROTECT,
-                       IVY_ACT_WAKE, IVY_ACT_PARK, IVY_ACT_UNPARK, IVY_ACT_DONE };
+                       IVY_ACT_WAKE, IVY_ACT_PARK, IVY_ACT_UNPARK, IVY_ACT_DONE, ... };
 enum ivy_wire_type { IVY_WIRE_PING = 6, IVY_WIRE_BYE = 7, IVY_WIRE_TYPE_MAX = 7 };
 enum ivy_wire_status { IVY_WIRE_OK, IVY_WIRE_SHORT, IVY_WIRE_BAD_MAGIC, IVY_WIRE_BAD_PROTO, IVY_WIRE_BAD_TYPE,
                        IVY_WIRE_BAD_FLAGS, IVY_WIRE_BAD_LENGTH, IVY_WIRE_BAD_PAGE, IVY_WIRE_BAD_NODE,
@@ -51,10 +51,11 @@ struct ivy_page {
 };
 struct ivy_config {
     uint16_t self; uint16_t nnodes; uint8_t read_ownership; uint8_t manager; uint64_t npages;
+    ...;
 };
-struct ivy_action { uint8_t kind; uint16_t to; uint64_t page; struct ivy_msg msg; };
+struct ivy_action { uint8_t kind; uint16_t to; uint64_t page; struct ivy_msg msg; ...; };
 struct ivy_actions { unsigned n; struct ivy_action a[...]; };
-struct ivy_engine { struct ivy_config cfg; struct ivy_page *pages; uint64_t next_txid; };
+struct ivy_engine { struct ivy_config cfg; struct ivy_page *pages; uint64_t next_txid; ...; };
 
 void ivy_engine_init(struct ivy_engine *e, const struct ivy_config *cfg, struct ivy_page *pages);
 void ivy_engine_set_version(struct ivy_engine *e, uint64_t page, uint64_t version);
@@ -82,7 +83,7 @@ struct ivy_rt_stats {
     uint64_t msgs_sent[8]; uint64_t msgs_recv[8]; uint64_t bytes_sent[8]; uint64_t bytes_recv[8];
     uint64_t forwards; uint64_t reply_hops; uint64_t replies_data; uint64_t replies_elided;
     uint64_t parked; uint64_t unparked; uint64_t zaps; uint64_t wrprotects; uint64_t continues;
-    uint64_t wp_clears; uint64_t wakes; uint64_t eexist;
+    uint64_t wp_clears; uint64_t wakes; uint64_t eexist; uint64_t sends_queued;
     uint64_t lat_count; uint64_t lat_sum_ns; uint64_t lat_max_ns; uint64_t lat_hist[48];
 };
 struct ivy_rt;

@@ -98,8 +98,10 @@ void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy
         size_t from = done > IVY_WIRE_HDR_SIZE ? done - IVY_WIRE_HDR_SIZE : 0;
         conn_queue(c, data + from, IVY_PAGE_SIZE - from);
     }
-    if (done < total)
+    if (done < total) {
+        rt->stats.sends_queued++;
         conn_arm(rt, c, true);
+    }
     c->last_send_ns = now_ns();
     rt->stats.msgs_sent[type]++;
     rt->stats.bytes_sent[type] += total;
@@ -128,11 +130,16 @@ void link_read(struct ivy_rt *rt, struct conn *c)
             return;
         }
         if (n == 0) {
+            char wait[128];
             if (c->bye) {
+                /* A clean leave is fine only if nothing here may still need that node:
+                 * an answer to a request in flight would never come. */
                 link_close(rt, c);
+                rt_describe_wait(rt, wait, sizeof wait);
+                if (strcmp(wait, "while idle") != 0)
+                    rt_fail(rt, "node %u left the cluster (BYE) %s", c->peer, wait);
                 return;
             }
-            char wait[128];
             rt_describe_wait(rt, wait, sizeof wait);
             rt_fail(rt, "node %u closed the connection without BYE %s", c->peer, wait);
             return;

@@ -107,8 +107,9 @@ static void uffd_wake(struct ivy_rt *rt, uint64_t page)
 {
     struct uffdio_range r = {(uint64_t)(uintptr_t)guest_page(rt, page), IVY_PAGE_SIZE};
     rt->stats.wakes++;
-    if (uffd_ioctl(rt, UFFDIO_WAKE, &r))
-        rt_fail(rt, "UFFDIO_WAKE page 0x%llx: %s", (unsigned long long)page, strerror(errno));
+    int e = uffd_ioctl(rt, UFFDIO_WAKE, &r);
+    if (e)
+        rt_fail(rt, "UFFDIO_WAKE page 0x%llx: %s", (unsigned long long)page, strerror(-e));
 }
 
 /* Write-protect on or off; turning it off wakes threads waiting on the page. */
@@ -190,6 +191,7 @@ static void wake_spurious(struct ivy_rt *rt, uint64_t page, bool minor)
 {
     int access = ivy_engine_access(&rt->engine, page);
     rt->stats.faults_spurious++;
+    rt->fault_t0[page] = 0; /* nothing is being acquired: no latency to record */
     if (access == 0)
         uffd_wake(rt, page); /* it will fault again and be handled then */
     else

@@ -63,6 +63,7 @@ struct ivy_rt_stats {
     uint64_t wp_clears;
     uint64_t wakes;
     uint64_t eexist;          /* grants that found the page already mapped */
+    uint64_t sends_queued;    /* frames the kernel did not take at once (output queue used) */
     uint64_t lat_count;
     uint64_t lat_sum_ns;
     uint64_t lat_max_ns;

@@ -17,16 +17,17 @@
  * the verdict) and the single vCPU takes Peterson's lock as both sides in
  * turn, which still checks the lock's code and the count.
  *
- * Knobs: -DDEKKER_ROUNDS=N (default 500), -DPETERSON_ITERS=N (per side,
- * default 500).
+ * Knobs: -DDEKKER_ROUNDS=N (default 200), -DPETERSON_ITERS=N (per side,
+ * default 200). Across nodes every round moves pages between hosts several
+ * times (about 1 s for each default on two loaded nodes).
  */
 #include "rt.h"
 
 #ifndef DEKKER_ROUNDS
-#define DEKKER_ROUNDS 500
+#define DEKKER_ROUNDS 200
 #endif
 #ifndef PETERSON_ITERS
-#define PETERSON_ITERS 500
+#define PETERSON_ITERS 200
 #endif
 
 /* Every shared variable on its own page: the DSM must order accesses that
@@ -52,6 +53,10 @@ static void store_buffering(unsigned side)
         rt_mfence();
         seen[side].r[r] = (uint32_t)*other;
     }
+    /* Leave together, so that Peterson's lock is contended from the start
+     * instead of one side finishing before the other arrives. */
+    while (*other < DEKKER_ROUNDS)
+        rt_pause();
 }
 
 static void peterson_lock(unsigned side)
@@ -84,10 +89,13 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
     rt_barrier();
     if (side < 0)
         return 0;
-    if (ncpus > 1) {
+    uint64_t t0 = rt_rdtsc();
+    /* No barrier between the tests: store buffering ends with both sides
+     * in step, and a barrier would let one side go first while the other is
+     * still being woken. */
+    if (ncpus > 1)
         store_buffering((unsigned)side);
-        rt_barrier_wait(&sides, 2);
-    }
+    uint64_t t1 = rt_rdtsc();
     if (ncpus == 1) {
         for (unsigned i = 0; i < PETERSON_ITERS; i++)
             for (unsigned s = 0; s < 2; s++) {
@@ -106,6 +114,7 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
     if (cpu != 0)
         return 0;
 
+    uint64_t t2 = rt_rdtsc();
     uint64_t want = 2ull * PETERSON_ITERS;
     if (counter.v != want) {
         rt_printf("FAIL dekker: Peterson's lock let increments collide: count=%lu want %lu\n",
@@ -113,8 +122,8 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
         rt_exit(1);
     }
     if (ncpus == 1) {
-        rt_printf("PASS dekker: vcpus=1 sb_rounds=0 peterson=%lu (store buffering needs two vCPUs: skipped)\n",
-                  (unsigned long)counter.v);
+        rt_printf("PASS dekker: vcpus=1 sb_rounds=0 peterson=%lu peterson_cycles=%lu (store buffering needs two vCPUs: skipped)\n",
+                  (unsigned long)counter.v, (unsigned long)(t2 - t1));
         rt_exit(0);
     }
     unsigned both_old = 0, first = 0;
@@ -126,7 +135,8 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
                   both_old, DEKKER_ROUNDS, first, seen[0].r[first], last, seen[1].r[first]);
         rt_exit(1);
     }
-    rt_printf("PASS dekker: vcpus=%u sides=0,%u sb_rounds=%u both_old=0 peterson=%lu\n",
-              ncpus, last, DEKKER_ROUNDS, (unsigned long)counter.v);
+    rt_printf("PASS dekker: vcpus=%u sides=0,%u sb_rounds=%u both_old=0 peterson=%lu sb_cycles=%lu peterson_cycles=%lu\n",
+              ncpus, last, DEKKER_ROUNDS, (unsigned long)counter.v, (unsigned long)(t1 - t0),
+              (unsigned long)(t2 - t1));
     rt_exit(0);
 }

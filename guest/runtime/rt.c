@@ -254,9 +254,14 @@ uint64_t rt_event_wait(rt_event_t *e, uint64_t old)
             continue;
         }
         /* A stale wake-up (meant for an earlier wait) costs one more turn. */
-        __atomic_or_fetch(&e->sleepers, 1ull << rt_cpu(), __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&e->value, __ATOMIC_SEQ_CST) != old)
+        uint64_t me = 1ull << rt_cpu();
+        __atomic_or_fetch(&e->sleepers, me, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&e->value, __ATOMIC_SEQ_CST) != old) {
+            /* Changed meanwhile: the setter may have missed our bit, so take
+             * it back rather than leave a stale wake-up for the next set. */
+            __atomic_and_fetch(&e->sleepers, ~me, __ATOMIC_SEQ_CST);
             continue;
+        }
         rt_wait_irq();
     }
     return v;

@@ -239,3 +239,97 @@ def test_top_pages_ranks_the_hottest(scripted) -> None:
             peer.sendall(frame(WRITE, page, 0, 0, version=req["version"], txid=900 + page))
             assert recv_frame(peer)["type"] == REPLY
     assert node.top_pages(2) == [(2, 3), (1, 1)]
+
+
+def test_peer_leaving_while_a_fault_waits_on_it_is_an_error(scripted) -> None:
+    node, peer, ram = scripted
+    t = toucher(ram.guest_addr + 7 * PAGE_SIZE)
+    assert recv_frame(peer)["type"] == READ
+    peer.sendall(frame(BYE, 0, 0, 0))
+    peer.shutdown(socket.SHUT_WR)
+    assert node.wait_failed(5.0)
+    assert "node 0 left the cluster (BYE) while waiting for page 0x7 (read)" in node.error, node.error
+    t.join(5)
+    assert not t.is_alive()
+
+
+@pytest.fixture
+def owner_node():
+    """Node 0 of 2 owning every page, 256 of them loaded with known bytes; node 1 is the test."""
+    ram = SharedRam(256 * PAGE_SIZE)
+    for page in range(256):
+        lib.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 1000 + page)
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    node = DsmNode(0, 2, ram, {1: theirs})
+    node.mark_loaded(range(256))
+    node.start()
+    yield node, ours, ram
+    node.close()
+    ours.close()
+    ram.close()
+
+
+def expected_page(seed: int) -> bytes:
+    tmp = SharedRam(PAGE_SIZE)
+    lib.ivy_test_fill(tmp.vmm_addr, PAGE_SIZE, seed)
+    data = bytes(ffi.buffer(ffi.cast("char *", tmp.vmm_addr), PAGE_SIZE))
+    tmp.close()
+    return data
+
+
+def test_replies_queue_when_the_peer_reads_slowly(owner_node) -> None:
+    """1 MiB of replies to a peer that is not reading: queued, EPOLLOUT, delivered intact and in order."""
+    node, peer, _ = owner_node
+    peer.sendall(b"".join(frame(READ, p, 1, 1, version=0, txid=5000 + p) for p in range(256)))
+    time.sleep(0.3)  # the node answers all while nobody reads: the socket buffer fills up
+    for p in range(256):
+        reply = recv_frame(peer)
+        assert (reply["type"], reply["page"], reply["txid"], reply["version"]) == (REPLY, p, 5000 + p, 1)
+        assert reply["flags"] == lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP
+        assert reply["data"] == expected_page(1000 + p), f"page {p} bytes"
+    assert node.error is None
+    s = node.stats()
+    assert s["messages_sent"]["REPLY"] == 256 and s["bytes_sent"]["REPLY"] == 256 * (56 + PAGE_SIZE)
+    assert s["sends_queued"] > 0, "the socket never filled: the output queue went untested"
+
+
+def test_frames_arriving_byte_by_byte(owner_node) -> None:
+    node, peer, _ = owner_node
+    raw = frame(WRITE, 9, 1, 1, version=1, txid=77)  # same version: ownership without bytes
+    for i in range(len(raw)):
+        peer.sendall(raw[i:i + 1])
+        time.sleep(0.001)
+    reply = recv_frame(peer)
+    assert (reply["type"], reply["page"], reply["txid"], reply["len"]) == (REPLY, 9, 77, 0)
+    assert node.access(9) == 0 and node.error is None
+
+
+def test_write_fault_racing_an_invalidation(scripted) -> None:
+    """A copy holder's write request crosses an INVALIDATE: it zaps, acks, then gets the page writable."""
+    node, peer, ram = scripted
+    addr = ram.guest_addr + 3 * PAGE_SIZE
+    reader = toucher(addr)
+    req = recv_frame(peer)
+    # A classic-Ivy style copy: readable here, node 0 stays the owner.
+    peer.sendall(frame(REPLY, 3, 1, 0, version=4, copyset=0b11, txid=req["txid"], flags=lib.IVY_REPLY_DATA,
+                       payload=b"\x11" * PAGE_SIZE))
+    reader.join(5)
+    assert node.access(3) == 1
+    writer = toucher(addr + 8, write=True)  # WP fault on the read-only copy
+    wreq = recv_frame(peer)
+    assert (wreq["type"], wreq["page"], wreq["version"]) == (WRITE, 3, 4)
+    # Meanwhile another node's write reached the owner first: node 1's copy is invalidated.
+    peer.sendall(frame(INVALIDATE, 3, 0, 0, version=5, txid=0xABC))
+    ack = recv_frame(peer)
+    assert (ack["type"], ack["page"], ack["txid"]) == (INV_ACK, 3, 0xABC)
+    assert node.access(3) == 0 and writer.is_alive()
+    # Then the owner serves node 1's write with the newer bytes.
+    peer.sendall(frame(REPLY, 3, 1, 0, version=5, copyset=0, txid=wreq["txid"],
+                       flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=b"\x22" * PAGE_SIZE))
+    writer.join(5)
+    assert not writer.is_alive()
+    assert node.access(3) == 2
+    assert lib.ivy_test_load64(addr) == int.from_bytes(b"\x22" * 8, "little")  # the new bytes, not the zapped copy
+    assert lib.ivy_test_load64(addr + 8) == 1                                 # and the store landed on them
+    assert node.error is None

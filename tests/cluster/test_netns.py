@@ -1,0 +1,152 @@
+"""Two hosts, simulated: one node in each of two network namespaces joined by a veth pair.
+
+This is the README's "Across real hosts" setup as a user runs it: one
+cluster.toml, `ivyvm node --config F --id K` on each host, the secret from
+IVYVM_SECRET or secret_file, the nodes bound to their own addresses (not
+loopback). The namespaces and the veth pair are private to each test: named
+after this process's pid, addressed in 10.200.0.0/16 only inside them, and
+deleted in `finally` whatever happens; the host's own interfaces are never
+touched.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.cluster.common import IVYVM, finish, guest_elf, processes_mentioning, start_node, verdict, write_cluster
+from tests.cluster.test_failures import DETECTION_BOUND, START_BOUND, await_exits, lines_of, wait_for_output
+from tests.conftest import ROOT, requires_kvm, requires_netns
+
+_serial = itertools.count()
+
+
+@dataclass(frozen=True)
+class VethPair:
+    namespaces: tuple[str, str]
+    devices: tuple[str, str]
+    addresses: tuple[str, str]
+
+
+def ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+def namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@contextmanager
+def veth_pair() -> Iterator[VethPair]:
+    """Two fresh namespaces, each holding one end of a veth pair with a /30 between them."""
+    serial = next(_serial)
+    tag = f"{os.getpid()}x{serial}"                  # device names: at most 15 characters
+    ns = (f"ivyvm{tag}a", f"ivyvm{tag}b")
+    dev = (f"iv{tag}a", f"iv{tag}b")
+    subnet = f"10.200.{(os.getpid() + serial) % 256}"
+    pair = VethPair(ns, dev, (f"{subnet}.1", f"{subnet}.2"))
+    try:
+        for name in ns:
+            ip("netns", "add", name)
+        # Created inside the first namespace and moved: the host never sees either end.
+        ip("-n", ns[0], "link", "add", dev[0], "type", "veth", "peer", "name", dev[1], "netns", ns[1])
+        for name, device, address in zip(ns, dev, pair.addresses):
+            ip("-n", name, "addr", "add", f"{address}/30", "dev", device)
+            ip("-n", name, "link", "set", device, "up")
+            ip("-n", name, "link", "set", "lo", "up")
+        yield pair
+    finally:
+        for name in ns:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+    assert not set(ns) & namespaces(), f"namespaces {ns} outlived the test"
+
+
+def cluster_file(tmp_path: Path, pair: VethPair, image: Path, vcpus: int = 2, extra: str = "") -> Path:
+    return write_cluster(tmp_path, image, vcpus, [f"{a}:7000" for a in pair.addresses], extra=extra)
+
+
+def assert_nothing_left(config: Path) -> None:
+    assert not processes_mentioning(str(config)), f"a node process of {config} is still running"
+
+
+@requires_kvm
+@requires_netns
+@pytest.mark.parametrize("name", ["hello", "spanning_counter", "mp_litmus", "ipi_pingpong", "dekker", "pagewalk"])
+def test_spanning_guest_across_two_hosts(tmp_path: Path, name: str) -> None:
+    with veth_pair() as pair:
+        config = cluster_file(tmp_path, pair, guest_elf(name))
+        # Node 1 first: node 0 must wait for a member that is already up, and vice versa below.
+        member = start_node(config, 1, netns=pair.namespaces[1])
+        head = start_node(config, 0, netns=pair.namespaces[0])
+        out0, out1 = finish([head, member], timeout=60)
+        line = verdict(out0, name)
+        assert line.startswith(f"PASS {name}: vcpus=2"), f"{line}\nnode 0: {out0.stderr}\nnode 1: {out1.stderr}"
+        assert out0.status == 0, out0.stderr
+        assert out1.status == 0, out1.stderr
+        assert "PASS" not in out1.stdout, "node 1 printed console output; node 0 owns the console"
+        assert_nothing_left(config)
+
+
+@requires_kvm
+@requires_netns
+def test_secret_from_secret_file_across_two_hosts(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-secret-for-both-hosts-0123456789\n")
+    with veth_pair() as pair:
+        config = cluster_file(tmp_path, pair, guest_elf("spanning_counter"), extra='secret_file = "secret"')
+        env = {k: v for k, v in os.environ.items() if k != "IVYVM_SECRET"}
+        procs = [_start_without_env_secret(config, node, pair.namespaces[node], env) for node in (1, 0)]
+        out1, out0 = finish(procs, timeout=60)
+        assert verdict(out0, "spanning_counter").startswith("PASS spanning_counter: vcpus=2"), out0.stderr
+        assert (out0.status, out1.status) == (0, 0), (out0.stderr, out1.stderr)
+        assert_nothing_left(config)
+
+
+def _start_without_env_secret(config: Path, node: int, netns: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    argv = ["ip", "netns", "exec", netns, *IVYVM, "node", "--config", str(config), "--id", str(node)]
+    return subprocess.Popen(argv, cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@requires_kvm
+@requires_netns
+@pytest.mark.parametrize("side", [0, 1], ids=["cut-at-node0", "cut-at-node1"])
+def test_dropped_link_stops_both_nodes(tmp_path: Path, side: int) -> None:
+    """No RST, no FIN: the link just goes quiet, so only the silence timeouts can notice."""
+    with veth_pair() as pair:
+        config = cluster_file(tmp_path, pair, guest_elf("spin"))
+        member = start_node(config, 1, netns=pair.namespaces[1])
+        head = start_node(config, 0, netns=pair.namespaces[0])
+        try:
+            wait_for_output(head, "spinning", START_BOUND)
+            time.sleep(0.3)                  # pages are moving both ways by now
+            assert head.poll() is None and member.poll() is None, "a node stopped before the link was cut"
+            ip("-n", pair.namespaces[side], "link", "set", pair.devices[side], "down")
+            exits = await_exits([head, member], time.monotonic(), DETECTION_BOUND)
+        finally:
+            for proc in (head, member):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for node, exit in enumerate(exits):
+            other = 1 - node
+            assert exit.status == 8, f"node {node}: status {exit.status}\n{exit.stderr}"
+            lines = lines_of(exit.stderr)
+            assert len(lines) == 1, f"node {node} should say one line, said:\n{exit.stderr}"
+            said = lines[0].split(":", 2)[2]
+            assert re.search(rf"\bnode {other}\b", said), f"node {node} does not name node {other}: {lines[0]}"
+            assert "silent" in said and "waiting for" in said, f"node {node}: {lines[0]}"
+            print(f"link cut at node {side}: node {node} stopped after {exit.after:.2f} s: {lines[0]}")
+        assert_nothing_left(config)
