@@ -265,17 +265,19 @@ class Node:
             if status == STATUS_CLUSTER:
                 _report(status, f"node {self.id}: stopped by node 0: {line}")
             return status
-        if result.status == STATUS_INTERRUPTED:
-            return result.status
         # Node 0 reports guest errors once; a lost node is also said here,
-        # since this node's operator may be on another host.
-        if result.status == STATUS_CLUSTER and result.error:
-            _report(result.status, result.message)
+        # since this node's operator may be on another host. Ctrl-C here is
+        # said by node 0 only: this node's operator knows.
+        message = result.message
+        if result.status == STATUS_INTERRUPTED:
+            message = f"node {self.id}: interrupted"
+        elif result.status == STATUS_CLUSTER and result.error:
+            _report(result.status, message)
         try:
-            self.channels[0].send(control.encode_status(Msg.FAILED, result.status, result.message))
+            self.channels[0].send(control.encode_status(Msg.FAILED, result.status, message))
         except (OSError, KeyError):
-            if result.status != STATUS_CLUSTER:
-                _report(result.status, result.message)
+            if result.status not in (STATUS_CLUSTER, STATUS_INTERRUPTED):
+                _report(result.status, message)
         return result.status
 
     def _linger(self) -> None:

@@ -120,10 +120,13 @@ def _start_without_env_secret(config: Path, node: int, netns: str, env: dict[str
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+CUTS = [(0, "down"), (1, "down"), (1, "delete")]
+
+
 @requires_kvm
 @requires_netns
-@pytest.mark.parametrize("side", [0, 1], ids=["cut-at-node0", "cut-at-node1"])
-def test_dropped_link_stops_both_nodes(tmp_path: Path, side: int) -> None:
+@pytest.mark.parametrize("side, how", CUTS, ids=[f"{how}-at-node{side}" for side, how in CUTS])
+def test_dropped_link_stops_both_nodes(tmp_path: Path, side: int, how: str) -> None:
     """No RST, no FIN: the link just goes quiet, so only the silence timeouts can notice."""
     with veth_pair() as pair:
         config = cluster_file(tmp_path, pair, guest_elf("spin"))
@@ -133,7 +136,10 @@ def test_dropped_link_stops_both_nodes(tmp_path: Path, side: int) -> None:
             wait_for_output(head, "spinning", START_BOUND)
             time.sleep(0.3)                  # pages are moving both ways by now
             assert head.poll() is None and member.poll() is None, "a node stopped before the link was cut"
-            ip("-n", pair.namespaces[side], "link", "set", pair.devices[side], "down")
+            if how == "down":
+                ip("-n", pair.namespaces[side], "link", "set", pair.devices[side], "down")
+            else:
+                ip("-n", pair.namespaces[side], "link", "delete", pair.devices[side])   # both ends go
             exits = await_exits([head, member], time.monotonic(), DETECTION_BOUND)
         finally:
             for proc in (head, member):
@@ -148,5 +154,5 @@ def test_dropped_link_stops_both_nodes(tmp_path: Path, side: int) -> None:
             said = lines[0].split(":", 2)[2]
             assert re.search(rf"\bnode {other}\b", said), f"node {node} does not name node {other}: {lines[0]}"
             assert "silent" in said and "waiting for" in said, f"node {node}: {lines[0]}"
-            print(f"link cut at node {side}: node {node} stopped after {exit.after:.2f} s: {lines[0]}")
+            print(f"link {how} at node {side}: node {node} stopped after {exit.after:.2f} s: {lines[0]}")
         assert_nothing_left(config)
