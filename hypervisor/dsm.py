@@ -20,6 +20,7 @@ MAX_NODES = int(lib.IVY_MAX_NODES)
 READ_OWNERSHIP = {"giantvm": lib.IVY_READ_GIANTVM, "ivy": lib.IVY_READ_IVY}
 MANAGERS = {"dynamic": lib.IVY_MGR_DYNAMIC, "central": lib.IVY_MGR_CENTRAL, "fixed": lib.IVY_MGR_FIXED}
 MESSAGE_TYPES = {1: "READ", 2: "WRITE", 3: "REPLY", 4: "INVALIDATE", 5: "INV_ACK", 6: "PING", 7: "BYE"}
+HOLD_US_DEFAULT = 50
 FAULT_KINDS = ("read", "write", "wp", "spurious", "duplicate", "local", "remote")
 
 
@@ -39,6 +40,13 @@ class DsmOptions:
     # default: on a host with fewer cores than busy threads (vCPUs + event
     # loops) polling steals the CPU the peer needs (bench/dsm_bench.py --poll-us).
     poll_us: int = 0
+    # After a local fault on a page completes, requests that could take the page
+    # away wait this long, so the woken thread runs its access first (Mirage's
+    # delta; without it a hot page can circle the nodes with no access done).
+    # A write grant's window ends early once the writer's word changed, so a
+    # long window costs a ping-pong nothing; 50 us covers a cross-CPU wake-up
+    # (~20 us here). 0 serves them at once. Measured: docs/dsm.md, bench --hold-us.
+    hold_us: int = HOLD_US_DEFAULT
 
     def __post_init__(self) -> None:
         if self.read_ownership not in READ_OWNERSHIP:
@@ -47,6 +55,8 @@ class DsmOptions:
             raise DsmError(f"manager {self.manager!r}: expected one of {', '.join(MANAGERS)}")
         if not 0 <= self.poll_us <= 1_000_000:
             raise DsmError(f"poll_us {self.poll_us} must be between 0 and 1000000")
+        if not 0 <= self.hold_us <= 1_000_000:
+            raise DsmError(f"hold_us {self.hold_us} must be between 0 and 1000000")
         if not 1 <= self.heartbeat_ms < self.timeout_ms:
             raise DsmError(f"heartbeat_ms {self.heartbeat_ms} must be >= 1 and below timeout_ms {self.timeout_ms}")
 
@@ -146,6 +156,7 @@ class DsmNode:
         cfg.heartbeat_ms = self.options.heartbeat_ms
         cfg.timeout_ms = self.options.timeout_ms
         cfg.poll_us = self.options.poll_us
+        cfg.hold_us = self.options.hold_us
         for i in range(MAX_NODES):
             cfg.peer_fds[i] = -1
         for peer, sock in peers.items():
@@ -251,6 +262,8 @@ class DsmNode:
             "replies_elided": int(s.replies_elided),
             "parked": int(s.parked),
             "unparked": int(s.unparked),
+            "held": int(s.held),
+            "holds_cut": int(s.holds_cut),
             "uffd": {name: int(getattr(s, name)) for name in
                      ("zaps", "wrprotects", "continues", "wp_clears", "wakes", "eexist")},
             "sends_queued": int(s.sends_queued),

@@ -4,10 +4,11 @@ Each pair of nodes shares one TCP connection; the lower id connects, the
 higher accepts. Before a socket is handed to the C runtime both ends:
 
 1. send a hello (magic, protocol version, own id, the id it expects at the
-   other end, cluster size, RAM size, page size, protocol options, a fresh
-   32-byte nonce) and check the other's field by field, so a mismatch is
-   reported on both sides naming the values;
-2. send HMAC-SHA256(secret, role || both hellos) and check the other's with a
+   other end, cluster size, RAM size, page size, protocol options, the
+   channel it is for: the DSM port or the control port, a fresh 32-byte
+   nonce) and check the other's field by field, so a mismatch is reported on
+   both sides naming the values;
+2. send HMAC-SHA256(secret, channel || role || both hellos) and check the other's with a
    constant-time compare, so each side proves it knows the cluster secret and
    a proof can be neither replayed (fresh nonces) nor reflected (roles);
 3. exchange a one-byte verdict, so neither side starts using a link the
@@ -32,7 +33,11 @@ from typing import Collection, Sequence
 from hypervisor.dsm import PAGE_SIZE, PROTOCOL_VERSION, DsmError, DsmOptions
 
 HELLO_MAGIC = b"IVYH"
-HELLO = struct.Struct("<4sHHHHQIBB2x32s")
+HELLO = struct.Struct("<4sHHHHQIBBB1x32s")
+# One secret guards both ports, so the channel is named in the hello and in the
+# proof: a DSM hello sent to a control port (or back) is refused, never mistaken.
+PURPOSES = {b"dsm": 1, b"control": 2}
+_PURPOSE_NAMES = {code: name.decode() for name, code in PURPOSES.items()}
 PROOF_SIZE = 32
 VERDICT_OK = b"\x01"
 VERDICT_REFUSED = b"\x00"
@@ -68,11 +73,12 @@ class _Hello:
     page_size: int
     read_ownership: int
     manager: int
+    purpose: int
     nonce: bytes
 
     def pack(self) -> bytes:
         return HELLO.pack(HELLO_MAGIC, self.proto, self.nnodes, self.sender, self.target, self.ram_size,
-                          self.page_size, self.read_ownership, self.manager, self.nonce)
+                          self.page_size, self.read_ownership, self.manager, self.purpose, self.nonce)
 
 
 ANY_NODE = 0xFFFF
@@ -109,6 +115,10 @@ def _send(sock: socket.socket, data: bytes, deadline: float, who: str) -> None:
 def _mismatches(mine: _Hello, theirs: _Hello, self_id: int, expected: Collection[int]) -> list[str]:
     peer = f"node {theirs.sender}"
     out = []
+    if theirs.purpose != mine.purpose:
+        theirs_name = _PURPOSE_NAMES.get(theirs.purpose, f"unknown channel {theirs.purpose}")
+        out.append(f"channel: this is a {_PURPOSE_NAMES[mine.purpose]} port, {peer} is handshaking for its "
+                   f"{theirs_name} connection (wrong port?)")
     if theirs.proto != mine.proto:
         out.append(f"protocol version: this node speaks {mine.proto}, {peer} speaks {theirs.proto}")
     if theirs.sender not in expected:
@@ -124,26 +134,31 @@ def _mismatches(mine: _Hello, theirs: _Hello, self_id: int, expected: Collection
     return out
 
 
-def _proof(secret: bytes, role: bytes, hello_initiator: bytes, hello_acceptor: bytes) -> bytes:
-    return hmac.new(secret, b"ivyvm-dsm-v1 " + role + hello_initiator + hello_acceptor, hashlib.sha256).digest()
+def _proof(secret: bytes, purpose: bytes, role: bytes, hello_initiator: bytes, hello_acceptor: bytes) -> bytes:
+    return hmac.new(secret, b"ivyvm-dsm-v1 " + purpose + b" " + role + hello_initiator + hello_acceptor,
+                    hashlib.sha256).digest()
 
 
 def handshake(sock: socket.socket, *, self_id: int, shape: ClusterShape, secret: bytes, initiator: bool,
               expected: Collection[int], timeout: float = 5.0, who: str | None = None,
-              proto: int = PROTOCOL_VERSION) -> int:
+              proto: int = PROTOCOL_VERSION, purpose: bytes = b"dsm") -> int:
     """Authenticate one connection; returns the peer's node id or raises HandshakeError.
 
     The initiator names the one node it expects; the acceptor passes every id
-    it still waits for. `proto` is the protocol version this node speaks. On
-    error the socket is left open for the caller to close.
+    it still waits for. `proto` is the protocol version this node speaks;
+    `purpose` the channel (b"dsm" or b"control"), which both ends must share.
+    On error the socket is left open for the caller to close.
     """
     if not secret:
         raise HandshakeError("the cluster secret is empty")
+    if purpose not in PURPOSES:
+        raise HandshakeError(f"handshake purpose {purpose!r}: expected one of "
+                             f"{', '.join(repr(p) for p in PURPOSES)}")
     who = who or _peer_name(sock)
     deadline = time.monotonic() + timeout
     target = next(iter(expected)) if initiator and len(expected) == 1 else ANY_NODE
     mine = _Hello(proto, shape.nnodes, self_id, target, shape.ram_size, shape.page_size,
-                  shape.read_ownership, shape.manager, os.urandom(32))
+                  shape.read_ownership, shape.manager, PURPOSES[purpose], os.urandom(32))
     if initiator:
         _send(sock, mine.pack(), deadline, who)
     raw = _recv_exact(sock, HELLO.size, deadline, who, "hello")
@@ -161,9 +176,9 @@ def handshake(sock: socket.socket, *, self_id: int, shape: ClusterShape, secret:
         raise HandshakeError(f"refusing {who}: " + "; ".join(problems))
     h_init, h_acc = (mine.pack(), raw) if initiator else (raw, mine.pack())
     my_role, their_role = (b"I", b"A") if initiator else (b"A", b"I")
-    _send(sock, _proof(secret, my_role, h_init, h_acc), deadline, who)
+    _send(sock, _proof(secret, purpose, my_role, h_init, h_acc), deadline, who)
     their_proof = _recv_exact(sock, PROOF_SIZE, deadline, who, "proof of the cluster secret")
-    if not hmac.compare_digest(their_proof, _proof(secret, their_role, h_init, h_acc)):
+    if not hmac.compare_digest(their_proof, _proof(secret, purpose, their_role, h_init, h_acc)):
         try:
             _send(sock, VERDICT_REFUSED, deadline, who)
         except HandshakeError:

@@ -63,6 +63,7 @@ void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write, struct iv
 void ivy_engine_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out);
 uint16_t ivy_engine_route(const struct ivy_engine *e, uint64_t page);
 int ivy_engine_access(const struct ivy_engine *e, uint64_t page);
+const char *ivy_engine_check_message(const struct ivy_engine *e, const struct ivy_msg *m);
 const char *ivy_state_name(uint8_t state);
 const char *ivy_msg_name(uint8_t type);
 
@@ -75,14 +76,14 @@ const char *ivy_wire_status_name(int status);
 struct ivy_rt_config {
     uint16_t self; uint16_t nnodes; uint8_t read_ownership; uint8_t manager; int memfd;
     uint64_t guest_addr; uint64_t vmm_addr; uint64_t size; int peer_fds[64];
-    uint32_t heartbeat_ms; uint32_t timeout_ms; uint32_t poll_us;
+    uint32_t heartbeat_ms; uint32_t timeout_ms; uint32_t poll_us; uint32_t hold_us;
 };
 struct ivy_rt_stats {
     uint64_t faults_read; uint64_t faults_write; uint64_t faults_wp; uint64_t faults_spurious;
     uint64_t faults_local; uint64_t faults_remote; uint64_t faults_duplicate;
     uint64_t msgs_sent[8]; uint64_t msgs_recv[8]; uint64_t bytes_sent[8]; uint64_t bytes_recv[8];
     uint64_t forwards; uint64_t reply_hops; uint64_t replies_data; uint64_t replies_elided;
-    uint64_t parked; uint64_t unparked; uint64_t zaps; uint64_t wrprotects; uint64_t continues;
+    uint64_t parked; uint64_t unparked; uint64_t held; uint64_t holds_cut; uint64_t zaps; uint64_t wrprotects; uint64_t continues;
     uint64_t wp_clears; uint64_t wakes; uint64_t eexist; uint64_t sends_queued;
     uint64_t lat_count; uint64_t lat_sum_ns; uint64_t lat_max_ns; uint64_t lat_hist[48];
 };
@@ -101,6 +102,7 @@ int ivy_rt_access(const struct ivy_rt *rt, uint64_t page);
 uint64_t ivy_map_shared(int fd, uint64_t size);
 int ivy_unmap(uint64_t addr, uint64_t size);
 uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count);
+uint64_t ivy_test_atomic_add_yielding(uint64_t addr, uint64_t count);
 uint64_t ivy_test_load64(uint64_t addr);
 void ivy_test_store64(uint64_t addr, uint64_t value);
 void ivy_test_fill(uint64_t addr, uint64_t len, uint64_t seed);
@@ -111,6 +113,8 @@ int ivy_test_pingpong(uint64_t addr, int self, uint64_t rounds, uint64_t *out_ns
 int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns);
 int ivy_bench_tcp_ping(int fd, uint64_t n, uint64_t *out_ns);
 int ivy_bench_tcp_pong(int fd, uint64_t n);
+int ivy_bench_tcp_ping_epoll(int fd, uint64_t n, uint64_t *out_ns);
+int ivy_bench_tcp_pong_epoll(int fd, uint64_t n);
 """
 
 ffibuilder = FFI()
@@ -120,7 +124,8 @@ ffibuilder.set_source(
     '#include "engine.h"\n#include "wire.h"\n#include "runtime.h"\n#include "testkit.h"\n',
     sources=[os.path.relpath(NATIVE / name) for name in SOURCES],
     include_dirs=[os.path.relpath(NATIVE)],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+    # IVY_CFLAGS adds flags for an experiment, e.g. -DIVY_PROFILE (see rt_internal.h).
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11", *os.environ.get("IVY_CFLAGS", "").split()],
     libraries=["pthread"],
 )
 

@@ -514,11 +514,55 @@ void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write, struct iv
     check_page(e, p);
 }
 
+const char *ivy_engine_check_message(const struct ivy_engine *e, const struct ivy_msg *m)
+{
+    IVY_ASSERT(m->page < e->cfg.npages);
+    const struct ivy_page *p = &e->pages[m->page];
+    const uint16_t self = e->cfg.self;
+    if (m->sender >= e->cfg.nnodes || m->requester >= e->cfg.nnodes)
+        return "a node id beyond the cluster";
+    switch (m->type) {
+    case IVY_MSG_READ:
+    case IVY_MSG_WRITE:
+        if (m->requester == self)
+            return "a request naming this node as requester";
+        if (p->pending == IVY_IDLE && !p->owner && (p->probowner == self || p->probowner == m->requester))
+            return "a request this node can neither serve nor forward";
+        return NULL;
+    case IVY_MSG_REPLY:
+        if (m->requester != self)
+            return "a reply for another node";
+        if (p->pending != IVY_WANT_READ && p->pending != IVY_WANT_WRITE && p->pending != IVY_READ_STALE)
+            return "a reply this node did not ask for";
+        if (m->txid != p->txid)
+            return "a reply with a stale transaction id";
+        if (!(m->flags & IVY_REPLY_DATA) && m->version != p->version)
+            return "a reply without data for a version this node does not have";
+        if ((m->flags & IVY_REPLY_DATA) && access_of(p) != 0)
+            return "page bytes for a page that is still readable here";
+        if (p->pending == IVY_WANT_WRITE && !(m->flags & IVY_REPLY_OWNERSHIP))
+            return "a write reply without ownership";
+        if (p->pending == IVY_READ_STALE && (m->flags & IVY_REPLY_OWNERSHIP))
+            return "ownership on a reply that an invalidation overtook";
+        return NULL;
+    case IVY_MSG_INVALIDATE:
+        return p->owner ? "an invalidation sent to the owner" : NULL;
+    case IVY_MSG_INV_ACK:
+        if (p->pending != IVY_WAIT_ACKS || !(p->acks_missing & NODE_BIT(m->sender)) || m->txid != p->txid)
+            return "an acknowledgement nobody waits for";
+        return NULL;
+    default:
+        return "an unknown message type";
+    }
+}
+
 void ivy_engine_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out)
 {
     struct ivy_page *p = page_entry(e, m->page);
     out->n = 0;
-    IVY_ASSERT(m->sender < e->cfg.nnodes && m->requester < e->cfg.nnodes);
+    /* Asserted after the transition, so a transition's own assert (which
+     * names the broken precondition) fires first; this catches the rest. */
+    const char *misfit = ivy_engine_check_message(e, m);
     switch (m->type) {
     case IVY_MSG_READ:
     case IVY_MSG_WRITE:
@@ -536,6 +580,7 @@ void ivy_engine_message(struct ivy_engine *e, const struct ivy_msg *m, struct iv
     default:
         IVY_ASSERT(!"unknown message type");
     }
+    IVY_ASSERT(misfit == NULL);
     check_page(e, p);
 }
 

@@ -147,9 +147,16 @@ void ivy_engine_set_version(struct ivy_engine *e, uint64_t page, uint64_t versio
 void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write,
                       struct ivy_actions *out);
 
-/* A message arrived from a peer (already validated by the wire layer). */
+/* A message arrived from a peer (already validated by the wire layer, and
+ * accepted by ivy_engine_check_message: the engine asserts it is). */
 void ivy_engine_message(struct ivy_engine *e, const struct ivy_msg *m,
                         struct ivy_actions *out);
+
+/* The engine's preconditions on a message, given the page's state: NULL if
+ * ivy_engine_message may be fed it, else why not (a reply nobody asked for,
+ * an ack nobody waits for, ...). The runtime refuses such frames from a peer
+ * with this reason; the engine asserts it. m->page must be < npages. */
+const char *ivy_engine_check_message(const struct ivy_engine *e, const struct ivy_msg *m);
 
 /* Where a request for `page` goes first from this node. */
 uint16_t ivy_engine_route(const struct ivy_engine *e, uint64_t page);

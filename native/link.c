@@ -82,10 +82,15 @@ void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy
              rt_type_name(type), (unsigned long long)m->page, wait);
         return;
     }
+    /* Counted before the send: a peer may act on the frame, and the test
+     * reading both nodes' counters, before sendmsg returns here. */
+    rt->stats.msgs_sent[type]++;
+    rt->stats.bytes_sent[type] += total;
     if (!c->out_len) {
         struct iovec iov[2] = {{hdr, IVY_WIRE_HDR_SIZE}, {(void *)data, data ? IVY_PAGE_SIZE : 0}};
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = data ? 2 : 1};
         ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        PROF(rt, PROF_SENT);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
             rt_fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
             return;
@@ -103,8 +108,6 @@ void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy
         conn_arm(rt, c, true);
     }
     c->last_send_ns = now_ns();
-    rt->stats.msgs_sent[type]++;
-    rt->stats.bytes_sent[type] += total;
 }
 
 void link_close(struct ivy_rt *rt, struct conn *c)
@@ -121,6 +124,7 @@ void link_read(struct ivy_rt *rt, struct conn *c)
     while (!rt->failed && c->fd >= 0) {
         size_t room = IN_CAP - c->in_len;
         ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
+        PROF(rt, PROF_RECV);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 return;

@@ -20,6 +20,7 @@
 #define EP_TIMER 1002u
 #define IN_CAP (256u * 1024u)
 #define UFFD_BATCH 64
+#define NO_WATCH 0xFFFFu
 
 enum mapping { MAP_NONE = 0, MAP_RO = 1, MAP_RW = 2 };
 
@@ -54,9 +55,23 @@ struct ivy_rt {
     uint8_t *mapped;          /* enum mapping of each guest-view page, as last set here */
     uint8_t *remote;          /* the outstanding fault on this page sent a request */
     uint64_t waiting_remote;  /* pages with remote set: replies we expect soon */
+    uint64_t answer_soon;     /* peers sent a request/INVALIDATE since the last epoll_wait */
     uint64_t *fault_t0;       /* when the outstanding fault on this page was read */
     uint32_t *fault_count;
-    struct parked **parked;   /* per page, arrival order */
+    struct parked **parked;   /* per page, arrival order: held by the engine (PARK) */
+    /* The hold window (cfg.hold_us): after a local fault on page p completes,
+     * requests for p wait in held[p] until hold_until[p], so the woken thread
+     * gets to run its access before the page can be taken away again. */
+    uint64_t hold_ns;
+    uint64_t *hold_until;     /* per page, CLOCK_MONOTONIC ns; 0: never granted here */
+    struct parked **held;     /* per page, arrival order */
+    uint64_t *held_pages;     /* pages whose held[] list is non-empty */
+    size_t nheld, held_cap;
+    /* A write grant's window ends early once the faulting thread's word
+     * changed: its access demonstrably ran (offsets 8-aligned, NO_WATCH: none). */
+    uint16_t *write_off;      /* first write fault's word in the page since the last grant */
+    uint16_t *watch_off;      /* the word watched during this page's window */
+    uint64_t *watch_val;      /* its value when the page was granted */
     struct fifo fifo;
     struct conn conns[IVY_MAX_NODES];
     int uffd, epfd, stopfd, timerfd, failfd;
@@ -66,6 +81,10 @@ struct ivy_rt {
     volatile int failed;
     char error[IVY_RT_ERR_LEN];
     struct ivy_rt_stats stats;
+#ifdef IVY_PROFILE
+    uint64_t *prof;           /* (ns << 4 | event) per step */
+    size_t nprof;
+#endif
 };
 
 static inline uint64_t now_ns(void)
@@ -79,6 +98,21 @@ static inline uint8_t *vmm_page(struct ivy_rt *rt, uint64_t page)
 {
     return (uint8_t *)(uintptr_t)(rt->cfg.vmm_addr + page * IVY_PAGE_SIZE);
 }
+
+/*
+ * Build with -DIVY_PROFILE (IVY_CFLAGS=-DIVY_PROFILE pip install ...) to log a
+ * timestamp at each step of the event loop; stop() writes them to
+ * /tmp/ivy-prof-<pid>-<node>.txt. Used to find where a fault's time goes.
+ */
+enum prof_event { PROF_EPOLL_IN, PROF_EPOLL_OUT, PROF_UFFD_READ, PROF_SENT, PROF_RECV, PROF_GRANTED,
+                  PROF_ZAPPED, PROF_WRPROTECTED, PROF_NEVENTS };
+#ifdef IVY_PROFILE
+#define PROF_CAP (1u << 20)
+void rt_prof(struct ivy_rt *rt, unsigned event);
+#define PROF(rt, ev) rt_prof(rt, ev)
+#else
+#define PROF(rt, ev) ((void)0)
+#endif
 
 /* runtime.c */
 void rt_fail(struct ivy_rt *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -27,6 +27,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
@@ -89,6 +90,29 @@ void rt_fail(struct ivy_rt *rt, const char *fmt, ...)
         /* eventfd cannot overflow with one write; nothing else to report */
     }
 }
+
+#ifdef IVY_PROFILE
+void rt_prof(struct ivy_rt *rt, unsigned event)
+{
+    if (!rt->prof)
+        rt->prof = malloc(PROF_CAP * sizeof *rt->prof);
+    if (rt->prof && rt->nprof < PROF_CAP)
+        rt->prof[rt->nprof++] = now_ns() << 4 | event;
+}
+
+static void prof_dump(struct ivy_rt *rt)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ivy-prof-%d-%u.txt", (int)getpid(), rt->cfg.self);
+    FILE *f = fopen(path, "w");
+    for (size_t i = 0; f && i < rt->nprof; i++)
+        fprintf(f, "%llu %u\n", (unsigned long long)(rt->prof[i] >> 4), (unsigned)(rt->prof[i] & 15));
+    if (f)
+        fclose(f);
+    free(rt->prof);
+    rt->prof = NULL;
+}
+#endif
 
 /* ---- userfaultfd: grant, zap, protect ---------------------------------- */
 
@@ -192,6 +216,7 @@ static void wake_spurious(struct ivy_rt *rt, uint64_t page, bool minor)
     int access = ivy_engine_access(&rt->engine, page);
     rt->stats.faults_spurious++;
     rt->fault_t0[page] = 0; /* nothing is being acquired: no latency to record */
+    rt->write_off[page] = NO_WATCH;
     if (access == 0)
         uffd_wake(rt, page); /* it will fault again and be handled then */
     else
@@ -228,9 +253,9 @@ static bool fifo_pop(struct fifo *f, struct ivy_msg *m)
     return true;
 }
 
-static void park(struct ivy_rt *rt, const struct ivy_msg *m)
+static void list_append(struct parked **head, const struct ivy_msg *m)
 {
-    struct parked *p = malloc(sizeof *p), **tail = &rt->parked[m->page];
+    struct parked *p = malloc(sizeof *p), **tail = head;
     if (!p)
         abort();
     p->next = NULL;
@@ -238,21 +263,149 @@ static void park(struct ivy_rt *rt, const struct ivy_msg *m)
     while (*tail)
         tail = &(*tail)->next;
     *tail = p;
-    rt->stats.parked++;
 }
 
-/* Move every message held for `page` to the delivery queue, in arrival order. */
-static void unpark(struct ivy_rt *rt, uint64_t page)
+/* Move every message of a list to the delivery queue, in arrival order. */
+static void list_to_fifo(struct ivy_rt *rt, struct parked **head)
 {
-    struct parked *p = rt->parked[page];
-    rt->parked[page] = NULL;
+    struct parked *p = *head;
+    *head = NULL;
     while (p) {
         struct parked *next = p->next;
         fifo_push(&rt->fifo, &p->msg);
-        rt->stats.unparked++;
         free(p);
         p = next;
     }
+}
+
+static void park(struct ivy_rt *rt, const struct ivy_msg *m)
+{
+    list_append(&rt->parked[m->page], m);
+    rt->stats.parked++;
+}
+
+/* ---- the hold window ----------------------------------------------------
+ *
+ * The engine unparks right after MAP_*: served at once, a parked request
+ * could take the page away before the woken thread executed one access, and
+ * a hot page could then circle the nodes forever with no access completing.
+ * So after a local fault on page p completes (DONE), every request for p
+ * (the unparked ones, and new ones) waits until hold_until[p], then all are
+ * served in arrival order. Only requests wait: INVALIDATE, replies and acks
+ * never do, so an owner collecting acks never waits on a hold. A write
+ * grant's window ends early once the woken writer's word changed. Cost when
+ * no request is waiting: one clock read per completed fault (vDSO, no
+ * syscall) and one 8-byte load per write grant.
+ */
+
+static uint64_t watched_word(struct ivy_rt *rt, uint64_t page)
+{
+    return __atomic_load_n((uint64_t *)(void *)(vmm_page(rt, page) + rt->watch_off[page]), __ATOMIC_RELAXED);
+}
+
+/* Before a write grant wakes the faulting thread: remember the word it is
+ * about to write, so its store shows that it ran. */
+static void watch_arm(struct ivy_rt *rt, uint64_t page)
+{
+    rt->watch_off[page] = rt->write_off[page];
+    rt->write_off[page] = NO_WATCH;
+    if (rt->watch_off[page] != NO_WATCH)
+        rt->watch_val[page] = watched_word(rt, page);
+}
+
+/* The woken writer changed its word: the access the window protects is done.
+ * (A store of an equal value goes unseen: the window then runs to its end.) */
+static bool hold_progressed(struct ivy_rt *rt, uint64_t page)
+{
+    return rt->watch_off[page] != NO_WATCH && watched_word(rt, page) != rt->watch_val[page];
+}
+
+/* idle --local fault completed--> holding until now + hold_ns (or the writer's store) */
+static void hold_begin(struct ivy_rt *rt, uint64_t page, uint64_t now)
+{
+    if (rt->hold_ns)
+        rt->hold_until[page] = now + rt->hold_ns;
+}
+
+/* holding --window over, or the writer stored--> idle */
+static bool hold_over(struct ivy_rt *rt, uint64_t page, uint64_t now)
+{
+    if (!rt->hold_until[page])
+        return true;
+    if (now < rt->hold_until[page]) {
+        if (!hold_progressed(rt, page))
+            return false;
+        rt->stats.holds_cut++;
+    }
+    rt->hold_until[page] = 0;
+    rt->watch_off[page] = NO_WATCH;
+    return true;
+}
+
+/* Must a request for `page` wait? Yes inside the window, and behind any
+ * request already waiting (arrival order). */
+static bool holding(struct ivy_rt *rt, uint64_t page)
+{
+    return rt->held[page] || (rt->hold_until[page] && !hold_over(rt, page, now_ns()));
+}
+
+/* holding --request--> holding, request appended to held[page] */
+static void hold_request(struct ivy_rt *rt, const struct ivy_msg *m)
+{
+    if (!rt->held[m->page]) {
+        if (rt->nheld == rt->held_cap) {
+            size_t cap = rt->held_cap ? rt->held_cap * 2 : 16;
+            uint64_t *n = realloc(rt->held_pages, cap * sizeof *n);
+            if (!n)
+                abort();
+            rt->held_pages = n;
+            rt->held_cap = cap;
+        }
+        rt->held_pages[rt->nheld++] = m->page;
+    }
+    list_append(&rt->held[m->page], m);
+    rt->stats.held++;
+}
+
+/*
+ * holding --window over--> idle: queue every held request whose window has
+ * passed. Returns the earliest deadline still pending (0: none), which
+ * bounds the next epoll wait.
+ */
+static uint64_t hold_release_expired(struct ivy_rt *rt)
+{
+    uint64_t now = now_ns(), next = 0;
+    for (size_t i = 0; i < rt->nheld;) {
+        uint64_t page = rt->held_pages[i], until = rt->hold_until[page];
+        if (hold_over(rt, page, now)) {
+            list_to_fifo(rt, &rt->held[page]);
+            rt->held_pages[i] = rt->held_pages[--rt->nheld];
+            continue;
+        }
+        if (!next || until < next)
+            next = until;
+        i++;
+    }
+    return next;
+}
+
+/* Re-deliver what the engine held for `page`: at once, or after the window. */
+static void unpark(struct ivy_rt *rt, uint64_t page)
+{
+    for (struct parked *p = rt->parked[page]; p; p = p->next)
+        rt->stats.unparked++;
+    if (!rt->parked[page])
+        return;
+    if (holding(rt, page)) {
+        while (rt->parked[page]) {
+            struct parked *p = rt->parked[page];
+            rt->parked[page] = p->next;
+            hold_request(rt, &p->msg);
+            free(p);
+        }
+        return;
+    }
+    list_to_fifo(rt, &rt->parked[page]);
 }
 
 static void fault_done(struct ivy_rt *rt, uint64_t page)
@@ -264,9 +417,11 @@ static void fault_done(struct ivy_rt *rt, uint64_t page)
         rt->stats.faults_local++;
     }
     rt->remote[page] = 0;
+    uint64_t now = now_ns();
+    hold_begin(rt, page, now);
     if (!rt->fault_t0[page])
         return;
-    uint64_t ns = now_ns() - rt->fault_t0[page];
+    uint64_t ns = now - rt->fault_t0[page];
     rt->fault_t0[page] = 0;
     unsigned b = 0;
     while (b + 1 < IVY_RT_LAT_BUCKETS && (ns >> (b + 1)))
@@ -300,6 +455,8 @@ static void send_action(struct ivy_rt *rt, const struct ivy_action *a)
     }
     bool data = m->type == IVY_MSG_REPLY && (m->flags & IVY_REPLY_DATA);
     link_send(rt, &rt->conns[a->to], m->type, m, data ? vmm_page(rt, a->page) : NULL);
+    if ((request && m->requester == rt->cfg.self) || m->type == IVY_MSG_INVALIDATE)
+        rt->answer_soon |= 1ull << a->to;
 }
 
 /* Perform actions strictly in order; `minor` describes the fault being handled, if any. */
@@ -313,10 +470,14 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
         }
         switch (a->kind) {
         case IVY_ACT_SEND: send_action(rt, a); break;
-        case IVY_ACT_MAP_RO: grant(rt, a->page, false, false); break;
-        case IVY_ACT_MAP_RW: grant(rt, a->page, true, false); break;
-        case IVY_ACT_ZAP: zap(rt, a->page); break;
-        case IVY_ACT_WRPROTECT: wrprotect(rt, a->page); break;
+        case IVY_ACT_MAP_RO: grant(rt, a->page, false, false); PROF(rt, PROF_GRANTED); break;
+        case IVY_ACT_MAP_RW:
+            watch_arm(rt, a->page);
+            grant(rt, a->page, true, false);
+            PROF(rt, PROF_GRANTED);
+            break;
+        case IVY_ACT_ZAP: zap(rt, a->page); PROF(rt, PROF_ZAPPED); break;
+        case IVY_ACT_WRPROTECT: wrprotect(rt, a->page); PROF(rt, PROF_WRPROTECTED); break;
         case IVY_ACT_WAKE: wake_spurious(rt, a->page, minor); break;
         case IVY_ACT_PARK: park(rt, &a->msg); break;
         case IVY_ACT_UNPARK: unpark(rt, a->page); break;
@@ -356,6 +517,8 @@ static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
         rt->fault_count[page]++;
     if (!rt->fault_t0[page])
         rt->fault_t0[page] = now_ns();
+    if (write && rt->write_off[page] == NO_WATCH)
+        rt->write_off[page] = (uint16_t)(addr % IVY_PAGE_SIZE & ~7u);
     struct ivy_actions acts;
     acts.n = 0;
     ivy_engine_fault(&rt->engine, page, write, &acts);
@@ -370,6 +533,7 @@ static void read_faults(struct ivy_rt *rt)
     struct uffd_msg msgs[UFFD_BATCH];
     while (!rt->failed) {
         ssize_t n = read(rt->uffd, msgs, sizeof msgs);
+        PROF(rt, PROF_UFFD_READ);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 return;
@@ -382,54 +546,6 @@ static void read_faults(struct ivy_rt *rt)
         /* A short read drained the queue; epoll reports anything newer (saves a syscall per fault). */
         if ((size_t)n < sizeof msgs)
             return;
-    }
-}
-
-/*
- * Checks the pure decoder cannot make, done before the engine sees the frame:
- * the sender is the peer at the other end of this link, and the message fits
- * the page's state the way the engine's preconditions require (a reply
- * answers our outstanding request, an ack one we are waiting for, ...). The
- * engine asserts these; a peer must not be able to trip an assert, nor get
- * bytes written into a page it was not asked for.
- */
-static const char *frame_misfit(struct ivy_rt *rt, const struct ivy_msg *m)
-{
-    const struct ivy_page *pg = &rt->pages[m->page];
-    uint16_t self = rt->cfg.self;
-    switch (m->type) {
-    case IVY_MSG_READ:
-    case IVY_MSG_WRITE:
-        if (m->requester == self)
-            return "a request naming this node as requester";
-        if (pg->pending == IVY_IDLE && !pg->owner &&
-            (pg->probowner == self || pg->probowner == m->requester))
-            return "a request this node can neither serve nor forward";
-        return NULL;
-    case IVY_MSG_REPLY:
-        if (m->requester != self)
-            return "a reply for another node";
-        if (pg->pending != IVY_WANT_READ && pg->pending != IVY_WANT_WRITE && pg->pending != IVY_READ_STALE)
-            return "a reply this node did not ask for";
-        if (m->txid != pg->txid)
-            return "a reply with a stale transaction id";
-        if (!(m->flags & IVY_REPLY_DATA) && m->version != pg->version)
-            return "a reply without data for a version this node does not have";
-        if ((m->flags & IVY_REPLY_DATA) && ivy_engine_access(&rt->engine, m->page) != 0)
-            return "page bytes for a page that is still readable here";
-        if (pg->pending == IVY_WANT_WRITE && !(m->flags & IVY_REPLY_OWNERSHIP))
-            return "a write reply without ownership";
-        if (pg->pending == IVY_READ_STALE && (m->flags & IVY_REPLY_OWNERSHIP))
-            return "ownership on a reply that an invalidation overtook";
-        return NULL;
-    case IVY_MSG_INVALIDATE:
-        return pg->owner ? "an invalidation sent to the owner" : NULL;
-    case IVY_MSG_INV_ACK:
-        if (pg->pending != IVY_WAIT_ACKS || !(pg->acks_missing & (1ull << m->sender)) || m->txid != pg->txid)
-            return "an acknowledgement nobody waits for";
-        return NULL;
-    default:
-        return "an unknown message type";
     }
 }
 
@@ -449,11 +565,19 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
         c->bye = true;
         return;
     }
-    const char *misfit = frame_misfit(rt, m);
+    /* What the pure decoder cannot check: does the message fit the page's
+     * state (a reply answers our request, an ack one we wait for, ...)? The
+     * engine asserts exactly this, so a peer can neither trip an assert nor
+     * get bytes written into a page nobody asked for. */
+    const char *misfit = ivy_engine_check_message(&rt->engine, m);
     if (misfit) {
         rt_fail(rt, "node %u sent %s (%s page 0x%llx requester %u sender %u txid 0x%llx); dropping the link",
              c->peer, misfit, ivy_msg_name(m->type), (unsigned long long)m->page, m->requester, m->sender,
              (unsigned long long)m->txid);
+        return;
+    }
+    if ((m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE) && holding(rt, m->page)) {
+        hold_request(rt, m);
         return;
     }
     if (m->type == IVY_MSG_REPLY) {
@@ -487,13 +611,40 @@ static void release_faulters(struct ivy_rt *rt)
     ioctl(rt->uffd, UFFDIO_WAKE, &r);
 }
 
+/*
+ * A request or invalidation was just sent: on a loaded or single CPU the
+ * peer usually ran while our send was in the kernel, so its answer is
+ * already queued. Reading it now saves the epoll_wait round that would
+ * only report it; an empty socket costs one EAGAIN recv.
+ */
+static void read_answers(struct ivy_rt *rt)
+{
+    while (rt->answer_soon && !rt->failed) {
+        unsigned peer = (unsigned)__builtin_ctzll(rt->answer_soon);
+        rt->answer_soon &= rt->answer_soon - 1;
+        if (rt->conns[peer].fd >= 0)
+            link_read(rt, &rt->conns[peer]); /* may send again and set answer_soon */
+    }
+}
+
 static void *event_loop(void *arg)
 {
     struct ivy_rt *rt = arg;
     struct epoll_event evs[64];
     bool stop = false;
+    /* The hold window is tens of microseconds: the default 50 us timer slack
+     * would stretch every epoll timeout below to several windows. */
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     while (!stop && !rt->failed) {
         int n = 0;
+        uint64_t next_release = 0;
+        while (rt->nheld && !rt->failed) {
+            next_release = hold_release_expired(rt);
+            if (!rt->fifo.len)
+                break;
+            drain_fifo(rt); /* may hold new requests: look again */
+        }
+        PROF(rt, PROF_EPOLL_IN);
         if (rt->waiting_remote && rt->cfg.poll_us) {
             /* A reply is due within tens of microseconds: poll for it rather than
              * sleep, since waking an idle CPU costs as much again on a VM host. */
@@ -502,8 +653,14 @@ static void *event_loop(void *arg)
                 n = epoll_wait(rt->epfd, evs, 64, 0);
             while (n == 0 && now_ns() < until);
         }
-        if (n == 0)
+        if (n == 0 && next_release) {
+            uint64_t now = now_ns(), ns = next_release > now ? next_release - now : 0;
+            struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+            n = epoll_pwait2(rt->epfd, evs, 64, &ts, NULL);
+        } else if (n == 0) {
             n = epoll_wait(rt->epfd, evs, 64, -1);
+        }
+        PROF(rt, PROF_EPOLL_OUT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -528,10 +685,14 @@ static void *event_loop(void *arg)
                     link_read(rt, c);
             }
         }
+        read_answers(rt);
     }
     if (!rt->failed)
         link_say_bye(rt);
     release_faulters(rt);
+#ifdef IVY_PROFILE
+    prof_dump(rt);
+#endif
     return NULL;
 }
 
@@ -553,9 +714,9 @@ static int setup_uffd(struct ivy_rt *rt, char *err, size_t errlen)
     }
     struct uffdio_api api = {.api = UFFD_API,
                              .features = UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
-                                         UFFD_FEATURE_PAGEFAULT_FLAG_WP};
+                                         UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EXACT_ADDRESS};
     if (ioctl(rt->uffd, UFFDIO_API, &api)) {
-        snprintf(err, errlen, "UFFDIO_API with MINOR_SHMEM|WP_SHMEM: %s (kernel too old?)", strerror(errno));
+        snprintf(err, errlen, "UFFDIO_API with MINOR_SHMEM|WP_SHMEM|EXACT_ADDRESS: %s (kernel too old?)", strerror(errno));
         return -1;
     }
     /* Drop any mapping made before we manage the view, so every page starts faulting. */
@@ -635,6 +796,10 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
                  (unsigned long long)cfg->size);
         return NULL;
     }
+    if (cfg->hold_us > 1000000u) {
+        snprintf(err, errlen, "hold_us %u: the hold window must be at most 1000000 us", cfg->hold_us);
+        return NULL;
+    }
     if (cfg->read_ownership > IVY_READ_IVY || cfg->manager > IVY_MGR_FIXED) {
         snprintf(err, errlen, "read_ownership %u / manager %u out of range", cfg->read_ownership, cfg->manager);
         return NULL;
@@ -668,7 +833,16 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     rt->fault_t0 = calloc(rt->npages, sizeof *rt->fault_t0);
     rt->fault_count = calloc(rt->npages, sizeof *rt->fault_count);
     rt->parked = calloc(rt->npages, sizeof *rt->parked);
-    if (!rt->pages || !rt->mapped || !rt->remote || !rt->fault_t0 || !rt->fault_count || !rt->parked) {
+    rt->held = calloc(rt->npages, sizeof *rt->held);
+    rt->hold_until = calloc(rt->npages, sizeof *rt->hold_until);
+    rt->hold_ns = (uint64_t)cfg->hold_us * 1000u;
+    rt->write_off = malloc(rt->npages * sizeof *rt->write_off);
+    rt->watch_off = malloc(rt->npages * sizeof *rt->watch_off);
+    rt->watch_val = calloc(rt->npages, sizeof *rt->watch_val);
+    for (uint64_t p = 0; rt->write_off && rt->watch_off && p < rt->npages; p++)
+        rt->write_off[p] = rt->watch_off[p] = NO_WATCH;
+    if (!rt->pages || !rt->mapped || !rt->remote || !rt->fault_t0 || !rt->fault_count || !rt->parked ||
+        !rt->held || !rt->hold_until || !rt->write_off || !rt->watch_off || !rt->watch_val) {
         snprintf(err, errlen, "out of memory for %llu pages", (unsigned long long)rt->npages);
         ivy_rt_destroy(rt);
         return NULL;
@@ -707,6 +881,9 @@ int ivy_rt_start(struct ivy_rt *rt)
         rt_fail(rt, "pthread_create: %s", strerror(r));
         return -1;
     }
+    char name[16];
+    snprintf(name, sizeof name, "ivy-dsm-%u", rt->cfg.self);
+    pthread_setname_np(rt->thread, name); /* for top, perf and ps: cosmetic, may fail */
     rt->started = true;
     return 0;
 }
@@ -750,12 +927,13 @@ void ivy_rt_destroy(struct ivy_rt *rt)
         free(rt->conns[i].in);
         free(rt->conns[i].out);
     }
-    if (rt->parked) {
-        for (uint64_t p = 0; p < rt->npages; p++) {
-            while (rt->parked[p]) {
-                struct parked *next = rt->parked[p]->next;
-                free(rt->parked[p]);
-                rt->parked[p] = next;
+    struct parked **lists[] = {rt->parked, rt->held};
+    for (unsigned l = 0; l < 2; l++) {
+        for (uint64_t p = 0; lists[l] && p < rt->npages; p++) {
+            while (lists[l][p]) {
+                struct parked *next = lists[l][p]->next;
+                free(lists[l][p]);
+                lists[l][p] = next;
             }
         }
     }
@@ -766,6 +944,12 @@ void ivy_rt_destroy(struct ivy_rt *rt)
     free(rt->fault_t0);
     free(rt->fault_count);
     free(rt->parked);
+    free(rt->held);
+    free(rt->hold_until);
+    free(rt->held_pages);
+    free(rt->write_off);
+    free(rt->watch_off);
+    free(rt->watch_val);
     free(rt);
 }
 

@@ -32,6 +32,8 @@ struct ivy_rt_config {
     uint32_t heartbeat_ms;  /* PING period per link (0: 250) */
     uint32_t timeout_ms;    /* a peer silent this long fails the node (0: 2000) */
     uint32_t poll_us;       /* busy-poll this long for an expected reply before sleeping (0: never) */
+    uint32_t hold_us;       /* after a local fault on a page completes, requests that could take the
+                               page away wait this long (Mirage's delta; 0: serve at once) */
 };
 
 /*
@@ -57,6 +59,8 @@ struct ivy_rt_stats {
     uint64_t replies_elided;  /* replies received without bytes (versions matched) */
     uint64_t parked;
     uint64_t unparked;
+    uint64_t held;            /* requests deferred by the hold window after a local grant */
+    uint64_t holds_cut;       /* windows ended early by the woken writer's store */
     uint64_t zaps;
     uint64_t wrprotects;
     uint64_t continues;

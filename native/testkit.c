@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -45,6 +46,22 @@ uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count)
     uint64_t *p = (uint64_t *)(uintptr_t)addr, last = 0;
     for (uint64_t i = 0; i < count; i++)
         last = __atomic_add_fetch(p, delta, __ATOMIC_SEQ_CST);
+    return last;
+}
+
+/*
+ * Locked increments with the CPU given away after each one, as a vCPU taking
+ * and dropping a lock between other work does: under contention nearly every
+ * increment needs the page brought back, so a runtime that lets the page be
+ * taken before the woken thread ran starves the thread.
+ */
+uint64_t ivy_test_atomic_add_yielding(uint64_t addr, uint64_t count)
+{
+    uint64_t *p = (uint64_t *)(uintptr_t)addr, last = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        last = __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST);
+        sched_yield();
+    }
     return last;
 }
 
@@ -237,4 +254,68 @@ int ivy_bench_tcp_pong(int fd, uint64_t n)
         if (full_io(fd, req, sizeof req, false) || full_io(fd, rep, sizeof rep, true))
             return -1;
     return 0;
+}
+
+/*
+ * The same round trip through the DSM loop's structure: non-blocking socket,
+ * epoll_wait for readiness, then recv/send (ping waits for the answer in
+ * epoll_wait, pong waits for the request there). Run next to the blocking
+ * floor it shows what the event-loop structure itself costs.
+ */
+static int epoll_io(int ep, int fd, void *buf, size_t len, bool send_it)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t r = send_it ? send(fd, (char *)buf + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT)
+                            : recv(fd, (char *)buf + done, len - done, MSG_DONTWAIT);
+        if (r > 0) {
+            done += (size_t)r;
+            continue;
+        }
+        if (r == 0 || (errno != EAGAIN && errno != EINTR))
+            return -1;
+        struct epoll_event ev;
+        if (epoll_wait(ep, &ev, 1, -1) < 0 && errno != EINTR)
+            return -1;
+    }
+    return 0;
+}
+
+static int epoll_for(int fd)
+{
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN};
+    if (ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0)
+        return ep;
+    if (ep >= 0)
+        close(ep);
+    return -1;
+}
+
+int ivy_bench_tcp_ping_epoll(int fd, uint64_t n, uint64_t *out_ns)
+{
+    char req[56] = {0}, rep[56 + IVY_PAGE_SIZE];
+    int ep = epoll_for(fd), rc = 0;
+    if (ep < 0)
+        return -1;
+    for (uint64_t i = 0; i < n && rc == 0; i++) {
+        uint64_t t0 = now_ns();
+        rc = epoll_io(ep, fd, req, sizeof req, true) || epoll_io(ep, fd, rep, sizeof rep, false) ? -1 : 0;
+        out_ns[i] = now_ns() - t0;
+    }
+    close(ep);
+    return rc;
+}
+
+int ivy_bench_tcp_pong_epoll(int fd, uint64_t n)
+{
+    char req[56], rep[56 + IVY_PAGE_SIZE];
+    int ep = epoll_for(fd), rc = 0;
+    if (ep < 0)
+        return -1;
+    memset(rep, 0x5a, sizeof rep);
+    for (uint64_t i = 0; i < n && rc == 0; i++)
+        rc = epoll_io(ep, fd, req, sizeof req, false) || epoll_io(ep, fd, rep, sizeof rep, true) ? -1 : 0;
+    close(ep);
+    return rc;
 }

@@ -7,6 +7,7 @@
 uint64_t ivy_map_shared(int fd, uint64_t size);
 int ivy_unmap(uint64_t addr, uint64_t size);
 uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count);
+uint64_t ivy_test_atomic_add_yielding(uint64_t addr, uint64_t count);
 uint64_t ivy_test_load64(uint64_t addr);
 void ivy_test_store64(uint64_t addr, uint64_t value);
 void ivy_test_fill(uint64_t addr, uint64_t len, uint64_t seed);
@@ -17,5 +18,7 @@ int ivy_test_pingpong(uint64_t addr, int self, uint64_t rounds, uint64_t *out_ns
 int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns);
 int ivy_bench_tcp_ping(int fd, uint64_t n, uint64_t *out_ns);
 int ivy_bench_tcp_pong(int fd, uint64_t n);
+int ivy_bench_tcp_ping_epoll(int fd, uint64_t n, uint64_t *out_ns);
+int ivy_bench_tcp_pong_epoll(int fd, uint64_t n);
 
 #endif

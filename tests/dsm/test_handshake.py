@@ -216,3 +216,49 @@ def test_nobody_listening_is_reported() -> None:
     dead.close()
     with pytest.raises(HandshakeError, match="nobody listening"):
         connect_mesh(0, [("127.0.0.1", 1), addr], SECRET, ClusterShape(2, 1 << 20), timeout=0.5)
+
+
+def test_control_channel_handshake_succeeds() -> None:
+    assert run_pair({"purpose": b"control"}, {"purpose": b"control"}) == [1, 0]
+
+
+def test_dsm_hello_at_a_control_port_refused_on_both_sides() -> None:
+    """One secret guards both ports: the channel named in the hello tells them apart."""
+    r = run_pair({"purpose": b"dsm"}, {"purpose": b"control"})
+    assert_refused(r[0], "channel: this is a dsm port, node 1 is handshaking for its control connection")
+    assert_refused(r[1], "channel: this is a control port, node 0 is handshaking for its dsm connection")
+
+
+def test_proof_is_bound_to_the_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even with the hello fields agreeing, a proof made for the other channel is refused."""
+    real_proof = hs._proof
+    monkeypatch.setattr(hs, "_proof", lambda secret, purpose, *rest: real_proof(
+        secret, b"control" if threading.current_thread().name == "forger" else purpose, *rest))
+    a, b = socket.socketpair()
+    results: list[Any] = [None, None]
+
+    def side(i: int, sock: socket.socket, kw: dict[str, Any]) -> None:
+        try:
+            results[i] = handshake(sock, shape=SHAPE, secret=SECRET, timeout=3.0, **kw)
+        except Exception as err:
+            results[i] = err
+
+    threads = [threading.Thread(target=side, name="forger", args=(0, a, {"self_id": 0, "initiator": True,
+                                                                          "expected": {1}})),
+               threading.Thread(target=side, args=(1, b, {"self_id": 1, "initiator": False, "expected": {0}}))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    a.close()
+    b.close()
+    assert_refused(results[1], "authentication failed", "cluster secret")
+    assert isinstance(results[0], HandshakeError)
+
+
+def test_unknown_purpose_is_a_clear_error() -> None:
+    a, b = socket.socketpair()
+    with pytest.raises(HandshakeError, match=r"handshake purpose b'vnc': expected one of b'dsm', b'control'"):
+        handshake(a, self_id=0, shape=SHAPE, secret=SECRET, initiator=True, expected={1}, purpose=b"vnc")
+    a.close()
+    b.close()

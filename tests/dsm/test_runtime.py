@@ -333,3 +333,103 @@ def test_write_fault_racing_an_invalidation(scripted) -> None:
     assert lib.ivy_test_load64(addr) == int.from_bytes(b"\x22" * 8, "little")  # the new bytes, not the zapped copy
     assert lib.ivy_test_load64(addr + 8) == 1                                 # and the store landed on them
     assert node.error is None
+
+
+HOLD_S = 0.15
+
+
+@pytest.fixture
+def holding(ram: SharedRam):
+    """Like `scripted`, with a hold window long enough to measure from Python."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    node = DsmNode(1, 2, ram, {0: theirs}, DsmOptions(hold_us=int(HOLD_S * 1e6)))
+    node.start()
+    yield node, ours, ram
+    node.close()
+    ours.close()
+
+
+def reader(addr: int, out: list) -> threading.Thread:
+    """A thread that loads one guest-view word into `out`, blocking in its fault."""
+    t = threading.Thread(target=lambda: out.append(int(lib.ivy_test_load64(addr))), daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("arrival", ["parked_before_the_grant", "right_after_the_grant"])
+def test_request_for_a_just_read_page_waits_for_the_whole_hold(holding, arrival: str) -> None:
+    """After a read grant the page leaves only when the window is over (a read leaves no
+    trace to cut it short), and the woken reader got its value without faulting again."""
+    node, peer, ram = holding
+    got: list = []
+    thread = reader(ram.guest_addr + 3 * PAGE_SIZE, got)
+    req = recv_frame(peer)
+    assert (req["type"], req["page"]) == (READ, 3)
+    reply = frame(REPLY, 3, 1, 0, version=5, copyset=1, txid=req["txid"],
+                  flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=b"\x33" * PAGE_SIZE)
+    steal = frame(WRITE, 3, 0, 0, version=4, txid=0x5EED)  # node 0 wants it straight back
+    t0 = time.monotonic()
+    peer.sendall(steal + reply if arrival == "parked_before_the_grant" else reply + steal)
+    served = recv_frame(peer)
+    waited = time.monotonic() - t0
+    assert (served["type"], served["txid"], served["version"]) == (REPLY, 0x5EED, 5)
+    assert waited >= HOLD_S, f"the page left after {waited * 1e6:.0f} us, inside the {HOLD_S * 1e6:.0f} us hold"
+    thread.join(5)
+    assert got == [int.from_bytes(b"\x33" * 8, "little")]
+    s = node.stats()
+    assert s["messages_sent"]["READ"] == 1, "the reader faulted again: the page left before it ran"
+    assert s["held"] == 1 and s["parked"] == (1 if arrival == "parked_before_the_grant" else 0)
+    assert node.access(3) == 0 and node.error is None
+
+
+@pytest.mark.parametrize("arrival", ["with_the_grant", "after_the_store"])
+def test_write_grant_holds_the_page_until_the_writer_stored(holding, arrival: str) -> None:
+    """The bytes that leave carry the woken writer's store; once the store is seen the
+    window is over, so a request arriving after it is served at once."""
+    node, peer, ram = holding
+    writer = toucher(ram.guest_addr + 3 * PAGE_SIZE + 8, write=True)
+    req = recv_frame(peer)
+    assert (req["type"], req["page"]) == (WRITE, 3)
+    reply = frame(REPLY, 3, 1, 0, version=5, copyset=0, txid=req["txid"],
+                  flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=b"\x33" * PAGE_SIZE)
+    steal = frame(WRITE, 3, 0, 0, version=5, txid=0x5EED)
+    if arrival == "with_the_grant":
+        peer.sendall(reply + steal)
+    else:
+        peer.sendall(reply)
+        writer.join(5)
+    t0 = time.monotonic()
+    if arrival == "after_the_store":
+        peer.sendall(steal)
+    served = recv_frame(peer)
+    waited = time.monotonic() - t0
+    assert (served["type"], served["txid"], served["version"]) == (REPLY, 0x5EED, 6)
+    assert served["data"][8:16] == (1).to_bytes(8, "little")
+    assert served["data"][:8] == b"\x33" * 8 and served["data"][16:] == b"\x33" * (PAGE_SIZE - 16)
+    writer.join(5)
+    assert not writer.is_alive()
+    s = node.stats()
+    assert s["messages_sent"]["WRITE"] == 1, "the writer faulted again: the page left before it ran"
+    if arrival == "after_the_store":
+        assert waited < HOLD_S / 2 and s["held"] == 0 and s["holds_cut"] == 1
+    else:  # held at once; served when the window ends, or earlier if the loop saw the store first
+        assert s["held"] == 1
+    assert node.access(3) == 0 and node.error is None
+
+
+def test_invalidate_is_never_held(holding) -> None:
+    """A copy granted a moment ago is still invalidated at once: the owner may be waiting for the ack."""
+    node, peer, ram = holding
+    reader = toucher(ram.guest_addr + 4 * PAGE_SIZE)
+    req = recv_frame(peer)
+    # A classic-Ivy copy: node 0 stays the owner.
+    peer.sendall(frame(REPLY, 4, 1, 0, version=2, copyset=0b11, txid=req["txid"], flags=lib.IVY_REPLY_DATA,
+                       payload=b"\x44" * PAGE_SIZE))
+    reader.join(5)
+    t0 = time.monotonic()
+    peer.sendall(frame(INVALIDATE, 4, 0, 0, version=3, txid=0x1AB))
+    ack = recv_frame(peer)
+    assert (ack["type"], ack["txid"]) == (INV_ACK, 0x1AB)
+    assert time.monotonic() - t0 < HOLD_S
+    assert node.access(4) == 0 and node.stats()["held"] == 0

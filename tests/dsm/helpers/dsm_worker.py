@@ -110,6 +110,12 @@ class Worker:
                         lib.ivy_test_atomic_add(a, 1, 10)
             self.threads(add, msg["threads"])
             result = {}
+        elif workload == "hammer":
+            # One word of one page, locked increments in a tight loop: the page
+            # changes hands after almost every access when nodes contend.
+            addr = self.addr(msg["page"])
+            self.threads(lambda i: lib.ivy_test_atomic_add_yielding(addr, msg["iters"]), msg["threads"])
+            result = {}
         elif workload == "publish":
             result = {"bad": self.publish(msg["rounds"])}
         elif workload == "disjoint":
