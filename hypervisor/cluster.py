@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import SECRET_ENV, ClusterConfig, loopback_cluster
 from .handshake import listen
-from .node import LISTEN_FDS_ENV
+from .node import LISTEN_FDS_ENV, say
 
 # After node 0 has finished, the others get this long to leave by themselves.
 GRACE_SECONDS = 5.0
@@ -126,7 +126,7 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
                 ctl.close()
             return _supervise(children)
         except KeyboardInterrupt:
-            print("ivyvm: interrupted, stopping every node", file=sys.stderr)
+            say("interrupted, stopping every node")
             return STATUS_INTERRUPTED
         finally:
             _close_all(listeners)
@@ -162,8 +162,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
             elif time.monotonic() - failed_at > GRACE_SECONDS:
                 node, code = lost
                 how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"stopped with status {code}"
-                print(f"ivyvm: node {node} {how} and node 0 did not stop within {GRACE_SECONDS:.0f} s; "
-                      f"stopping every node", file=sys.stderr)
+                say(f"node {node} {how} and node 0 did not stop within {GRACE_SECONDS:.0f} s; stopping every node")
                 return STATUS_CLUSTER
             time.sleep(0.02)
         deadline = time.monotonic() + GRACE_SECONDS
@@ -174,7 +173,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
             except subprocess.TimeoutExpired:
                 pass
         if status < 0:
-            print(f"ivyvm: node 0 was killed by {signal.Signals(-status).name}", file=sys.stderr)
+            say(f"node 0 was killed by {signal.Signals(-status).name}")
             return STATUS_CLUSTER
         return status
     finally:
@@ -190,15 +189,23 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def _reap(children: list[subprocess.Popen[bytes]]) -> None:
-    """Ask politely, then insist: nothing may outlive the supervisor."""
+    """Ask politely, then insist: nothing may outlive the supervisor.
+
+    Node 0 goes first: stopping, it tells every other node to stop, so they
+    leave quietly instead of each reporting node 0's departure.
+    """
+    deadline = time.monotonic() + 2.0
+    for group in (children[:1], children[1:]):
+        for child in group:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                child.send_signal(signal.SIGCONT)   # a stopped node would hold SIGTERM until then
+        for child in group:
+            try:
+                child.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
     for child in children:
         if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            child.send_signal(signal.SIGCONT)   # a stopped node would hold SIGTERM until then
-    deadline = time.monotonic() + 2.0
-    for child in children:
-        try:
-            child.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
             child.kill()
             child.wait()

@@ -159,7 +159,7 @@ class Node:
                                                     f"their control connection") from None
                 try:
                     peer = handshake(sock, self_id=0, shape=self.shape, secret=self.secret, initiator=False,
-                                     expected=waiting)
+                                     expected=waiting, purpose=b"control")
                 except HandshakeError:
                     sock.close()       # a stranger; the DSM mesh already proved the real nodes
                     continue
@@ -198,7 +198,7 @@ class Node:
                                                     f"{host}:{port}: {err.strerror or err}") from None
                 time.sleep(0.05)
         handshake(sock, self_id=self.id, shape=self.shape, secret=self.secret, initiator=True, expected={0},
-                  who=f"node 0 at {host}:{port}")
+                  who=f"node 0 at {host}:{port}", purpose=b"control")
         channel = Channel(sock, 0)
         channel.send(control.encode(Msg.JOIN, control.JOIN.pack(digest, self.config.vcpus, self.config.mem)))
         sock.settimeout(self.config.setup_timeout)
@@ -457,8 +457,20 @@ class Node:
 
 
 def _report(status: int, line: str) -> int:
-    print(f"ivyvm: {line}", file=sys.stderr, flush=True)
+    say(line)
     return status
+
+
+def say(line: str) -> None:
+    """One line to stderr in one write(2): every node of `ivyvm run --nodes` shares that pipe,
+    and print() writes the text and its newline separately, so lines said at once could mix."""
+    data = f"ivyvm: {line}\n".encode("utf-8", "replace")
+    sys.stderr.flush()
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:
+        pass      # nobody reads stderr any more; the exit status still tells
 
 
 def _terminate(signum: int, frame: object) -> None:

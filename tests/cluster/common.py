@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from tests.conftest import ROOT, guest_elf
 
 IVYVM = [sys.executable, "-m", "hypervisor.cli"]
 SECRET = "cluster-test-secret-0123456789abcdef"
+DETECTION_BOUND = 5.0      # issue 4: every other node stops within 5 s of a loss
+START_BOUND = 30.0         # a spin guest prints its line well within this on a loaded machine
 
 
 @dataclass
@@ -72,6 +75,60 @@ def finish(procs: list[subprocess.Popen[str]], timeout: float) -> list[Outcome]:
     return outcomes
 
 
+@dataclass
+class Exit:
+    status: int
+    stdout: str
+    stderr: str
+    after: float            # seconds from the moment of reference to this process's exit
+
+
+def wait_for_output(proc: subprocess.Popen[str], text: str, bound: float) -> str:
+    """Read proc's stdout, without blocking past `bound`, until it contains `text`."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + bound
+    seen = b""
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(0.0, left))
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"no {text!r} on stdout within {bound} s (status {proc.returncode}); "
+                                 f"stdout: {seen.decode(errors='replace')!r}; stderr: "
+                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+def await_exits(procs: list[subprocess.Popen[str]], since: float, bound: float) -> list[Exit]:
+    """Wait for every process; each exit time is measured from `since`. Kill and fail past `bound`."""
+    ended: dict[int, float] = {}
+    deadline = since + bound
+    while len(ended) < len(procs) and time.monotonic() < deadline:
+        for index, proc in enumerate(procs):
+            if index not in ended and proc.poll() is not None:
+                ended[index] = time.monotonic() - since
+        time.sleep(0.01)
+    late = [proc for index, proc in enumerate(procs) if index not in ended]
+    for proc in late:
+        os.killpg(proc.pid, signal.SIGKILL)
+    exits = []
+    for index, proc in enumerate(procs):
+        out, err = proc.communicate()
+        exits.append(Exit(proc.returncode, out or "", err or "", ended.get(index, float("inf"))))
+    if late:
+        raise AssertionError(f"still running {bound} s later: {[p.args for p in late]}; "
+                             f"stderr: {[e.stderr for e in exits]}")
+    return exits
+
+
+def lines_of(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains `text`: what a test left running."""
     found = []
@@ -87,5 +144,6 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-__all__ = ["Outcome", "run_cli", "verdict", "write_cluster", "start_node", "finish", "processes_mentioning",
-           "guest_elf", "SECRET"]
+__all__ = ["Outcome", "Exit", "run_cli", "verdict", "write_cluster", "start_node", "finish",
+           "processes_mentioning", "wait_for_output", "await_exits", "lines_of", "guest_elf", "SECRET",
+           "DETECTION_BOUND", "START_BOUND"]

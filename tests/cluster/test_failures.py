@@ -13,81 +13,24 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from hypervisor.cluster import free_port_pairs
-from tests.cluster.common import (IVYVM, SECRET, guest_elf, processes_mentioning, run_cli, start_node,
+from tests.cluster.common import (DETECTION_BOUND, IVYVM, SECRET, START_BOUND, Exit, await_exits, guest_elf,
+                                  lines_of, processes_mentioning, run_cli, start_node, wait_for_output,
                                   write_cluster)
 from tests.conftest import ROOT, requires_kvm
 
 STATUS_GUEST_IO = 4
 STATUS_CLUSTER = 8
 STATUS_INTERRUPTED = 130
-DETECTION_BOUND = 5.0      # issue 4: every other node stops within 5 s of a loss
-START_BOUND = 30.0         # a spin guest prints its line well within this on a loaded machine
 SETUP_TIMEOUT = 3.0        # [cluster] setup_timeout for the refused-handshake tests
 STOP_BOUND = 5.0           # Ctrl-C, SIGTERM: "within a few seconds"
-
-
-@dataclass
-class Exit:
-    status: int
-    stdout: str
-    stderr: str
-    after: float            # seconds from the moment of reference to this process's exit
-
-
-def wait_for_output(proc: subprocess.Popen[str], text: str, bound: float) -> str:
-    """Read proc's stdout, without blocking past `bound`, until it contains `text`."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + bound
-    seen = b""
-    while text.encode() not in seen:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([fd], [], [], max(0.0, left))
-        chunk = os.read(fd, 4096) if ready else b""
-        if not chunk:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"no {text!r} on stdout within {bound} s (status {proc.returncode}); "
-                                 f"stdout: {seen.decode(errors='replace')!r}; stderr: "
-                                 f"{proc.stderr.read() if proc.stderr else ''}")
-        seen += chunk
-    return seen.decode(errors="replace")
-
-
-def await_exits(procs: list[subprocess.Popen[str]], since: float, bound: float) -> list[Exit]:
-    """Wait for every process; each exit time is measured from `since`. Kill and fail past `bound`."""
-    ended: dict[int, float] = {}
-    deadline = since + bound
-    while len(ended) < len(procs) and time.monotonic() < deadline:
-        for index, proc in enumerate(procs):
-            if index not in ended and proc.poll() is not None:
-                ended[index] = time.monotonic() - since
-        time.sleep(0.01)
-    late = [proc for index, proc in enumerate(procs) if index not in ended]
-    for proc in late:
-        os.killpg(proc.pid, signal.SIGKILL)
-    exits = []
-    for index, proc in enumerate(procs):
-        out, err = proc.communicate()
-        exits.append(Exit(proc.returncode, out or "", err or "", ended.get(index, float("inf"))))
-    if late:
-        raise AssertionError(f"still running {bound} s later: {[p.args for p in late]}; "
-                             f"stderr: {[e.stderr for e in exits]}")
-    return exits
-
-
-def lines_of(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def node_pids(supervisor: subprocess.Popen[str], nnodes: int, bound: float = 5.0) -> dict[int, int]:
@@ -363,12 +306,13 @@ def test_exit_port_on_a_remote_node_stops_every_node(nnodes: int) -> None:
 # --- interrupted -----------------------------------------------------------------------
 
 @requires_kvm
+@pytest.mark.parametrize("nnodes", [2, 3])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_to_ivyvm_run_stops_every_node(signum: int) -> None:
-    run = start_run(str(guest_elf("spin")), "--vcpus", "2", "--nodes", "2")
+def test_signal_to_ivyvm_run_stops_every_node(signum: int, nnodes: int) -> None:
+    run = start_run(str(guest_elf("spin")), "--vcpus", str(nnodes), "--nodes", str(nnodes))
     try:
         wait_for_output(run, "spinning", START_BOUND)
-        pids = node_pids(run, 2)
+        pids = node_pids(run, nnodes)
         scratch = config_dir_of(pids[0])
         # Ctrl-C signals the terminal's foreground process group; the nodes are in sessions of their own.
         os.killpg(run.pid, signum)
@@ -379,7 +323,8 @@ def test_signal_to_ivyvm_run_stops_every_node(signum: int) -> None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
     assert exit.status == STATUS_INTERRUPTED, exit.stderr
-    assert "Traceback" not in exit.stderr, exit.stderr
+    # The user knows why it stopped: one line, not one per node.
+    assert lines_of(exit.stderr) == ["ivyvm: interrupted, stopping every node"], exit.stderr
     assert_nothing_left(scratch)
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists(), f"node process {pid} outlived ivyvm run"
@@ -401,3 +346,28 @@ def test_kill_9_of_ivyvm_run_takes_its_nodes_along() -> None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
     assert_nothing_left(scratch)
+
+
+@requires_kvm
+@pytest.mark.parametrize("target", [0, 1], ids=["node0", "node1"])
+def test_ctrl_c_on_one_separately_started_node_stops_the_cluster(tmp_path: Path, target: int) -> None:
+    """An operator's Ctrl-C on any host stops the guest everywhere with 130, not as a lost node."""
+    ports = free_port_pairs(2)
+    config = write_cluster(tmp_path, guest_elf("spin"), 2, [f"127.0.0.1:{p}" for p in ports])
+    procs = [start_node(config, node) for node in range(2)]
+    try:
+        wait_for_output(procs[0], "spinning", START_BOUND)
+        procs[target].send_signal(signal.SIGINT)
+        exits = await_exits(procs, time.monotonic(), STOP_BOUND)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for node, exit in enumerate(exits):
+        assert exit.status == STATUS_INTERRUPTED, f"node {node}: {exit.status}\n{exit.stderr}"
+        assert "Traceback" not in exit.stderr, exit.stderr
+    # Node 0 tells its operator why the guest stopped when the Ctrl-C was elsewhere.
+    assert lines_of(exits[0].stderr) == (["ivyvm: node 1: interrupted"] if target == 1 else []), exits[0].stderr
+    assert not lines_of(exits[1].stderr), exits[1].stderr
+    assert_nothing_left(str(config))

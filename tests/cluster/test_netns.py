@@ -23,8 +23,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.cluster.common import IVYVM, finish, guest_elf, processes_mentioning, start_node, verdict, write_cluster
-from tests.cluster.test_failures import DETECTION_BOUND, START_BOUND, await_exits, lines_of, wait_for_output
+from tests.cluster.common import (DETECTION_BOUND, IVYVM, START_BOUND, await_exits, finish, guest_elf, lines_of,
+                                  processes_mentioning, start_node, verdict, wait_for_output, write_cluster)
 from tests.conftest import ROOT, requires_kvm, requires_netns
 
 _serial = itertools.count()
@@ -87,7 +87,7 @@ def assert_nothing_left(config: Path) -> None:
 def test_spanning_guest_across_two_hosts(tmp_path: Path, name: str) -> None:
     with veth_pair() as pair:
         config = cluster_file(tmp_path, pair, guest_elf(name))
-        # Node 1 first: node 0 must wait for a member that is already up, and vice versa below.
+        # Node 1 first here, node 0 first in the secret_file test: either may wait for the other.
         member = start_node(config, 1, netns=pair.namespaces[1])
         head = start_node(config, 0, netns=pair.namespaces[0])
         out0, out1 = finish([head, member], timeout=60)
@@ -107,8 +107,8 @@ def test_secret_from_secret_file_across_two_hosts(tmp_path: Path) -> None:
     with veth_pair() as pair:
         config = cluster_file(tmp_path, pair, guest_elf("spanning_counter"), extra='secret_file = "secret"')
         env = {k: v for k, v in os.environ.items() if k != "IVYVM_SECRET"}
-        procs = [_start_without_env_secret(config, node, pair.namespaces[node], env) for node in (1, 0)]
-        out1, out0 = finish(procs, timeout=60)
+        procs = [_start_without_env_secret(config, node, pair.namespaces[node], env) for node in (0, 1)]
+        out0, out1 = finish(procs, timeout=60)
         assert verdict(out0, "spanning_counter").startswith("PASS spanning_counter: vcpus=2"), out0.stderr
         assert (out0.status, out1.status) == (0, 0), (out0.stderr, out1.stderr)
         assert_nothing_left(config)
