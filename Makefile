@@ -29,7 +29,7 @@ guests:
 
 # The demo: one guest whose 2 vCPUs run in two node processes sharing its RAM.
 demo: setup guests
-	$(IVYVM) run guest/build/hello.elf --vcpus 2 --nodes 2
+	$(IVYVM) run guest/build/hello.elf --vcpus 2 --nodes 2 --stats
 
 # The same guest on one node.
 demo-single: setup guests

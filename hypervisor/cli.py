@@ -100,6 +100,8 @@ def build_parser() -> _Parser:
     run.add_argument("--manager", choices=MANAGERS, default="dynamic",
                      help="with --nodes: how a fault finds a page's owner: probable-owner forwarding (dynamic, "
                           "default), node 0 records every owner (central), node p %% N does (fixed)")
+    run.add_argument("--stats", action="store_true",
+                     help="with --nodes: each node prints one line of DSM statistics to stderr at the end")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="on a guest error, also print the vCPU's registers")
     run.set_defaults(handler=cmd_run)
@@ -112,6 +114,8 @@ def build_parser() -> _Parser:
                                epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     node.add_argument("--config", required=True, metavar="CONFIG", help="the cluster's TOML file")
     node.add_argument("--id", type=int, required=True, metavar="ID", help="this node's id, 0..N-1")
+    node.add_argument("--stats", action="store_true",
+                      help="print one line of DSM statistics (faults, messages, latency, hottest pages) at the end")
     node.add_argument("-v", "--verbose", action="store_true",
                       help="on a guest error, also print the vCPU's registers")
     node.set_defaults(handler=cmd_node)
@@ -159,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return usage_error(f"--nodes {args.nodes} is more than --vcpus {args.vcpus}: every node runs a vCPU")
         from hypervisor.cluster import launch_local
         return launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
-                            args.read_ownership, args.manager)
+                            args.read_ownership, args.manager, args.stats)
     from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
     try:
         machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=StdoutConsole(), verbose=args.verbose)
@@ -183,7 +187,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         return usage_error(str(e))
     if not 0 <= args.id < config.nnodes:
         return usage_error(f"--id {args.id}: {args.config} describes nodes 0..{config.nnodes - 1}")
-    return run_node(config, args.id, args.verbose)
+    return run_node(config, args.id, args.verbose, args.stats)
 
 
 def usage_error(message: str) -> int:

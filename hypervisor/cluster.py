@@ -100,7 +100,7 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
 
 
 def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool = False,
-                 read_ownership: str = "giantvm", manager: str = "dynamic") -> int:
+                 read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False) -> int:
     listeners = bind_listeners(nnodes)
     ports = [(dsm.getsockname()[1], ctl.getsockname()[1]) for dsm, ctl in listeners]
     try:
@@ -116,7 +116,7 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
         try:
             for node, (dsm, ctl) in zip(config.nodes, listeners):
                 argv = [sys.executable, "-m", "hypervisor.cli", "node", "--config", str(path),
-                        "--id", str(node.id)] + (["-v"] if verbose else [])
+                        "--id", str(node.id)] + (["-v"] if verbose else []) + (["--stats"] if stats else [])
                 fds = (dsm.fileno(), ctl.fileno())
                 children.append(subprocess.Popen(
                     argv, env={**env, LISTEN_FDS_ENV: f"{fds[0]},{fds[1]}"}, pass_fds=fds,

@@ -72,7 +72,8 @@ class _Pending:
 
 
 class Node:
-    def __init__(self, config: ClusterConfig, node_id: int, secret: bytes, verbose: bool = False):
+    def __init__(self, config: ClusterConfig, node_id: int, secret: bytes, verbose: bool = False,
+                 stats: bool = False):
         if not 0 <= node_id < config.nnodes:
             raise NodeError(2, f"--id {node_id}: the config has nodes 0..{config.nnodes - 1}")
         self.config = config
@@ -80,6 +81,7 @@ class Node:
         self.spec = config.nodes[node_id]
         self.secret = secret
         self.verbose = verbose
+        self.show_stats = stats
         self.options = DsmOptions(read_ownership=config.read_ownership, manager=config.manager)
         self.shape = ClusterShape.of(config.nnodes, config.mem, self.options)
         self.channels: dict[int, Channel] = {}
@@ -296,6 +298,8 @@ class Node:
         if self.machine is not None:
             self.machine.close()
         if self.dsm is not None:
+            if self.show_stats:
+                say(dsm_summary(self.id, self.spec.vcpus, self.dsm.stats()))
             self.dsm.close()
 
     def _spawn(self, target, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -456,6 +460,19 @@ class Node:
             self.machine.stop(0, "every vCPU parked")
 
 
+def dsm_summary(node: int, vcpus: tuple[int, ...], stats: dict) -> str:  # type: ignore[type-arg]
+    """One line of GiantVM-style fault profile for `--stats`."""
+    faults = stats["faults"]
+    latency = stats["latency"]
+    sent = sum(stats["messages_sent"].values())
+    moved = sum(stats["bytes_sent"].values())
+    hot = ", ".join(f"{page:#x} ({count})" for page, count in stats["top_pages"][:3]) or "none"
+    return (f"node {node} (vCPUs {', '.join(map(str, vcpus))}): {faults['remote']} remote and "
+            f"{faults['local']} local faults, mean fault {latency['mean_ns'] / 1000:.1f} us "
+            f"(max {latency['max_ns'] / 1000:.0f} us), {sent} messages and {moved / 1024:.0f} KiB sent, "
+            f"{stats['replies_elided']} page transfers elided by version, hottest pages {hot}")
+
+
 def _report(status: int, line: str) -> int:
     say(line)
     return status
@@ -477,11 +494,11 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_node(config: ClusterConfig, node_id: int, verbose: bool = False) -> int:
+def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: bool = False) -> int:
     """Entry point of ``ivyvm node``: SIGTERM behaves as Ctrl-C (stop, status 130)."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         secret = config.read_secret()
     except ConfigError as err:
         return _report(2, str(err))
-    return Node(config, node_id, secret, verbose).run()
+    return Node(config, node_id, secret, verbose, stats).run()

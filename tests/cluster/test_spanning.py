@@ -51,3 +51,16 @@ def test_memtest_across_two_nodes() -> None:
     out = run_cli("run", str(guest_elf("memtest")), "--vcpus", "2", "--nodes", "2")
     assert verdict(out, "memtest").startswith("PASS memtest"), out.stderr
     assert out.status == 0
+
+
+@requires_kvm
+def test_stats_show_pages_moving_between_nodes() -> None:
+    out = run_cli("run", str(guest_elf("spanning_counter")), "--vcpus", "2", "--nodes", "2", "--stats")
+    assert out.status == 0, out.stderr
+    lines = sorted(line for line in out.stderr.splitlines() if line.startswith("ivyvm: node "))
+    assert len(lines) == 2, out.stderr
+    for node, line in enumerate(lines):
+        assert line.startswith(f"ivyvm: node {node} (vCPUs {node}): ")
+        remote = int(line.split(": ", 2)[2].split()[0])
+        # vCPU 1 runs on node 1 and starts with nothing: it must fetch code, stack and counters.
+        assert remote > 0, line
