@@ -68,14 +68,21 @@ def mem_size(text: str) -> int:
     return size
 
 
-def vcpu_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid vCPU count {text!r}") from None
-    if not MIN_VCPUS <= n <= MAX_VCPUS:
-        raise argparse.ArgumentTypeError(f"vCPU count {n} outside {MIN_VCPUS}..{MAX_VCPUS}")
-    return n
+def _count(what: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for a whole number of `what` in low..high."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} count {text!r}") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"{what} count {n} outside {low}..{high}")
+        return n
+    return parse
+
+
+vcpu_count = _count("vCPU", MIN_VCPUS, MAX_VCPUS)
+node_count = _count("node", 1, MAX_VCPUS)
 
 
 def build_parser() -> _Parser:
@@ -122,16 +129,6 @@ def build_parser() -> _Parser:
     return parser
 
 
-def node_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid node count {text!r}") from None
-    if not 1 <= n <= MAX_VCPUS:
-        raise argparse.ArgumentTypeError(f"node count {n} outside 1..{MAX_VCPUS}")
-    return n
-
-
 class StdoutConsole:
     """Console bytes to fd 1 as they come; a closed reader must not stop the guest."""
 
@@ -152,6 +149,8 @@ class StdoutConsole:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.nodes > args.vcpus:
+        return usage_error(f"--nodes {args.nodes} is more than --vcpus {args.vcpus}: every node runs a vCPU")
     if args.mem - args.vcpus * STACK_SIZE <= MIB:
         return usage_error(f"--mem {args.mem} leaves no room for a guest beside {args.vcpus} x 64 KiB stacks")
     try:
@@ -159,8 +158,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except LoaderError as e:
         return fail(STATUS_IMAGE, str(e))
     if args.nodes > 1:
-        if args.nodes > args.vcpus:
-            return usage_error(f"--nodes {args.nodes} is more than --vcpus {args.vcpus}: every node runs a vCPU")
         from hypervisor.cluster import launch_local
         return launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                             args.read_ownership, args.manager, args.stats)

@@ -43,6 +43,11 @@ def test_defaults_and_options() -> None:
     (["run", "g.elf", "--mem", "6G"], "between 4M and 4G"),
     (["run", "g.elf", "--mem", "lots"], "invalid size"),
     (["run", "g.elf", "--frobnicate"], "unrecognized arguments"),
+    (["run", "g.elf", "--nodes", "0"], "node count 0 outside 1..64"),
+    (["run", "g.elf", "--manager", "anarchy"], "invalid choice"),
+    (["run", "g.elf", "--read-ownership", "mine"], "invalid choice"),
+    (["node", "--id", "0"], "--config"),
+    (["node", "--config", "c.toml"], "--id"),
 ])
 def test_bad_command_lines(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -58,7 +63,7 @@ def test_no_room_beside_the_stacks_is_a_usage_error(capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["node", "--help"]])
 def test_help_documents_options_and_statuses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
@@ -67,8 +72,26 @@ def test_help_documents_options_and_statuses(argv: list[str], capsys: pytest.Cap
     for status in ("0-255", "2 ", "3 ", "4 ", "5 ", "6 ", "7 ", "8 ", "130"):
         assert status in out
     if argv[0] == "run":
-        for option in ("--vcpus", "--mem", "-v", "GUEST.elf"):
+        for option in ("--vcpus", "--mem", "-v", "GUEST.elf", "--nodes", "--manager", "--read-ownership",
+                       "--stats"):
             assert option in out
+
+
+def test_more_nodes_than_vcpus_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "g.elf", "--vcpus", "2", "--nodes", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--nodes 3 is more than --vcpus 2" in err and err.count("\n") == 1
+
+
+def test_node_with_a_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text("[cluster\n")
+    assert cli.main(["node", "--config", str(config), "--id", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "not valid TOML" in err and err.count("\n") == 1
+    config.write_text('[cluster]\nimage = "g.elf"\nvcpus = 1\n[[node]]\naddress = "127.0.0.1:7000"\n')
+    assert cli.main(["node", "--config", str(config), "--id", "3"]) == 2
+    assert "describes nodes 0..0" in capsys.readouterr().err
 
 
 def test_refused_image_is_status_3_before_kvm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
