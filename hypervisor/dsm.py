@@ -89,35 +89,6 @@ class RamRegion:
         return cls(int(fd), int(ram.guest_addr), int(ram.vmm_addr), int(ram.size))
 
 
-class SharedRam:
-    """A memfd mapped twice, for tests and benchmarks without a VMM."""
-
-    def __init__(self, size: int, name: str = "ivy-dsm-ram") -> None:
-        if size <= 0 or size % PAGE_SIZE:
-            raise DsmError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
-        self.size = size
-        self.memfd = os.memfd_create(name, os.MFD_CLOEXEC)
-        os.ftruncate(self.memfd, size)
-        self.guest_addr = int(lib.ivy_map_shared(self.memfd, size))
-        self.vmm_addr = int(lib.ivy_map_shared(self.memfd, size))
-        if not self.guest_addr or not self.vmm_addr:
-            self.close()
-            raise DsmError(f"mmap of {size} bytes of shared RAM failed")
-
-    @property
-    def region(self) -> RamRegion:
-        return RamRegion(self.memfd, self.guest_addr, self.vmm_addr, self.size)
-
-    def close(self) -> None:
-        for attr in ("guest_addr", "vmm_addr"):
-            if getattr(self, attr, 0):
-                lib.ivy_unmap(getattr(self, attr), self.size)
-                setattr(self, attr, 0)
-        if getattr(self, "memfd", -1) >= 0:
-            os.close(self.memfd)
-            self.memfd = -1
-
-
 def _histogram(stats: Any) -> dict[int, int]:
     """Latency buckets keyed by their lower bound in ns; empty buckets left out."""
     return {1 << i: int(stats.lat_hist[i]) for i in range(lib.IVY_RT_LAT_BUCKETS) if stats.lat_hist[i]}

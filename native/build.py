@@ -99,8 +99,6 @@ int ivy_rt_failure_fd(const struct ivy_rt *rt);
 unsigned ivy_rt_top_pages(const struct ivy_rt *rt, uint64_t *pages, uint32_t *counts, unsigned n);
 int ivy_rt_access(const struct ivy_rt *rt, uint64_t page);
 
-uint64_t ivy_map_shared(int fd, uint64_t size);
-int ivy_unmap(uint64_t addr, uint64_t size);
 uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count);
 uint64_t ivy_test_atomic_add_yielding(uint64_t addr, uint64_t count);
 uint64_t ivy_test_load64(uint64_t addr);

@@ -33,14 +33,6 @@ static uint64_t now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
-uint64_t ivy_map_shared(int fd, uint64_t size)
-{
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    return p == MAP_FAILED ? 0 : (uint64_t)(uintptr_t)p;
-}
-
-int ivy_unmap(uint64_t addr, uint64_t size) { return munmap((void *)(uintptr_t)addr, size); }
-
 uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count)
 {
     uint64_t *p = (uint64_t *)(uintptr_t)addr, last = 0;

@@ -4,8 +4,6 @@
 
 #include <stdint.h>
 
-uint64_t ivy_map_shared(int fd, uint64_t size);
-int ivy_unmap(uint64_t addr, uint64_t size);
 uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count);
 uint64_t ivy_test_atomic_add_yielding(uint64_t addr, uint64_t count);
 uint64_t ivy_test_load64(uint64_t addr);

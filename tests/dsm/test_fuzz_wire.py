@@ -79,7 +79,8 @@ def test_any_cluster_shape_is_safe(buf: bytes, nnodes: int, npages: int) -> None
 import socket  # noqa: E402
 import threading  # noqa: E402
 
-from hypervisor.dsm import PAGE_SIZE, DsmNode, SharedRam  # noqa: E402
+from hypervisor.dsm import PAGE_SIZE, DsmNode  # noqa: E402
+from hypervisor.memory import GuestRam  # noqa: E402
 
 LIVE_PAGES = 8
 frames = st.lists(st.tuples(st.integers(1, 7), st.sampled_from([0, 1, 2, 3]), st.integers(0, 1),
@@ -91,7 +92,7 @@ frames = st.lists(st.tuples(st.integers(1, 7), st.sampled_from([0, 1, 2, 3]), st
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames, st.booleans())
 def test_live_node_survives_wrong_frames(script, faulting: bool) -> None:
-    ram = SharedRam(LIVE_PAGES * PAGE_SIZE)
+    ram = GuestRam(LIVE_PAGES * PAGE_SIZE)
     ours, theirs = socket.socketpair()
     node = DsmNode(1, 2, ram, {0: theirs})
     node.start()

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from hypervisor._ivy_native import ffi, lib
-from hypervisor.dsm import PAGE_SIZE, DsmError, DsmNode, DsmOptions, RamRegion, SharedRam
+from hypervisor.memory import GuestRam
+from hypervisor.dsm import PAGE_SIZE, DsmError, DsmNode, DsmOptions, RamRegion
 
 HDR = struct.Struct("<IBBBBIHHHHIQQQQ")
 READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = range(1, 8)
@@ -52,12 +53,12 @@ def toucher(addr: int, write: bool = False) -> threading.Thread:
 
 @pytest.fixture
 def ram():
-    r = SharedRam(NPAGES * PAGE_SIZE)
+    r = GuestRam(NPAGES * PAGE_SIZE)
     yield r
     r.close()
 
 
-def test_single_node_grants_locally(ram: SharedRam) -> None:
+def test_single_node_grants_locally(ram: GuestRam) -> None:
     with DsmNode(0, 1, ram, {}) as node:
         node.start()
         lib.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 11)
@@ -79,14 +80,14 @@ def test_single_node_grants_locally(ram: SharedRam) -> None:
 
 
 def _pattern_word(seed: int, i: int) -> int:
-    fill = SharedRam(PAGE_SIZE)
+    fill = GuestRam(PAGE_SIZE)
     lib.ivy_test_fill(fill.vmm_addr, PAGE_SIZE, seed)
     value = lib.ivy_test_load64(fill.vmm_addr + 8 * i)
     fill.close()
     return int(value)
 
 
-def test_read_then_write_on_node0_is_read_fault_then_wp_fault(ram: SharedRam) -> None:
+def test_read_then_write_on_node0_is_read_fault_then_wp_fault(ram: GuestRam) -> None:
     with DsmNode(0, 1, ram, {}) as node:
         node.start()
         lib.ivy_test_touch_timed(ram.guest_addr, 0)
@@ -98,7 +99,7 @@ def test_read_then_write_on_node0_is_read_fault_then_wp_fault(ram: SharedRam) ->
 
 
 @pytest.fixture
-def scripted(ram: SharedRam):
+def scripted(ram: GuestRam):
     """Node 1 of 2, its node 0 played by the test over a socketpair."""
     ours, theirs = socket.socketpair()
     ours.settimeout(5)
@@ -177,8 +178,8 @@ def test_stop_releases_threads_blocked_in_faults(scripted) -> None:
     assert node.error is None
 
 
-def test_idle_link_kept_alive_by_heartbeats(ram: SharedRam) -> None:
-    other = SharedRam(NPAGES * PAGE_SIZE)
+def test_idle_link_kept_alive_by_heartbeats(ram: GuestRam) -> None:
+    other = GuestRam(NPAGES * PAGE_SIZE)
     a, b = socket.socketpair()
     opts = DsmOptions(heartbeat_ms=20, timeout_ms=150)
     n0 = DsmNode(0, 2, ram, {1: a}, opts)
@@ -197,7 +198,7 @@ def test_idle_link_kept_alive_by_heartbeats(ram: SharedRam) -> None:
         other.close()
 
 
-def test_no_fd_leaks_across_start_stop(ram: SharedRam) -> None:
+def test_no_fd_leaks_across_start_stop(ram: GuestRam) -> None:
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
         a, b = socket.socketpair()
@@ -208,14 +209,14 @@ def test_no_fd_leaks_across_start_stop(ram: SharedRam) -> None:
     assert len(os.listdir("/proc/self/fd")) == before
 
 
-def test_bad_configuration_is_a_clear_error(ram: SharedRam) -> None:
+def test_bad_configuration_is_a_clear_error(ram: GuestRam) -> None:
     with pytest.raises(DsmError, match=r"sockets for nodes \[\] given, nodes \[1\] needed"):
         DsmNode(0, 2, ram, {})
     with pytest.raises(DsmError, match="node 3 of 2"):
         DsmNode(3, 2, ram, {})
     with pytest.raises(DsmError, match="manager 'chaos'"):
         DsmOptions(manager="chaos")
-    odd = RamRegion(ram.memfd, ram.guest_addr, ram.vmm_addr, PAGE_SIZE + 1)
+    odd = RamRegion(ram.fd, ram.guest_addr, ram.vmm_addr, PAGE_SIZE + 1)
     with pytest.raises(DsmError, match="page aligned"):
         DsmNode(0, 1, odd, {})
     with DsmNode(0, 1, ram, {}) as node:
@@ -256,7 +257,7 @@ def test_peer_leaving_while_a_fault_waits_on_it_is_an_error(scripted) -> None:
 @pytest.fixture
 def owner_node():
     """Node 0 of 2 owning every page, 256 of them loaded with known bytes; node 1 is the test."""
-    ram = SharedRam(256 * PAGE_SIZE)
+    ram = GuestRam(256 * PAGE_SIZE)
     for page in range(256):
         lib.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 1000 + page)
     ours, theirs = socket.socketpair()
@@ -271,7 +272,7 @@ def owner_node():
 
 
 def expected_page(seed: int) -> bytes:
-    tmp = SharedRam(PAGE_SIZE)
+    tmp = GuestRam(PAGE_SIZE)
     lib.ivy_test_fill(tmp.vmm_addr, PAGE_SIZE, seed)
     data = bytes(ffi.buffer(ffi.cast("char *", tmp.vmm_addr), PAGE_SIZE))
     tmp.close()
@@ -339,7 +340,7 @@ HOLD_S = 0.15
 
 
 @pytest.fixture
-def holding(ram: SharedRam):
+def holding(ram: GuestRam):
     """Like `scripted`, with a hold window long enough to measure from Python."""
     ours, theirs = socket.socketpair()
     ours.settimeout(5)

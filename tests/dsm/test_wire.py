@@ -7,7 +7,8 @@ import struct
 import pytest
 
 from hypervisor._ivy_native import ffi, lib
-from hypervisor.dsm import PAGE_SIZE, DsmNode, SharedRam
+from hypervisor.memory import GuestRam
+from hypervisor.dsm import PAGE_SIZE, DsmNode
 
 NPAGES, NNODES = 64, 4
 HDR = struct.Struct("<IBBBBIHHHHIQQQQ")
@@ -128,7 +129,7 @@ def test_all_64_nodes_copyset_allowed() -> None:
 @pytest.fixture
 def node1_of_2():
     """Node 1 of a 2-node cluster whose node 0 is this test, speaking raw frames on a socketpair."""
-    ram = SharedRam(NPAGES * PAGE_SIZE)
+    ram = GuestRam(NPAGES * PAGE_SIZE)
     ours, theirs = socket.socketpair()
     node = DsmNode(1, 2, ram, {0: theirs})
     node.start()
@@ -144,7 +145,7 @@ def wait_error(node: DsmNode) -> str:
     return node.error
 
 
-def vmm_page(ram: SharedRam, page: int) -> bytes:
+def vmm_page(ram: GuestRam, page: int) -> bytes:
     return bytes(ffi.buffer(ffi.cast("char *", ram.vmm_addr + page * PAGE_SIZE), PAGE_SIZE))
 
 

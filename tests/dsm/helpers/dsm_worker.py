@@ -23,7 +23,8 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 
 from hypervisor._ivy_native import ffi, lib  # noqa: E402
-from hypervisor.dsm import PAGE_SIZE, DsmNode, DsmOptions, SharedRam  # noqa: E402
+from hypervisor.memory import GuestRam  # noqa: E402
+from hypervisor.dsm import PAGE_SIZE, DsmNode, DsmOptions  # noqa: E402
 from hypervisor.handshake import ClusterShape, connect_mesh, listen  # noqa: E402
 
 # RAM layout shared by the workloads (page numbers).
@@ -38,7 +39,7 @@ WAIT_NS = 20_000_000_000
 class Worker:
     def __init__(self) -> None:
         self.node: DsmNode | None = None
-        self.ram: SharedRam | None = None
+        self.ram: GuestRam | None = None
 
     def addr(self, page: int, offset: int = 0) -> int:
         assert self.ram is not None
@@ -48,7 +49,7 @@ class Worker:
         self.id, self.nnodes, self.pages = msg["node"], msg["nnodes"], msg["pages"]
         self.secret = bytes.fromhex(msg["secret"])
         self.options = DsmOptions(**msg.get("options", {}))
-        self.ram = SharedRam(self.pages * PAGE_SIZE, f"ivy-test-node{self.id}")
+        self.ram = GuestRam(self.pages * PAGE_SIZE, f"ivy-test-node{self.id}")
         self.listener = listen(msg.get("host", "127.0.0.1"), 0)
         return {"port": self.listener.getsockname()[1]}
 
