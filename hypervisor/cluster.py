@@ -57,30 +57,6 @@ def bind_listeners(count: int, host: str = "127.0.0.1") -> list[tuple[socket.soc
     return pairs
 
 
-def free_port_pairs(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports P with P and P+1 both free now, for a config written by hand (tests)."""
-    ports: list[int] = []
-    holders: list[socket.socket] = []
-    try:
-        while len(ports) < count:
-            first = socket.socket()
-            first.bind((host, 0))
-            port = first.getsockname()[1]
-            second = socket.socket()
-            try:
-                second.bind((host, port + 1))
-            except OSError:
-                first.close()
-                second.close()
-                continue
-            holders += [first, second]
-            ports.append(port)
-    finally:
-        for sock in holders:
-            sock.close()
-    return ports
-
-
 def write_config(config: ClusterConfig, directory: Path) -> Path:
     """The TOML the children read: the same format a multi-host user writes."""
     lines = [

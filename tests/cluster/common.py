@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,8 +50,7 @@ def write_cluster(directory: Path, image: Path | str, vcpus: int, addresses: lis
     return path
 
 
-def start_node(config: Path, node: int, secret: str = SECRET, netns: str | None = None,
-               mem_override: str | None = None) -> subprocess.Popen[str]:
+def start_node(config: Path, node: int, secret: str = SECRET, netns: str | None = None) -> subprocess.Popen[str]:
     env = dict(os.environ, IVYVM_SECRET=secret, PYTHONPATH=str(ROOT))
     argv = IVYVM + ["node", "--config", str(config), "--id", str(node)]
     if netns is not None:
@@ -129,6 +129,30 @@ def lines_of(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+def free_port_pairs(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports P with P and P+1 both free now (DSM and default control port), for hand-written configs."""
+    ports: list[int] = []
+    holders: list[socket.socket] = []
+    try:
+        while len(ports) < count:
+            first = socket.socket()
+            first.bind((host, 0))
+            port = first.getsockname()[1]
+            second = socket.socket()
+            try:
+                second.bind((host, port + 1))
+            except OSError:
+                first.close()
+                second.close()
+                continue
+            holders += [first, second]
+            ports.append(port)
+    finally:
+        for sock in holders:
+            sock.close()
+    return ports
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains `text`: what a test left running."""
     found = []
@@ -146,4 +170,4 @@ def processes_mentioning(text: str) -> list[int]:
 
 __all__ = ["Outcome", "Exit", "run_cli", "verdict", "write_cluster", "start_node", "finish",
            "processes_mentioning", "wait_for_output", "await_exits", "lines_of", "guest_elf", "SECRET",
-           "DETECTION_BOUND", "START_BOUND"]
+           "DETECTION_BOUND", "START_BOUND", "free_port_pairs"]

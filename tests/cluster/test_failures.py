@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from hypervisor.cluster import free_port_pairs
-from tests.cluster.common import (DETECTION_BOUND, IVYVM, SECRET, START_BOUND, Exit, await_exits, guest_elf,
-                                  lines_of, processes_mentioning, run_cli, start_node, wait_for_output,
+from tests.cluster.common import (DETECTION_BOUND, IVYVM, SECRET, START_BOUND, Exit, await_exits, free_port_pairs,
+                                  guest_elf, lines_of, processes_mentioning, run_cli, start_node, wait_for_output,
                                   write_cluster)
 from tests.conftest import ROOT, requires_kvm
 

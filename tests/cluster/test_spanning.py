@@ -6,9 +6,11 @@ user types it; nothing may be left running afterwards.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.cluster.common import guest_elf, processes_mentioning, run_cli, verdict
+from tests.cluster.common import finish, free_port_pairs, guest_elf, processes_mentioning, run_cli, start_node, verdict
 from tests.conftest import requires_kvm
 
 SHAPES = [(2, 2), (4, 2), (3, 3)]
@@ -64,3 +66,27 @@ def test_stats_show_pages_moving_between_nodes() -> None:
         remote = int(line.split(": ", 2)[2].split()[0])
         # vCPU 1 runs on node 1 and starts with nothing: it must fetch code, stack and counters.
         assert remote > 0, line
+
+
+@requires_kvm
+def test_explicit_placement_from_the_config(tmp_path: Path) -> None:
+    """GiantVM's -local-cpu: any vCPU on any node, here node 0 runs vCPUs 0 and 2."""
+    port0, port1 = free_port_pairs(2)
+    config = tmp_path / "cluster.toml"
+    config.write_text(f"""
+[cluster]
+image = "{guest_elf('hello')}"
+vcpus = 3
+[[node]]
+address = "127.0.0.1:{port0}"
+vcpus = [0, 2]
+[[node]]
+address = "127.0.0.1:{port1}"
+vcpus = [1]
+""")
+    head, member = start_node(config, 0), start_node(config, 1)
+    outcomes = finish([head, member], timeout=60)
+    assert [o.status for o in outcomes] == [0, 0], [o.stderr for o in outcomes]
+    assert "PASS hello: vcpus=3" in outcomes[0].stdout
+    assert sorted(line for line in outcomes[0].stdout.splitlines() if line.startswith("hello")) == \
+        [f"hello from vCPU {i} of 3" for i in range(3)]
