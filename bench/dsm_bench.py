@@ -6,9 +6,10 @@ Two node processes on loopback (tests/dsm/helpers/dsm_worker.py). Floors: a
 bare userfaultfd MINOR fault round trip (fault -> handler thread ->
 UFFDIO_CONTINUE) and a bare TCP round trip carrying 4 KiB between two
 processes, also measured through epoll_wait + non-blocking recv (the shape an
-event loop must use). Then: remote read fault, remote write fault, write fault
-that invalidates one copy, and the ownership ping-pong of one page, each
-compared with its floor; contention on one word by 4 nodes with the hold
+event loop must use). A bound, not a floor: a whole remote read fault built
+from the bare mechanisms by one thread (docs/dsm.md, round 3). Then: remote
+read fault, remote write fault, write fault that invalidates one copy, and
+the ownership ping-pong of one page, each compared with its floor; contention on one word by 4 nodes with the hold
 window off and on (DsmOptions.hold_us); and every protocol option against the
 default on three nodes. This is a benchmark, not a test: it prints figures and
 never fails on them.
@@ -49,13 +50,8 @@ def uffd_floor(n: int) -> dict[str, float]:
     return summary(list(out)[n // 10:])  # first touches warm caches
 
 
-def tcp_floor(n: int, epoll: bool = False) -> dict[str, float]:
-    """56 bytes out, 56 + 4096 back, between two processes over loopback with TCP_NODELAY.
-
-    epoll: each side waits in epoll_wait and then calls a non-blocking recv, as
-    the DSM event loop must, instead of sleeping inside a blocking recv."""
-    ping, pong = ((lib.ivy_bench_tcp_ping_epoll, lib.ivy_bench_tcp_pong_epoll) if epoll
-                  else (lib.ivy_bench_tcp_ping, lib.ivy_bench_tcp_pong))
+def over_loopback(serve: Any, measure: Any) -> int:
+    """Run serve(fd) in a forked process and measure(fd) here, over loopback TCP with TCP_NODELAY."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -65,18 +61,38 @@ def tcp_floor(n: int, epoll: bool = False) -> dict[str, float]:
         try:
             c = socket.create_connection(("127.0.0.1", port))
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pong(c.fileno(), n)
+            serve(c.fileno())
         finally:
             os._exit(0)
     conn, _ = listener.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    out = ffi.new("uint64_t[]", n)
-    rc = ping(conn.fileno(), n, out)
+    rc = measure(conn.fileno())
+    conn.close()  # a server that answers until EOF stops here
     os.waitpid(pid, 0)
-    conn.close()
     listener.close()
-    if rc != 0:
+    return rc
+
+
+def tcp_floor(n: int, epoll: bool = False) -> dict[str, float]:
+    """56 bytes out, 56 + 4096 back, between two processes over loopback with TCP_NODELAY.
+
+    epoll: each side waits in epoll_wait and then calls a non-blocking recv, as
+    the DSM event loop must, instead of sleeping inside a blocking recv."""
+    ping, pong = ((lib.ivy_bench_tcp_ping_epoll, lib.ivy_bench_tcp_pong_epoll) if epoll
+                  else (lib.ivy_bench_tcp_ping, lib.ivy_bench_tcp_pong))
+    out = ffi.new("uint64_t[]", n)
+    if over_loopback(lambda fd: pong(fd, n), lambda fd: ping(fd, n, out)) != 0:
         raise SystemExit("bare TCP floor failed")
+    return summary(list(out)[n // 10:])
+
+
+def fault_bound(n: int) -> dict[str, float]:
+    """A design bound, not a floor (testkit.c ivy_bench_bound_fault): a remote read fault built
+    from the bare mechanisms, the asking thread blocking in recv for its answer, the owner
+    write-protecting before it sends. What any runtime could reach on this host."""
+    out = ffi.new("uint64_t[]", n)
+    if over_loopback(lib.ivy_bench_bound_owner, lambda fd: lib.ivy_bench_bound_fault(fd, n, out)) != 0:
+        raise SystemExit("composed remote-fault bound failed")
     return summary(list(out)[n // 10:])
 
 
@@ -187,15 +203,17 @@ def run(args: argparse.Namespace, cpus: set[int]) -> int:
 
     # The host is noisy (2 shared cores): measure floors and the 2-node run
     # alternately, several times, and keep each figure's best run.
-    faults, tcps, tcps_epoll, runs = [], [], [], []
+    faults, tcps, tcps_epoll, bounds, runs = [], [], [], [], []
     for _ in range(args.repeat):
         faults.append(uffd_floor(n))
         tcps.append(tcp_floor(n))
         tcps_epoll.append(tcp_floor(n, epoll=True))
+        bounds.append(fault_bound(n))
         runs.append(scenario(2, npages, base, rounds))
     fault = min(faults, key=lambda r: r["median_us"])
     tcp = min(tcps, key=lambda r: r["median_us"])
     tcp_epoll = min(tcps_epoll, key=lambda r: r["median_us"])
+    bound = min(bounds, key=lambda r: r["median_us"])
     main_run = {key: min((r[key] for r in runs), key=lambda r: r["median_us"])
                 for key in ("read_fault", "write_fault", "write_after_read", "pingpong")}
     main_run["errors"] = [e for r in runs for e in r["errors"]]
@@ -212,7 +230,9 @@ def run(args: argparse.Namespace, cpus: set[int]) -> int:
     results: dict[str, Any] = {
         "floors": {"uffd_fault": fault, "tcp_rtt_4k": tcp, "tcp_rtt_4k_epoll": tcp_epoll,
                    "remote_fault_floor_us": floor_remote, "remote_fault_floor_epoll_us": floor_loop,
-                   "all_runs": {"uffd_fault": faults, "tcp_rtt_4k": tcps, "tcp_rtt_4k_epoll": tcps_epoll}},
+                   "remote_fault_bound": bound,
+                   "all_runs": {"uffd_fault": faults, "tcp_rtt_4k": tcps, "tcp_rtt_4k_epoll": tcps_epoll,
+                                "remote_fault_bound": bounds}},
         "default": main_run,
         "ratios": {
             "read_fault_vs_floor": main_run["read_fault"]["median_us"] / floor_remote,
@@ -246,6 +266,8 @@ def run(args: argparse.Namespace, cpus: set[int]) -> int:
     print(f"{'bare TCP RTT via epoll_wait+recv':34s} {te['median_us']:10.1f} {te['p99_us']:10.1f}")
     print(f"{'fault + RTT':34s} {floor_remote:10.1f}")
     print(f"{'fault + RTT via epoll':34s} {floor_loop:10.1f}")
+    print(f"{'bound: bare remote fault, 1 thread':34s} {bound['median_us']:10.1f} {bound['p99_us']:10.1f} "
+          f"{bound['median_us'] / floor_remote:8.2f} x floor (not a floor: see docs/dsm.md)")
     print()
     print(f"{'2 nodes, default (giantvm/dynamic)':34s} {'median us':>10s} {'p99 us':>10s} {'x floor':>8s} {'msgs':>6s}")
     for key, label in (("read_fault", "remote read fault"), ("write_fault", "remote write fault"),

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
@@ -146,16 +145,19 @@ struct floor_ctx {
     volatile int done;
 };
 
+/* Sleeps in read() on a blocking userfaultfd: the cheapest wake-up there is
+ * (a poll() before the read was measured 0.7 us slower per fault, which
+ * would have flattered every ratio against this floor). */
 static void *floor_server(void *arg)
 {
     struct floor_ctx *f = arg;
-    while (!f->done) {
-        struct pollfd p = {f->uffd, POLLIN, 0};
-        if (poll(&p, 1, 100) <= 0)
-            continue;
+    for (bool last = false; !last;) {
         struct uffd_msg m;
         if (read(f->uffd, &m, sizeof m) != sizeof m || m.event != UFFD_EVENT_PAGEFAULT)
             continue;
+        /* Set before the final fault was raised, so read with it; checked
+         * after serving instead, it could be seen one fault early. */
+        last = f->done;
         struct uffdio_continue c = {{m.arg.pagefault.address & ~(uint64_t)(IVY_PAGE_SIZE - 1), IVY_PAGE_SIZE}, 0, 0};
         if (ioctl(f->uffd, UFFDIO_CONTINUE, &c)) {
             struct uffdio_range r = c.range;
@@ -165,7 +167,7 @@ static void *floor_server(void *arg)
     return NULL;
 }
 
-/* Bare MINOR fault round trip: zap, touch, a poll() thread CONTINUEs. */
+/* Bare MINOR fault round trip: zap, touch, a thread asleep in read() CONTINUEs. */
 int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
 {
     int fd = memfd_create("ivy-floor", MFD_CLOEXEC), rc = -1;
@@ -178,7 +180,7 @@ int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
     if (g == MAP_FAILED || v == MAP_FAILED)
         goto out;
     v[0] = 1;
-    f.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    f.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
     struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM};
     if (f.uffd < 0 || ioctl(f.uffd, UFFDIO_API, &api))
         goto out;
@@ -188,13 +190,15 @@ int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
     pthread_t t;
     if (pthread_create(&t, NULL, floor_server, &f))
         goto out;
-    for (uint64_t i = 0; i < n; i++) {
+    for (uint64_t i = 0; i <= n; i++) {
+        if (i == n)
+            f.done = 1; /* the last fault lets the server see it and leave */
         madvise(g, IVY_PAGE_SIZE, MADV_DONTNEED);
         uint64_t t0 = now_ns();
         (void)*(volatile char *)g;
-        out_ns[i] = now_ns() - t0;
+        if (i < n)
+            out_ns[i] = now_ns() - t0;
     }
-    f.done = 1;
     pthread_join(t, NULL);
     rc = 0;
 out:
@@ -309,5 +313,148 @@ int ivy_bench_tcp_pong_epoll(int fd, uint64_t n)
     for (uint64_t i = 0; i < n && rc == 0; i++)
         rc = epoll_io(ep, fd, req, sizeof req, false) || epoll_io(ep, fd, rep, sizeof rep, true) ? -1 : 0;
     close(ep);
+    return rc;
+}
+
+/*
+ * A design bound for the remote read fault, not a floor: the whole fault
+ * path built from the bare mechanisms, with each side's waiting done by the
+ * cheapest means there is. A handler thread sleeps in read() on a blocking
+ * userfaultfd, sends 56 bytes and waits for the answer in a blocking recv()
+ * (the thread that asked is the one the answer wakes); the owner process,
+ * asleep in recv(), write-protects its mapped copy (as an owner must before
+ * the bytes leave; set and cleared on alternate requests, one ioctl each)
+ * and sends 56 + 4096 bytes; the handler copies the page into the memfd and
+ * CONTINUEs. No engine, one page, one peer: a node cannot be built like
+ * this, since while it waits for one answer it serves nothing else. It shows
+ * what any runtime on this host can hope for (docs/dsm.md, "What was measured").
+ */
+struct bound_ctx {
+    int uffd, sock;
+    uint8_t *vmm;
+    uint64_t guest;
+    volatile int done;
+    int rc;
+};
+
+/* The handler cannot go on: let the timed thread's faults through unserved. */
+static void *bound_fail(struct bound_ctx *b)
+{
+    struct uffdio_range r = {b->guest, IVY_PAGE_SIZE};
+    b->rc = -1;
+    ioctl(b->uffd, UFFDIO_UNREGISTER, &r);
+    ioctl(b->uffd, UFFDIO_WAKE, &r);
+    return NULL;
+}
+
+static void *bound_handler(void *arg)
+{
+    struct bound_ctx *b = arg;
+    uint8_t req[56] = {0}, rep[56 + IVY_PAGE_SIZE];
+    for (bool last = false; !last;) {
+        struct uffd_msg m;
+        if (read(b->uffd, &m, sizeof m) != sizeof m) {
+            if (errno == EINTR)
+                continue;
+            return bound_fail(b);
+        }
+        last = b->done; /* as in floor_server */
+        if (full_io(b->sock, req, sizeof req, true) || full_io(b->sock, rep, sizeof rep, false))
+            return bound_fail(b);
+        memcpy(b->vmm, rep + sizeof req, IVY_PAGE_SIZE);
+        struct uffdio_continue c = {{b->guest, IVY_PAGE_SIZE}, 0, 0};
+        if (ioctl(b->uffd, UFFDIO_CONTINUE, &c)) {
+            struct uffdio_range r = c.range;
+            ioctl(b->uffd, UFFDIO_WAKE, &r);
+        }
+    }
+    return NULL;
+}
+
+/* One page: a memfd, its guest view registered with a blocking userfaultfd. */
+static int bound_page(int *memfd, uint8_t **guest, uint8_t **vmm, int *uffd, uint64_t modes)
+{
+    *memfd = memfd_create("ivy-bound", MFD_CLOEXEC);
+    if (*memfd < 0 || ftruncate(*memfd, IVY_PAGE_SIZE))
+        return -1;
+    *guest = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, *memfd, 0);
+    *vmm = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, *memfd, 0);
+    if (*guest == MAP_FAILED || *vmm == MAP_FAILED)
+        return -1;
+    (*vmm)[0] = 1;
+    *uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM};
+    if (*uffd < 0 || ioctl(*uffd, UFFDIO_API, &api))
+        return -1;
+    struct uffdio_register reg = {{(uint64_t)(uintptr_t)*guest, IVY_PAGE_SIZE}, modes, 0};
+    return ioctl(*uffd, UFFDIO_REGISTER, &reg) ? -1 : 0;
+}
+
+/* Requester side: n timed faults on one page; fd is connected to the owner. */
+int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns)
+{
+    int memfd = -1;
+    uint8_t *g = MAP_FAILED, *v = MAP_FAILED;
+    struct bound_ctx b = {-1, fd, NULL, 0, 0, 0};
+    pthread_t t;
+    int rc = -1;
+    if (bound_page(&memfd, &g, &v, &b.uffd, UFFDIO_REGISTER_MODE_MINOR))
+        goto out;
+    b.vmm = v;
+    b.guest = (uint64_t)(uintptr_t)g;
+    if (pthread_create(&t, NULL, bound_handler, &b))
+        goto out;
+    for (uint64_t i = 0; i <= n && !b.rc; i++) {
+        if (i == n)
+            b.done = 1; /* the last fault lets the handler see it and leave */
+        madvise(g, IVY_PAGE_SIZE, MADV_DONTNEED);
+        uint64_t t0 = now_ns();
+        (void)*(volatile uint8_t *)g;
+        if (i < n)
+            out_ns[i] = now_ns() - t0;
+    }
+    pthread_join(t, NULL);
+    rc = b.rc;
+out:
+    if (b.uffd >= 0)
+        close(b.uffd);
+    if (g != MAP_FAILED)
+        munmap(g, IVY_PAGE_SIZE);
+    if (v != MAP_FAILED)
+        munmap(v, IVY_PAGE_SIZE);
+    if (memfd >= 0)
+        close(memfd);
+    return rc;
+}
+
+/* Owner side: answer requests until the requester closes the connection. */
+int ivy_bench_bound_owner(int fd)
+{
+    int memfd = -1, uffd = -1, rc = -1;
+    uint8_t *g = MAP_FAILED, *v = MAP_FAILED, req[56], hdr[56] = {0};
+    if (bound_page(&memfd, &g, &v, &uffd, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
+        goto out;
+    struct uffdio_continue c = {{(uint64_t)(uintptr_t)g, IVY_PAGE_SIZE}, 0, 0};
+    if (ioctl(uffd, UFFDIO_CONTINUE, &c))
+        goto out;
+    for (uint64_t i = 0; full_io(fd, req, sizeof req, false) == 0; i++) {
+        struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)g, IVY_PAGE_SIZE}, i & 1 ? 0 : UFFDIO_WRITEPROTECT_MODE_WP};
+        if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp))
+            goto out;
+        struct iovec iov[2] = {{hdr, sizeof hdr}, {v, IVY_PAGE_SIZE}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+        if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)(sizeof hdr + IVY_PAGE_SIZE))
+            goto out;
+    }
+    rc = 0;
+out:
+    if (uffd >= 0)
+        close(uffd);
+    if (g != MAP_FAILED)
+        munmap(g, IVY_PAGE_SIZE);
+    if (v != MAP_FAILED)
+        munmap(v, IVY_PAGE_SIZE);
+    if (memfd >= 0)
+        close(memfd);
     return rc;
 }

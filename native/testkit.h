@@ -18,5 +18,7 @@ int ivy_bench_tcp_ping(int fd, uint64_t n, uint64_t *out_ns);
 int ivy_bench_tcp_pong(int fd, uint64_t n);
 int ivy_bench_tcp_ping_epoll(int fd, uint64_t n, uint64_t *out_ns);
 int ivy_bench_tcp_pong_epoll(int fd, uint64_t n);
+int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns);
+int ivy_bench_bound_owner(int fd);
 
 #endif
