@@ -140,6 +140,45 @@ int ivy_test_pingpong(uint64_t addr, int self, uint64_t rounds, uint64_t *out_ns
 
 /* ---- floors for the benchmark ------------------------------------------ */
 
+/* One page of the benchmarks: a memfd, its guest view registered with a
+ * blocking userfaultfd, and a VMM view (already holding a byte, so the page
+ * is in the page cache and the guest view's first touch is a MINOR fault). */
+struct bench_page {
+    int memfd, uffd;
+    uint8_t *guest, *vmm;
+};
+
+static int bench_page_open(struct bench_page *p, uint64_t modes)
+{
+    *p = (struct bench_page){-1, -1, MAP_FAILED, MAP_FAILED};
+    p->memfd = memfd_create("ivy-bench", MFD_CLOEXEC);
+    if (p->memfd < 0 || ftruncate(p->memfd, IVY_PAGE_SIZE))
+        return -1;
+    p->guest = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, p->memfd, 0);
+    p->vmm = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, p->memfd, 0);
+    if (p->guest == MAP_FAILED || p->vmm == MAP_FAILED)
+        return -1;
+    p->vmm[0] = 1;
+    p->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM};
+    if (p->uffd < 0 || ioctl(p->uffd, UFFDIO_API, &api))
+        return -1;
+    struct uffdio_register reg = {{(uint64_t)(uintptr_t)p->guest, IVY_PAGE_SIZE}, modes, 0};
+    return ioctl(p->uffd, UFFDIO_REGISTER, &reg) ? -1 : 0;
+}
+
+static void bench_page_close(struct bench_page *p)
+{
+    if (p->uffd >= 0)
+        close(p->uffd);
+    if (p->guest != MAP_FAILED)
+        munmap(p->guest, IVY_PAGE_SIZE);
+    if (p->vmm != MAP_FAILED)
+        munmap(p->vmm, IVY_PAGE_SIZE);
+    if (p->memfd >= 0)
+        close(p->memfd);
+}
+
 struct floor_ctx {
     int uffd;
     volatile int done;
@@ -170,46 +209,28 @@ static void *floor_server(void *arg)
 /* Bare MINOR fault round trip: zap, touch, a thread asleep in read() CONTINUEs. */
 int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
 {
-    int fd = memfd_create("ivy-floor", MFD_CLOEXEC), rc = -1;
+    struct bench_page p;
     struct floor_ctx f = {-1, 0};
-    char *g = MAP_FAILED, *v = MAP_FAILED;
-    if (fd < 0 || ftruncate(fd, IVY_PAGE_SIZE))
-        goto out;
-    g = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    v = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (g == MAP_FAILED || v == MAP_FAILED)
-        goto out;
-    v[0] = 1;
-    f.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
-    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM};
-    if (f.uffd < 0 || ioctl(f.uffd, UFFDIO_API, &api))
-        goto out;
-    struct uffdio_register reg = {{(uint64_t)(uintptr_t)g, IVY_PAGE_SIZE}, UFFDIO_REGISTER_MODE_MINOR, 0};
-    if (ioctl(f.uffd, UFFDIO_REGISTER, &reg))
-        goto out;
     pthread_t t;
+    int rc = -1;
+    if (bench_page_open(&p, UFFDIO_REGISTER_MODE_MINOR))
+        goto out;
+    f.uffd = p.uffd;
     if (pthread_create(&t, NULL, floor_server, &f))
         goto out;
     for (uint64_t i = 0; i <= n; i++) {
         if (i == n)
             f.done = 1; /* the last fault lets the server see it and leave */
-        madvise(g, IVY_PAGE_SIZE, MADV_DONTNEED);
+        madvise(p.guest, IVY_PAGE_SIZE, MADV_DONTNEED);
         uint64_t t0 = now_ns();
-        (void)*(volatile char *)g;
+        (void)*(volatile uint8_t *)p.guest;
         if (i < n)
             out_ns[i] = now_ns() - t0;
     }
     pthread_join(t, NULL);
     rc = 0;
 out:
-    if (f.uffd >= 0)
-        close(f.uffd);
-    if (g != MAP_FAILED)
-        munmap(g, IVY_PAGE_SIZE);
-    if (v != MAP_FAILED)
-        munmap(v, IVY_PAGE_SIZE);
-    if (fd >= 0)
-        close(fd);
+    bench_page_close(&p);
     return rc;
 }
 
@@ -371,90 +392,59 @@ static void *bound_handler(void *arg)
     return NULL;
 }
 
-/* One page: a memfd, its guest view registered with a blocking userfaultfd. */
-static int bound_page(int *memfd, uint8_t **guest, uint8_t **vmm, int *uffd, uint64_t modes)
-{
-    *memfd = memfd_create("ivy-bound", MFD_CLOEXEC);
-    if (*memfd < 0 || ftruncate(*memfd, IVY_PAGE_SIZE))
-        return -1;
-    *guest = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, *memfd, 0);
-    *vmm = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, *memfd, 0);
-    if (*guest == MAP_FAILED || *vmm == MAP_FAILED)
-        return -1;
-    (*vmm)[0] = 1;
-    *uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
-    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM};
-    if (*uffd < 0 || ioctl(*uffd, UFFDIO_API, &api))
-        return -1;
-    struct uffdio_register reg = {{(uint64_t)(uintptr_t)*guest, IVY_PAGE_SIZE}, modes, 0};
-    return ioctl(*uffd, UFFDIO_REGISTER, &reg) ? -1 : 0;
-}
-
 /* Requester side: n timed faults on one page; fd is connected to the owner. */
 int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns)
 {
-    int memfd = -1;
-    uint8_t *g = MAP_FAILED, *v = MAP_FAILED;
+    struct bench_page p;
     struct bound_ctx b = {-1, fd, NULL, 0, 0, 0};
     pthread_t t;
     int rc = -1;
-    if (bound_page(&memfd, &g, &v, &b.uffd, UFFDIO_REGISTER_MODE_MINOR))
+    if (bench_page_open(&p, UFFDIO_REGISTER_MODE_MINOR))
         goto out;
-    b.vmm = v;
-    b.guest = (uint64_t)(uintptr_t)g;
+    b.uffd = p.uffd;
+    b.vmm = p.vmm;
+    b.guest = (uint64_t)(uintptr_t)p.guest;
     if (pthread_create(&t, NULL, bound_handler, &b))
         goto out;
     for (uint64_t i = 0; i <= n && !b.rc; i++) {
         if (i == n)
             b.done = 1; /* the last fault lets the handler see it and leave */
-        madvise(g, IVY_PAGE_SIZE, MADV_DONTNEED);
+        madvise(p.guest, IVY_PAGE_SIZE, MADV_DONTNEED);
         uint64_t t0 = now_ns();
-        (void)*(volatile uint8_t *)g;
+        (void)*(volatile uint8_t *)p.guest;
         if (i < n)
             out_ns[i] = now_ns() - t0;
     }
     pthread_join(t, NULL);
     rc = b.rc;
 out:
-    if (b.uffd >= 0)
-        close(b.uffd);
-    if (g != MAP_FAILED)
-        munmap(g, IVY_PAGE_SIZE);
-    if (v != MAP_FAILED)
-        munmap(v, IVY_PAGE_SIZE);
-    if (memfd >= 0)
-        close(memfd);
+    bench_page_close(&p);
     return rc;
 }
 
 /* Owner side: answer requests until the requester closes the connection. */
 int ivy_bench_bound_owner(int fd)
 {
-    int memfd = -1, uffd = -1, rc = -1;
-    uint8_t *g = MAP_FAILED, *v = MAP_FAILED, req[56], hdr[56] = {0};
-    if (bound_page(&memfd, &g, &v, &uffd, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
+    struct bench_page p;
+    uint8_t req[56], hdr[56] = {0};
+    int rc = -1;
+    if (bench_page_open(&p, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
         goto out;
-    struct uffdio_continue c = {{(uint64_t)(uintptr_t)g, IVY_PAGE_SIZE}, 0, 0};
-    if (ioctl(uffd, UFFDIO_CONTINUE, &c))
+    struct uffdio_continue c = {{(uint64_t)(uintptr_t)p.guest, IVY_PAGE_SIZE}, 0, 0};
+    if (ioctl(p.uffd, UFFDIO_CONTINUE, &c))
         goto out;
     for (uint64_t i = 0; full_io(fd, req, sizeof req, false) == 0; i++) {
-        struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)g, IVY_PAGE_SIZE}, i & 1 ? 0 : UFFDIO_WRITEPROTECT_MODE_WP};
-        if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp))
+        struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)p.guest, IVY_PAGE_SIZE},
+                                         i & 1 ? 0 : UFFDIO_WRITEPROTECT_MODE_WP};
+        if (ioctl(p.uffd, UFFDIO_WRITEPROTECT, &wp))
             goto out;
-        struct iovec iov[2] = {{hdr, sizeof hdr}, {v, IVY_PAGE_SIZE}};
+        struct iovec iov[2] = {{hdr, sizeof hdr}, {p.vmm, IVY_PAGE_SIZE}};
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
         if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)(sizeof hdr + IVY_PAGE_SIZE))
             goto out;
     }
     rc = 0;
 out:
-    if (uffd >= 0)
-        close(uffd);
-    if (g != MAP_FAILED)
-        munmap(g, IVY_PAGE_SIZE);
-    if (v != MAP_FAILED)
-        munmap(v, IVY_PAGE_SIZE);
-    if (memfd >= 0)
-        close(memfd);
+    bench_page_close(&p);
     return rc;
 }
