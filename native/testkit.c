@@ -179,6 +179,23 @@ static void bench_page_close(struct bench_page *p)
         close(p->memfd);
 }
 
+/* n timed MINOR faults on the page, plus one untimed last fault raised with
+ * *done set so the serving thread sees it and leaves; stops early once
+ * *failed (if given) turns non-zero. */
+static void timed_faults(struct bench_page *p, uint64_t n, uint64_t *out_ns, volatile int *done,
+                         volatile int *failed)
+{
+    for (uint64_t i = 0; i <= n && !(failed && *failed); i++) {
+        if (i == n)
+            *done = 1;
+        madvise(p->guest, IVY_PAGE_SIZE, MADV_DONTNEED);
+        uint64_t t0 = now_ns();
+        (void)*(volatile uint8_t *)p->guest;
+        if (i < n)
+            out_ns[i] = now_ns() - t0;
+    }
+}
+
 struct floor_ctx {
     int uffd;
     volatile int done;
@@ -218,15 +235,7 @@ int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
     f.uffd = p.uffd;
     if (pthread_create(&t, NULL, floor_server, &f))
         goto out;
-    for (uint64_t i = 0; i <= n; i++) {
-        if (i == n)
-            f.done = 1; /* the last fault lets the server see it and leave */
-        madvise(p.guest, IVY_PAGE_SIZE, MADV_DONTNEED);
-        uint64_t t0 = now_ns();
-        (void)*(volatile uint8_t *)p.guest;
-        if (i < n)
-            out_ns[i] = now_ns() - t0;
-    }
+    timed_faults(&p, n, out_ns, &f.done, NULL);
     pthread_join(t, NULL);
     rc = 0;
 out:
@@ -406,15 +415,7 @@ int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns)
     b.guest = (uint64_t)(uintptr_t)p.guest;
     if (pthread_create(&t, NULL, bound_handler, &b))
         goto out;
-    for (uint64_t i = 0; i <= n && !b.rc; i++) {
-        if (i == n)
-            b.done = 1; /* the last fault lets the handler see it and leave */
-        madvise(p.guest, IVY_PAGE_SIZE, MADV_DONTNEED);
-        uint64_t t0 = now_ns();
-        (void)*(volatile uint8_t *)p.guest;
-        if (i < n)
-            out_ns[i] = now_ns() - t0;
-    }
+    timed_faults(&p, n, out_ns, &b.done, &b.rc);
     pthread_join(t, NULL);
     rc = b.rc;
 out:
