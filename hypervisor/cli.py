@@ -8,22 +8,15 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from pathlib import Path
-
-from hypervisor.config import MANAGERS, READ_OWNERSHIP, SECRET_ENV
+from hypervisor import config
+from hypervisor.config import MANAGERS, MIB, READ_OWNERSHIP, SECRET_ENV, ConfigError
 from hypervisor.loader import STACK_SIZE, LoaderError, load_image
+from hypervisor.status import Status
 
-STATUS_USAGE = 2
-STATUS_IMAGE = 3
-STATUS_HOST = 7
-STATUS_INTERRUPTED = 130
-
-MIB = 1 << 20
-MIN_MEM, MAX_MEM, MEM_ALIGN = 4 * MIB, 4 << 30, 2 * MIB
 MIN_VCPUS, MAX_VCPUS = 1, 64
 DEFAULT_MEM, DEFAULT_VCPUS = 64 * MIB, 1
 
@@ -41,31 +34,29 @@ exit statuses:
 A guest that wants an unambiguous status exits with 0 or 1 (or a value above 8).
 The guest ABI is docs/guest-abi.md."""
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one line on stderr and status 2."""
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        sys.exit(STATUS_USAGE)
+        sys.exit(Status.USAGE)
 
 
 def parse_size(text: str) -> int:
     """Bytes from '64M', '1G', '512K', '64MiB' or a plain byte count."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KkMmGg]?)(?:i?B)?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use bytes or a number with K, M or G")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+    try:
+        return config.parse_size(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def mem_size(text: str) -> int:
     size = parse_size(text)
-    if size % MEM_ALIGN or not MIN_MEM <= size <= MAX_MEM:
+    try:
+        return config.check_mem(size)
+    except ConfigError:
         raise argparse.ArgumentTypeError(f"memory size {text!r} ({size} bytes) must be a multiple of 2 MiB "
-                                         "between 4M and 4G")
-    return size
+                                         "between 4M and 4G") from None
 
 
 def _count(what: str, low: int, high: int) -> Callable[[str], int]:
@@ -156,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         image = load_image(args.guest, args.mem, args.vcpus)
     except LoaderError as e:
-        return fail(STATUS_IMAGE, str(e))
+        return fail(Status.IMAGE, str(e))
     if args.nodes > 1:
         from hypervisor.cluster import launch_local
         return launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
@@ -165,30 +156,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=StdoutConsole(), verbose=args.verbose)
     except MachineError as e:
-        return fail(STATUS_HOST, f"cannot create the VM: {e}")
+        return fail(Status.HOST, f"cannot create the VM: {e}")
     try:
         result = machine.run()
     finally:
         machine.close()
-    if result.error or result.status == STATUS_INTERRUPTED:
+    if result.error or result.status == Status.INTERRUPTED:
         sys.stderr.write(f"ivyvm: {result.message}\n")
     return result.status
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from hypervisor.config import ConfigError, load_config
     from hypervisor.node import run_node
     try:
-        config = load_config(Path(args.config))
+        cluster = config.load_config(Path(args.config))
     except ConfigError as e:
         return usage_error(str(e))
-    if not 0 <= args.id < config.nnodes:
-        return usage_error(f"--id {args.id}: {args.config} describes nodes 0..{config.nnodes - 1}")
-    return run_node(config, args.id, args.verbose, args.stats)
+    if not 0 <= args.id < cluster.nnodes:
+        return usage_error(f"--id {args.id}: {args.config} describes nodes 0..{cluster.nnodes - 1}")
+    return run_node(cluster, args.id, args.verbose, args.stats)
 
 
 def usage_error(message: str) -> int:
-    return fail(STATUS_USAGE, message)
+    return fail(Status.USAGE, message)
 
 
 def fail(status: int, message: str) -> int:
@@ -202,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except KeyboardInterrupt:
-        return fail(STATUS_INTERRUPTED, "interrupted")
+        return fail(Status.INTERRUPTED, "interrupted")
 
 
 if __name__ == "__main__":

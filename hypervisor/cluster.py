@@ -22,12 +22,11 @@ from pathlib import Path
 
 from .config import SECRET_ENV, ClusterConfig, loopback_cluster
 from .handshake import listen
-from .node import LISTEN_FDS_ENV, say
+from .node import LISTEN_FDS_ENV, interrupt_on_signal, say
+from .status import Status
 
 # After node 0 has finished, the others get this long to leave by themselves.
 GRACE_SECONDS = 5.0
-STATUS_INTERRUPTED = 130
-STATUS_CLUSTER = 8
 
 _PR_SET_PDEATHSIG = 1
 
@@ -103,7 +102,7 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
             return _supervise(children)
         except KeyboardInterrupt:
             say("interrupted, stopping every node")
-            return STATUS_INTERRUPTED
+            return Status.INTERRUPTED
         finally:
             _close_all(listeners)
             _reap(children)
@@ -121,7 +120,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
     Node 0 must notice within GRACE_SECONDS: a node 0 that is wedged (stopped,
     or cut off from everything) must not keep `ivyvm run` waiting forever.
     """
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)
     try:
         head = children[0]
         failed_at: float | None = None
@@ -139,7 +138,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
                 node, code = lost
                 how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"stopped with status {code}"
                 say(f"node {node} {how} and node 0 did not stop within {GRACE_SECONDS:.0f} s; stopping every node")
-                return STATUS_CLUSTER
+                return Status.CLUSTER
             time.sleep(0.02)
         deadline = time.monotonic() + GRACE_SECONDS
         for child in children[1:]:
@@ -150,18 +149,14 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
                 pass
         if status < 0:
             say(f"node 0 was killed by {signal.Signals(-status).name}")
-            return STATUS_CLUSTER
+            return Status.CLUSTER
         return status
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 # A node other than node 0 ending this way means the cluster is failing, not finishing.
-_FAILURE_STATUSES = frozenset({STATUS_CLUSTER} | {-int(sig) for sig in signal.Signals})
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+_FAILURE_STATUSES = frozenset({Status.CLUSTER} | {-int(sig) for sig in signal.Signals})
 
 
 def _reap(children: list[subprocess.Popen[bytes]]) -> None:

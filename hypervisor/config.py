@@ -10,6 +10,7 @@ The secret never appears in the file or on a command line: it is read from
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from pathlib import Path
 SECRET_ENV = "IVYVM_SECRET"
 MAX_NODES = 64
 MAX_VCPUS = 64
+MIB = 1 << 20
+MIN_MEM, MAX_MEM, MEM_ALIGN = 4 * MIB, 4 << 30, 2 * MIB
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 READ_OWNERSHIP = ("giantvm", "ivy")
 MANAGERS = ("dynamic", "central", "fixed")
 # Every node must have joined within this many seconds of starting; on real
@@ -94,18 +98,20 @@ def contiguous_placement(vcpus: int, nnodes: int) -> list[tuple[int, ...]]:
 
 
 def parse_size(text: str | int) -> int:
-    """'64M', '1G', '4096K' or a plain number of bytes."""
+    """Bytes from '64M', '1G', '512K', '64MiB' or a plain byte count."""
     if isinstance(text, int):
         return text
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    raw = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = 1
-    if raw and raw[-1] in units:
-        scale = units[raw[-1]]
-        raw = raw[:-1]
-    if not raw.isdigit():
-        raise ConfigError(f"bad size {text!r}: expected a number with an optional K, M or G suffix")
-    return int(raw) * scale
+    match = re.fullmatch(r"\s*(\d+)\s*([KkMmGg]?)(?:i?B)?\s*", text)
+    if not match:
+        raise ConfigError(f"invalid size {text!r}: use bytes or a number with K, M or G")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def check_mem(size: int) -> int:
+    """Guest RAM size rule of the guest ABI (section 2)."""
+    if size % MEM_ALIGN or not MIN_MEM <= size <= MAX_MEM:
+        raise ConfigError(f"memory size {size} bytes must be a multiple of 2 MiB between 4M and 4G")
+    return size
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -147,7 +153,7 @@ def load_config(path: Path) -> ClusterConfig:
         raise ConfigError(f"{path}: [cluster] lacks {err.args[0]!r}") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: [cluster] vcpus must be a whole number") from None
-    mem = parse_size(cluster.get("mem", "64M"))
+    mem = check_mem(parse_size(cluster.get("mem", "64M")))
     setup_timeout = cluster.get("setup_timeout", DEFAULT_SETUP_TIMEOUT)
     if isinstance(setup_timeout, bool) or not isinstance(setup_timeout, (int, float)):
         raise ConfigError(f"{path}: [cluster] setup_timeout must be a number of seconds, not {setup_timeout!r}")

@@ -31,13 +31,9 @@ from hypervisor.kvm.exits import (FailEntry, Hlt, InternalError, Interrupted, Io
                                   MmioWrite, Shutdown, SystemEvent, Unknown, VmExit)
 from hypervisor.loader import Image, guest_area
 from hypervisor.memory import GuestMemoryError, GuestRam
+from hypervisor.status import Status
 
 # Exit statuses (guest ABI section 7).
-STATUS_GUEST_IO = 4
-STATUS_TRIPLE_FAULT = 5
-STATUS_ENTRY_FAILURE = 6
-STATUS_HOST = 7
-STATUS_INTERRUPTED = 130
 
 KICK_SIGNAL = signal.SIGUSR1
 
@@ -90,40 +86,40 @@ def handle_exit(exit: VmExit, vcpu: int, io: PortIo) -> Decision:
             for value in exit.values():
                 io.io(vcpu, exit.port, exit.size, True, value)
         except GuestIoError as e:
-            return GuestError(STATUS_GUEST_IO, str(e))
+            return GuestError(Status.GUEST_IO, str(e))
         return Resume()
     if isinstance(exit, IoIn):
         if exit.port in LOCAL_PORTS:
-            return GuestError(STATUS_GUEST_IO, f"unhandled port I/O: {describe_access(exit.port, exit.size, False, 0)}")
+            return GuestError(Status.GUEST_IO, f"unhandled port I/O: {describe_access(exit.port, exit.size, False, 0)}")
         data = bytearray()
         try:
             for _ in range(exit.count):
                 value = io.io(vcpu, exit.port, exit.size, False, 0) or 0
                 data += value.to_bytes(exit.size, "little")
         except GuestIoError as e:
-            return GuestError(STATUS_GUEST_IO, str(e))
+            return GuestError(Status.GUEST_IO, str(e))
         return Resume(bytes(data))
     if isinstance(exit, Hlt):
         return WaitHlt() if exit.interrupts_enabled else Park()
     if isinstance(exit, MmioRead):
-        return GuestError(STATUS_GUEST_IO, "MMIO", f"read of {exit.length} bytes at {exit.address:#x} (outside RAM)")
+        return GuestError(Status.GUEST_IO, "MMIO", f"read of {exit.length} bytes at {exit.address:#x} (outside RAM)")
     if isinstance(exit, MmioWrite):
         value = int.from_bytes(exit.data, "little")
-        return GuestError(STATUS_GUEST_IO, "MMIO",
+        return GuestError(Status.GUEST_IO, "MMIO",
                           f"write of {exit.length} bytes {value:#x} at {exit.address:#x} (outside RAM)")
     if isinstance(exit, Shutdown):
-        return GuestError(STATUS_TRIPLE_FAULT, "triple fault (shutdown exit)")
+        return GuestError(Status.TRIPLE_FAULT, "triple fault (shutdown exit)")
     if isinstance(exit, FailEntry):
-        return GuestError(STATUS_ENTRY_FAILURE, "VM entry failure",
+        return GuestError(Status.ENTRY_FAILURE, "VM entry failure",
                           f"hardware reason {exit.hardware_reason:#x} on host cpu {exit.cpu}")
     if isinstance(exit, InternalError):
         words = " ".join(f"{d:#x}" for d in exit.data)
-        return GuestError(STATUS_ENTRY_FAILURE, "KVM internal error",
+        return GuestError(Status.ENTRY_FAILURE, "KVM internal error",
                           f"suberror {exit.suberror}" + (f" data {words}" if words else ""))
     if isinstance(exit, SystemEvent):
-        return GuestError(STATUS_ENTRY_FAILURE, "unexpected system event", f"type {exit.type}")
+        return GuestError(Status.ENTRY_FAILURE, "unexpected system event", f"type {exit.type}")
     if isinstance(exit, Unknown):
-        return GuestError(STATUS_ENTRY_FAILURE, "unexpected exit",
+        return GuestError(Status.ENTRY_FAILURE, "unexpected exit",
                           f"reason {exit.reason} hardware reason {exit.hardware_reason:#x}")
     raise TypeError(f"not a VM exit: {exit!r}")
 
@@ -307,7 +303,7 @@ class Machine:
             while (result := self.wait(0.25)) is None:
                 pass
         except KeyboardInterrupt:
-            self.stop(STATUS_INTERRUPTED, "interrupted")
+            self.stop(Status.INTERRUPTED, "interrupted")
             result = self.wait()
             assert result is not None
         return result
@@ -338,7 +334,7 @@ class Machine:
 
     def __exit__(self, *exc: object) -> None:
         if self._started:
-            self.stop(STATUS_INTERRUPTED, "machine closed")
+            self.stop(Status.INTERRUPTED, "machine closed")
             self.wait()
         self.close()
 
@@ -366,9 +362,9 @@ class Machine:
                     self._count_parked()
                     slot.state = State.DONE
         except KvmError as e:
-            self.stop(STATUS_HOST, f"{self._who(slot.index)}: host error: {e}", error=True)
+            self.stop(Status.HOST, f"{self._who(slot.index)}: host error: {e}", error=True)
         except Exception as e:   # a bug here must stop the VM, not leave it half-running
-            self.stop(STATUS_HOST, f"{self._who(slot.index)}: internal error: {type(e).__name__}: {e}", error=True)
+            self.stop(Status.HOST, f"{self._who(slot.index)}: internal error: {type(e).__name__}: {e}", error=True)
         finally:
             with slot.kick_lock:
                 slot.exited = True

@@ -35,11 +35,7 @@ from .dsm import DsmError, DsmNode, DsmOptions
 from .handshake import ClusterShape, HandshakeError, connect_mesh, handshake, listen
 from .loader import Image, LoaderError, load_image
 from .machine import Machine, MachineError, RunResult
-
-STATUS_IMAGE = 3
-STATUS_HOST = 7
-STATUS_CLUSTER = 8
-STATUS_INTERRUPTED = 130
+from .status import Status
 
 HEARTBEAT_SECONDS = 0.25
 SILENCE_SECONDS = 2.0          # a control peer quiet this long is taken for dead
@@ -101,11 +97,11 @@ class Node:
         try:
             data = self.config.image.read_bytes()
         except OSError as err:
-            raise NodeError(STATUS_IMAGE, f"cannot read guest image {self.config.image}: {err.strerror}") from None
+            raise NodeError(Status.IMAGE, f"cannot read guest image {self.config.image}: {err.strerror}") from None
         try:
             image = load_image(self.config.image, self.config.mem, self.config.vcpus)
         except LoaderError as err:
-            raise NodeError(STATUS_IMAGE, str(err)) from None
+            raise NodeError(Status.IMAGE, str(err)) from None
         return image, hashlib.sha256(data).digest()
 
     def _create_machine(self, image: Image) -> Machine:
@@ -116,7 +112,7 @@ class Node:
                            console=StdoutConsole(), verbose=self.verbose, node=self.id,
                            on_all_parked=self._local_all_parked)
         except MachineError as err:
-            raise NodeError(STATUS_HOST, f"node {self.id}: {err}") from None
+            raise NodeError(Status.HOST, f"node {self.id}: {err}") from None
 
     def _open_listeners(self) -> tuple[socket.socket, socket.socket | None]:
         """Bound before anything else, so peers can already queue connections."""
@@ -157,7 +153,7 @@ class Node:
                 try:
                     sock, _ = listener.accept()
                 except (socket.timeout, OSError):
-                    raise NodeError(STATUS_CLUSTER, f"node 0: nodes {sorted(waiting)} never opened "
+                    raise NodeError(Status.CLUSTER, f"node 0: nodes {sorted(waiting)} never opened "
                                                     f"their control connection") from None
                 try:
                     peer = handshake(sock, self_id=0, shape=self.shape, secret=self.secret, initiator=False,
@@ -169,18 +165,18 @@ class Node:
                 sock.settimeout(self.config.setup_timeout)
                 frame = channel.receive()
                 if frame.type is not Msg.JOIN:
-                    raise NodeError(STATUS_CLUSTER, f"node {peer} sent {frame.type.name} instead of JOIN")
+                    raise NodeError(Status.CLUSTER, f"node {peer} sent {frame.type.name} instead of JOIN")
                 their_digest, vcpus, mem = control.JOIN.unpack(frame.payload)
                 if their_digest != digest:
                     line = (f"node {peer} runs a different guest image (sha256 {their_digest.hex()[:16]}..., "
                             f"node 0 has {digest.hex()[:16]}...)")
-                    channel.send(control.encode_status(Msg.STOP, STATUS_CLUSTER, line))
-                    raise NodeError(STATUS_CLUSTER, line)
+                    channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, line))
+                    raise NodeError(Status.CLUSTER, line)
                 if (vcpus, mem) != (self.config.vcpus, self.config.mem):
                     line = (f"node {peer} has {vcpus} vCPUs and {mem} bytes of RAM, node 0 has "
                             f"{self.config.vcpus} and {self.config.mem}")
-                    channel.send(control.encode_status(Msg.STOP, STATUS_CLUSTER, line))
-                    raise NodeError(STATUS_CLUSTER, line)
+                    channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, line))
+                    raise NodeError(Status.CLUSTER, line)
                 sock.settimeout(SILENCE_SECONDS)
                 self.channels[peer] = channel
                 waiting.discard(peer)
@@ -196,7 +192,7 @@ class Node:
                 break
             except OSError as err:
                 if time.monotonic() > deadline:
-                    raise NodeError(STATUS_CLUSTER, f"node {self.id}: cannot reach node 0's control port "
+                    raise NodeError(Status.CLUSTER, f"node {self.id}: cannot reach node 0's control port "
                                                     f"{host}:{port}: {err.strerror or err}") from None
                 time.sleep(0.05)
         handshake(sock, self_id=self.id, shape=self.shape, secret=self.secret, initiator=True, expected={0},
@@ -209,7 +205,7 @@ class Node:
             status, line = control.decode_status(frame)
             raise NodeError(status, f"node {self.id}: refused by node 0: {line}")
         if frame.type is not Msg.GO:
-            raise NodeError(STATUS_CLUSTER, f"node 0 sent {frame.type.name} instead of GO")
+            raise NodeError(Status.CLUSTER, f"node 0 sent {frame.type.name} instead of GO")
         sock.settimeout(SILENCE_SECONDS)
         self.channels[0] = channel
 
@@ -243,11 +239,11 @@ class Node:
             finally:
                 self._shutdown()
         except (HandshakeError, DsmError, ControlError, ConfigError) as err:
-            return _report(STATUS_CLUSTER, str(err))
+            return _report(Status.CLUSTER, str(err))
         except NodeError as err:
             return _report(err.status, str(err))
         except KeyboardInterrupt:
-            return STATUS_INTERRUPTED
+            return Status.INTERRUPTED
 
     def _finish(self, result: RunResult) -> int:
         """Turn the local machine's end into the cluster's: report once, stop the others."""
@@ -264,21 +260,21 @@ class Node:
         if self._stop_from_node0 is not None and not result.error:
             status, line = self._stop_from_node0
             # A lost node concerns every host's operator; a guest error is said once, by node 0.
-            if status == STATUS_CLUSTER:
+            if status == Status.CLUSTER:
                 _report(status, f"node {self.id}: stopped by node 0: {line}")
             return status
         # Node 0 reports guest errors once; a lost node is also said here,
         # since this node's operator may be on another host. Ctrl-C here is
         # said by node 0 only: this node's operator knows.
         message = result.message
-        if result.status == STATUS_INTERRUPTED:
+        if result.status == Status.INTERRUPTED:
             message = f"node {self.id}: interrupted"
-        elif result.status == STATUS_CLUSTER and result.error:
+        elif result.status == Status.CLUSTER and result.error:
             _report(result.status, message)
         try:
             self.channels[0].send(control.encode_status(Msg.FAILED, result.status, message))
         except (OSError, KeyError):
-            if result.status not in (STATUS_CLUSTER, STATUS_INTERRUPTED):
+            if result.status not in (Status.CLUSTER, Status.INTERRUPTED):
                 _report(result.status, message)
         return result.status
 
@@ -310,7 +306,7 @@ class Node:
     def _lost(self, line: str) -> None:
         assert self.machine is not None
         if not self._closing.is_set():
-            self.machine.stop(STATUS_CLUSTER, line, error=True)
+            self.machine.stop(Status.CLUSTER, line, error=True)
 
     def _watch_dsm(self) -> None:
         assert self.dsm is not None
@@ -386,7 +382,7 @@ class Node:
             self._node_parked(channel.peer)
         elif kind is Msg.FAILED and self.id == 0:
             status, line = control.decode_status(frame)
-            if status == STATUS_CLUSTER:
+            if status == Status.CLUSTER:
                 # Node k has said that line itself (see _finish); node 0 says its own.
                 line = f"node 0: stopped by node {channel.peer}: {line}"
             self.machine.stop(status, line, error=True)
@@ -490,13 +486,14 @@ def say(line: str) -> None:
         pass      # nobody reads stderr any more; the exit status still tells
 
 
-def _terminate(signum: int, frame: object) -> None:
+def interrupt_on_signal(signum: int, frame: object) -> None:
+    """Signal handler: SIGTERM takes the same clean path as Ctrl-C."""
     raise KeyboardInterrupt
 
 
 def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: bool = False) -> int:
     """Entry point of ``ivyvm node``: SIGTERM behaves as Ctrl-C (stop, status 130)."""
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, interrupt_on_signal)
     try:
         secret = config.read_secret()
     except ConfigError as err:

@@ -25,7 +25,7 @@ def test_parse_size_units() -> None:
     assert parse_size("1G") == 1 << 30
     assert parse_size("4096") == 4096
     assert parse_size("2MiB") == 2 << 20
-    with pytest.raises(ConfigError, match="bad size"):
+    with pytest.raises(ConfigError, match="invalid size"):
         parse_size("lots")
 
 
@@ -97,3 +97,10 @@ def test_loopback_cluster_rejects_more_nodes_than_vcpus() -> None:
     config = loopback_cluster(Path("g"), vcpus=4, mem=64 << 20, nnodes=2, ports=[(1000, 2000), (1002, 2002)])
     assert [n.vcpus for n in config.nodes] == [(0, 1), (2, 3)]
     assert config.nodes[1].control_address == ("127.0.0.1", 2002)
+
+
+def test_config_ram_size_follows_the_abi_rule(tmp_path: Path) -> None:
+    body = '[cluster]\nimage = "g"\nvcpus = 1\nmem = "{}"\n[[node]]\naddress = "127.0.0.1:7000"\n'
+    with pytest.raises(ConfigError, match="multiple of 2 MiB"):
+        load_config(write(tmp_path, body.format("65M")))
+    assert load_config(write(tmp_path, body.format("4M"))).mem == 4 << 20
