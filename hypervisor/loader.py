@@ -5,6 +5,8 @@ and always produces exactly one line (LoaderError's message).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ class Segment:
 class Image:
     entry: int
     segments: tuple[Segment, ...]
+    digest: bytes = b""   # sha256 of the file: nodes of one cluster must run the same image
 
     def write_to(self, ram: "GuestRam") -> set[int]:
         """Copy the segments into RAM via the VMM view; return the 4 KiB page numbers written.
@@ -123,6 +126,7 @@ def load_image(path: str | Path, ram_size: int, vcpus: int) -> Image:
     except OSError as e:
         raise LoaderError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        return parse_image(data, ram_size, vcpus)
+        image = parse_image(data, ram_size, vcpus)
     except LoaderError as e:
         raise LoaderError(f"{path}: {e}") from None
+    return dataclasses.replace(image, digest=hashlib.sha256(data).digest())

@@ -17,7 +17,6 @@ A guest error on node k is sent to node 0, which reports it once.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -93,16 +92,11 @@ class Node:
         self._threads: list[threading.Thread] = []
 
     # --- start-up -----------------------------------------------------------
-    def _load(self) -> tuple[Image, bytes]:
+    def _load(self) -> Image:
         try:
-            data = self.config.image.read_bytes()
-        except OSError as err:
-            raise NodeError(Status.IMAGE, f"cannot read guest image {self.config.image}: {err.strerror}") from None
-        try:
-            image = load_image(self.config.image, self.config.mem, self.config.vcpus)
+            return load_image(self.config.image, self.config.mem, self.config.vcpus)
         except LoaderError as err:
             raise NodeError(Status.IMAGE, str(err)) from None
-        return image, hashlib.sha256(data).digest()
 
     def _create_machine(self, image: Image) -> Machine:
         is_head = self.id == 0
@@ -212,7 +206,8 @@ class Node:
     # --- running ------------------------------------------------------------
     def run(self) -> int:
         try:
-            image, digest = self._load()
+            image = self._load()
+            digest = image.digest
             dsm_listener, control_listener = self._open_listeners()
             try:
                 self.machine = machine = self._create_machine(image)
