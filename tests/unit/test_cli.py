@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pytest
 
-from hypervisor import cli
+from hypervisor import cli, entry
 
 
 @pytest.mark.parametrize("text, size", [
@@ -102,3 +103,31 @@ def test_refused_image_is_status_3_before_kvm(tmp_path: Path, capsys: pytest.Cap
     assert "bogus.elf: not an ELF file" in err and err.count("\n") == 1
     assert cli.main(["run", str(tmp_path / "absent.elf")]) == 3
     assert "cannot read" in capsys.readouterr().err
+
+
+class _InterruptingFinder:
+    """Raises KeyboardInterrupt while `name` is being imported, as a Ctrl-C during start-up does."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        if fullname == self.name:
+            raise KeyboardInterrupt
+        return None
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_is_one_line_and_status_130(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delitem(sys.modules, "hypervisor.cli")
+    monkeypatch.setattr(sys, "meta_path", [_InterruptingFinder("hypervisor.cli"), *sys.meta_path])
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "ivyvm: interrupted\n"
+
+
+def test_the_console_script_runs_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["ivyvm", "run", "g.elf", "--vcpus", "0"])
+    with pytest.raises(SystemExit) as stop:
+        entry.main()
+    assert stop.value.code == 2
+    assert "--vcpus" in capsys.readouterr().err
