@@ -115,6 +115,8 @@ int ivy_bench_tcp_ping_epoll(int fd, uint64_t n, uint64_t *out_ns);
 int ivy_bench_tcp_pong_epoll(int fd, uint64_t n);
 int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns);
 int ivy_bench_bound_owner(int fd);
+enum { IVY_MECH_WP_SET, IVY_MECH_WP_CLEAR, IVY_MECH_ZAP, IVY_MECH_CONTINUE, IVY_MECH_COPY, IVY_MECH_COUNT };
+int ivy_bench_mechanisms(unsigned npages, uint64_t *out_ns);
 """
 
 ffibuilder = FFI()

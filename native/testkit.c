@@ -140,30 +140,33 @@ int ivy_test_pingpong(uint64_t addr, int self, uint64_t rounds, uint64_t *out_ns
 
 /* ---- floors for the benchmark ------------------------------------------ */
 
-/* One page of the benchmarks: a memfd, its guest view registered with a
- * blocking userfaultfd, and a VMM view (already holding a byte, so the page
+/* Pages of the benchmarks: a memfd, its guest view registered with a
+ * blocking userfaultfd, and a VMM view (already holding bytes, so every page
  * is in the page cache and the guest view's first touch is a MINOR fault). */
 struct bench_page {
     int memfd, uffd;
     uint8_t *guest, *vmm;
+    size_t size;
 };
 
-static int bench_page_open(struct bench_page *p, uint64_t modes)
+static int bench_page_open(struct bench_page *p, unsigned npages, uint64_t modes)
 {
-    *p = (struct bench_page){-1, -1, MAP_FAILED, MAP_FAILED};
+    size_t size = (size_t)npages * IVY_PAGE_SIZE;
+    *p = (struct bench_page){-1, -1, MAP_FAILED, MAP_FAILED, size};
     p->memfd = memfd_create("ivy-bench", MFD_CLOEXEC);
-    if (p->memfd < 0 || ftruncate(p->memfd, IVY_PAGE_SIZE))
+    if (p->memfd < 0 || ftruncate(p->memfd, (off_t)size))
         return -1;
-    p->guest = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, p->memfd, 0);
-    p->vmm = mmap(NULL, IVY_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, p->memfd, 0);
+    p->guest = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, p->memfd, 0);
+    p->vmm = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, p->memfd, 0);
     if (p->guest == MAP_FAILED || p->vmm == MAP_FAILED)
         return -1;
-    p->vmm[0] = 1;
+    for (size_t off = 0; off < size; off += IVY_PAGE_SIZE)
+        p->vmm[off] = 1;
     p->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
     struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM};
     if (p->uffd < 0 || ioctl(p->uffd, UFFDIO_API, &api))
         return -1;
-    struct uffdio_register reg = {{(uint64_t)(uintptr_t)p->guest, IVY_PAGE_SIZE}, modes, 0};
+    struct uffdio_register reg = {{(uint64_t)(uintptr_t)p->guest, size}, modes, 0};
     return ioctl(p->uffd, UFFDIO_REGISTER, &reg) ? -1 : 0;
 }
 
@@ -172,9 +175,9 @@ static void bench_page_close(struct bench_page *p)
     if (p->uffd >= 0)
         close(p->uffd);
     if (p->guest != MAP_FAILED)
-        munmap(p->guest, IVY_PAGE_SIZE);
+        munmap(p->guest, p->size);
     if (p->vmm != MAP_FAILED)
-        munmap(p->vmm, IVY_PAGE_SIZE);
+        munmap(p->vmm, p->size);
     if (p->memfd >= 0)
         close(p->memfd);
 }
@@ -230,7 +233,7 @@ int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
     struct floor_ctx f = {-1, 0};
     pthread_t t;
     int rc = -1;
-    if (bench_page_open(&p, UFFDIO_REGISTER_MODE_MINOR))
+    if (bench_page_open(&p, 1, UFFDIO_REGISTER_MODE_MINOR))
         goto out;
     f.uffd = p.uffd;
     if (pthread_create(&t, NULL, floor_server, &f))
@@ -352,9 +355,9 @@ int ivy_bench_tcp_pong_epoll(int fd, uint64_t n)
  * cheapest means there is. A handler thread sleeps in read() on a blocking
  * userfaultfd, sends 56 bytes and waits for the answer in a blocking recv()
  * (the thread that asked is the one the answer wakes); the owner process,
- * asleep in recv(), write-protects its mapped copy (as an owner must before
- * the bytes leave; set and cleared on alternate requests, one ioctl each)
- * and sends 56 + 4096 bytes; the handler copies the page into the memfd and
+ * asleep in recv(), write-protects its mapped, written copy (as an owner must
+ * before the bytes leave: a downgrade, so the TLB is flushed) and sends
+ * 56 + 4096 bytes; the handler copies the page into the memfd and
  * CONTINUEs. No engine, one page, one peer: a node cannot be built like
  * this, since while it waits for one answer it serves nothing else. It shows
  * what any runtime on this host can hope for (docs/dsm.md, "What was measured").
@@ -408,7 +411,7 @@ int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns)
     struct bound_ctx b = {-1, fd, NULL, 0, 0, 0};
     pthread_t t;
     int rc = -1;
-    if (bench_page_open(&p, UFFDIO_REGISTER_MODE_MINOR))
+    if (bench_page_open(&p, 1, UFFDIO_REGISTER_MODE_MINOR))
         goto out;
     b.uffd = p.uffd;
     b.vmm = p.vmm;
@@ -423,26 +426,90 @@ out:
     return rc;
 }
 
-/* Owner side: answer requests until the requester closes the connection. */
+/* Owner side: answer requests until the requester closes the connection.
+ * Each request downgrades a different writable page, as the DSM's owner of
+ * many written pages does; once all were sent, one ioctl and a store per
+ * page make them writable and written again (amortised over the round). */
+#define BOUND_OWNER_PAGES 256u
+
+static int bound_owner_rearm(struct bench_page *p)
+{
+    struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)p->guest, p->size}, 0};
+    if (ioctl(p->uffd, UFFDIO_WRITEPROTECT, &wp))
+        return -1;
+    for (size_t off = 0; off < p->size; off += IVY_PAGE_SIZE)
+        *(volatile uint8_t *)(p->guest + off) = 2;
+    return 0;
+}
+
 int ivy_bench_bound_owner(int fd)
 {
     struct bench_page p;
     uint8_t req[56], hdr[56] = {0};
     int rc = -1;
-    if (bench_page_open(&p, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
+    if (bench_page_open(&p, BOUND_OWNER_PAGES, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
         goto out;
-    struct uffdio_continue c = {{(uint64_t)(uintptr_t)p.guest, IVY_PAGE_SIZE}, 0, 0};
-    if (ioctl(p.uffd, UFFDIO_CONTINUE, &c))
+    struct uffdio_continue c = {{(uint64_t)(uintptr_t)p.guest, p.size}, 0, 0};
+    if (ioctl(p.uffd, UFFDIO_CONTINUE, &c) || bound_owner_rearm(&p))
         goto out;
     for (uint64_t i = 0; full_io(fd, req, sizeof req, false) == 0; i++) {
-        struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)p.guest, IVY_PAGE_SIZE},
-                                         i & 1 ? 0 : UFFDIO_WRITEPROTECT_MODE_WP};
+        size_t off = (size_t)(i % BOUND_OWNER_PAGES) * IVY_PAGE_SIZE;
+        if (i && off == 0 && bound_owner_rearm(&p))
+            goto out;
+        struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)(p.guest + off), IVY_PAGE_SIZE},
+                                         UFFDIO_WRITEPROTECT_MODE_WP};
         if (ioctl(p.uffd, UFFDIO_WRITEPROTECT, &wp))
             goto out;
-        struct iovec iov[2] = {{hdr, sizeof hdr}, {p.vmm, IVY_PAGE_SIZE}};
+        struct iovec iov[2] = {{hdr, sizeof hdr}, {p.vmm + off, IVY_PAGE_SIZE}};
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
         if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)(sizeof hdr + IVY_PAGE_SIZE))
             goto out;
+    }
+    rc = 0;
+out:
+    bench_page_close(&p);
+    return rc;
+}
+
+/*
+ * What each step a remote fault cannot skip costs on this host, timed alone
+ * on distinct pages (the DSM's faults touch many): the owner's downgrade of a
+ * written page before its bytes leave (a TLB flush), the upgrade, the zap of
+ * a write fault, the requester's CONTINUE, and the 4 KiB copy into the VMM
+ * view. The floors contain none of them; docs/dsm.md adds them up.
+ */
+int ivy_bench_mechanisms(unsigned npages, uint64_t *out_ns)
+{
+    static uint8_t src[IVY_PAGE_SIZE];
+    struct bench_page p;
+    int rc = -1;
+    if (!npages || bench_page_open(&p, npages, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
+        goto out;
+    struct uffdio_continue all = {{(uint64_t)(uintptr_t)p.guest, p.size}, 0, 0};
+    if (ioctl(p.uffd, UFFDIO_CONTINUE, &all))
+        goto out;
+    for (size_t off = 0; off < p.size; off += IVY_PAGE_SIZE)
+        *(volatile uint8_t *)(p.guest + off) = 2; /* written: the downgrade must flush */
+    for (unsigned k = 0; k < IVY_MECH_COUNT; k++) {
+        for (unsigned i = 0; i < npages; i++) {
+            uint8_t *guest = p.guest + (size_t)i * IVY_PAGE_SIZE;
+            struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)guest, IVY_PAGE_SIZE},
+                                             k == IVY_MECH_WP_SET ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
+            struct uffdio_continue c = {{(uint64_t)(uintptr_t)guest, IVY_PAGE_SIZE}, 0, 0};
+            uint64_t t0 = now_ns();
+            int r = 0;
+            if (k == IVY_MECH_WP_SET || k == IVY_MECH_WP_CLEAR)
+                r = ioctl(p.uffd, UFFDIO_WRITEPROTECT, &wp);
+            else if (k == IVY_MECH_ZAP)
+                r = madvise(guest, IVY_PAGE_SIZE, MADV_DONTNEED);
+            else if (k == IVY_MECH_CONTINUE)
+                r = ioctl(p.uffd, UFFDIO_CONTINUE, &c);
+            else
+                memcpy(p.vmm + (size_t)i * IVY_PAGE_SIZE, src, IVY_PAGE_SIZE);
+            out_ns[(size_t)k * npages + i] = now_ns() - t0;
+            if (r)
+                goto out;
+        }
     }
     rc = 0;
 out:

@@ -20,5 +20,9 @@ int ivy_bench_tcp_ping_epoll(int fd, uint64_t n, uint64_t *out_ns);
 int ivy_bench_tcp_pong_epoll(int fd, uint64_t n);
 int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns);
 int ivy_bench_bound_owner(int fd);
+/* Each mechanism of the fault path timed alone, on npages distinct pages:
+ * out_ns[k * npages + i] for k = IVY_MECH_* below. 0, or -1 if the set-up failed. */
+enum { IVY_MECH_WP_SET, IVY_MECH_WP_CLEAR, IVY_MECH_ZAP, IVY_MECH_CONTINUE, IVY_MECH_COPY, IVY_MECH_COUNT };
+int ivy_bench_mechanisms(unsigned npages, uint64_t *out_ns);
 
 #endif

@@ -21,12 +21,13 @@ class WorkerError(Exception):
 
 
 class Worker:
-    def __init__(self, node: int, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, node: int, prefix: Sequence[str] = (), cpu: int | None = None) -> None:
         self.node = node
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
         self.proc = subprocess.Popen([*prefix, sys.executable, str(WORKER)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-                                     bufsize=1)
+                                     bufsize=1, preexec_fn=pin)
 
     def send(self, cmd: str, **fields: Any) -> None:
         assert self.proc.stdin is not None
@@ -83,18 +84,19 @@ class Cluster:
     """N node processes with RAM of `pages` pages, meshed and started.
 
     `image` maps pages to a 64-bit value node 0 writes through its VMM view
-    and marks loaded before start, as the ELF loader does."""
+    and marks loaded before start, as the ELF loader does; `cpus[i]` pins
+    node i's process to one CPU (the benchmark's placements)."""
 
     def __init__(self, nnodes: int, pages: int = 256, options: dict | None = None,
                  hosts: Sequence[str] | None = None, prefixes: Sequence[Sequence[str]] | None = None,
-                 image: dict[int, int] | None = None) -> None:
+                 image: dict[int, int] | None = None, cpus: Sequence[int] | None = None) -> None:
         self.nnodes = nnodes
         self.workers: list[Worker] = []
         secret = secrets.token_hex(32)
         hosts = hosts or ["127.0.0.1"] * nnodes
         try:
             for i in range(nnodes):
-                self.workers.append(Worker(i, prefixes[i] if prefixes else ()))
+                self.workers.append(Worker(i, prefixes[i] if prefixes else (), cpus[i] if cpus else None))
             for i, w in enumerate(self.workers):
                 w.send("init", node=i, nnodes=nnodes, pages=pages, secret=secret, options=options or {},
                        host=hosts[i])
