@@ -209,14 +209,17 @@ def print_rest(results: dict[str, Any]) -> None:
             print(f"{label + f' <= {TARGETS[key]} x floor':30s}{cells}")
 
 
+def shared_placement(cpus: list[int]) -> Placement:
+    return Placement("shared", f"every node on CPU {cpus[0]}: the serving node's work is on the "
+                     "faulting node's critical path", (cpus[0],))
+
+
 def placements(cpus: list[int], which: str) -> tuple[list[Placement], str | None]:
-    shared = Placement("shared", f"both nodes on CPU {cpus[0]}: the serving node's work is on the "
-                       "faulting node's critical path", (cpus[0],))
-    chosen = [shared] if which in ("shared", "both") else []
+    chosen = [shared_placement(cpus)] if which in ("shared", "both") else []
     note = None
     if which in ("per-node", "both"):
         if len(cpus) < 2:
-            note = "placement per-node skipped: it needs 2 CPUs and only CPU {} is usable".format(cpus[0])
+            note = f"placement per-node skipped: it needs 2 CPUs and has only CPU {cpus[0]}"
         else:
             chosen.append(Placement("per-node", f"node 0 on CPU {cpus[0]}, node 1 on CPU {cpus[1]}, as on "
                                     "separate hosts: the sides run concurrently, a message wakes an idle CPU",
@@ -280,7 +283,7 @@ def run(args: argparse.Namespace, cpus: list[int]) -> int:
 
     # Contention and the protocol options compare runs with each other; one CPU for every node
     # makes them steadiest.
-    shared = Placement("shared", "every node on one CPU", (cpus[0],))
+    shared = shared_placement(cpus)
     results["shared_placement"] = f"shared, CPU {cpus[0]}"
     holds = sorted({0, base.get("hold_us", hold_default)})
     results["contention"] = {str(h): contention({**base, "hold_us": h}, shared, iters=500 if args.quick else 3000)

@@ -9,11 +9,12 @@ always compared with each other, never across placements.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from hypervisor._ivy_native import ffi, lib
 
@@ -44,6 +45,17 @@ def summary(ns: list[int]) -> dict[str, float]:
             "p99_us": s[min(len(s) - 1, int(len(s) * 0.99))] / 1000, "min_us": s[0] / 1000}
 
 
+@contextlib.contextmanager
+def on_cpu(cpu: int) -> Iterator[None]:
+    """The body runs pinned to one CPU; this process's affinity is restored after."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 def _warm(ns: Any, n: int) -> dict[str, float]:
     return summary(list(ns)[n // 10:])  # the first touches warm caches
 
@@ -51,13 +63,9 @@ def _warm(ns: Any, n: int) -> dict[str, float]:
 def uffd_floor(n: int, where: Placement) -> dict[str, float]:
     """Bare MINOR fault round trip: zap, touch, a thread asleep in read() CONTINUEs (one CPU: node 0's)."""
     out = ffi.new("uint64_t[]", n)
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {where.faulting_cpu})
-    try:
+    with on_cpu(where.faulting_cpu):
         if lib.ivy_bench_uffd_floor(n, out) != 0:
             raise SystemExit("bare userfaultfd floor failed: userfaultfd with MINOR faults on a memfd is needed")
-    finally:
-        os.sched_setaffinity(0, saved)
     return _warm(out, n)
 
 
@@ -68,7 +76,6 @@ def over_loopback(serve: Callable[[int], int], measure: Callable[[int], int], wh
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     port = listener.getsockname()[1]
-    saved = os.sched_getaffinity(0)
     pid = os.fork()
     if pid == 0:
         try:
@@ -79,15 +86,14 @@ def over_loopback(serve: Callable[[int], int], measure: Callable[[int], int], wh
         finally:
             os._exit(0)
     try:
-        os.sched_setaffinity(0, {where.faulting_cpu})
-        conn, _ = listener.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        rc = measure(conn.fileno())
-        conn.close()  # a server that answers until EOF stops here
+        with on_cpu(where.faulting_cpu):
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            rc = measure(conn.fileno())
+            conn.close()  # a server that answers until EOF stops here
     finally:
         os.waitpid(pid, 0)
         listener.close()
-        os.sched_setaffinity(0, saved)
     return rc
 
 
@@ -121,11 +127,7 @@ MECHANISMS = ("downgrade a written page (WRITEPROTECT set)", "upgrade (WRITEPROT
 def mechanisms(npages: int, where: Placement) -> dict[str, dict[str, float]]:
     """Each step a remote fault adds to the floors, timed alone on distinct pages (node 0's CPU)."""
     out = ffi.new("uint64_t[]", len(MECHANISMS) * npages)
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {where.faulting_cpu})
-    try:
+    with on_cpu(where.faulting_cpu):
         if lib.ivy_bench_mechanisms(npages, out) != 0:
             raise SystemExit("timing the userfaultfd mechanisms failed")
-    finally:
-        os.sched_setaffinity(0, saved)
     return {name: summary(list(out[k * npages:(k + 1) * npages])) for k, name in enumerate(MECHANISMS)}
