@@ -143,16 +143,16 @@ int ivy_test_pingpong(uint64_t addr, int self, uint64_t rounds, uint64_t *out_ns
 /* Pages of the benchmarks: a memfd, its guest view registered with a
  * blocking userfaultfd, and a VMM view (already holding bytes, so every page
  * is in the page cache and the guest view's first touch is a MINOR fault). */
-struct bench_page {
+struct bench_region {
     int memfd, uffd;
     uint8_t *guest, *vmm;
     size_t size;
 };
 
-static int bench_page_open(struct bench_page *p, unsigned npages, uint64_t modes)
+static int bench_region_open(struct bench_region *p, unsigned npages, uint64_t modes)
 {
     size_t size = (size_t)npages * IVY_PAGE_SIZE;
-    *p = (struct bench_page){-1, -1, MAP_FAILED, MAP_FAILED, size};
+    *p = (struct bench_region){-1, -1, MAP_FAILED, MAP_FAILED, size};
     p->memfd = memfd_create("ivy-bench", MFD_CLOEXEC);
     if (p->memfd < 0 || ftruncate(p->memfd, (off_t)size))
         return -1;
@@ -170,7 +170,7 @@ static int bench_page_open(struct bench_page *p, unsigned npages, uint64_t modes
     return ioctl(p->uffd, UFFDIO_REGISTER, &reg) ? -1 : 0;
 }
 
-static void bench_page_close(struct bench_page *p)
+static void bench_region_close(struct bench_region *p)
 {
     if (p->uffd >= 0)
         close(p->uffd);
@@ -185,7 +185,7 @@ static void bench_page_close(struct bench_page *p)
 /* n timed MINOR faults on the page, plus one untimed last fault raised with
  * *done set so the serving thread sees it and leaves; stops early once
  * *failed (if given) turns non-zero. */
-static void timed_faults(struct bench_page *p, uint64_t n, uint64_t *out_ns, volatile int *done,
+static void timed_faults(struct bench_region *p, uint64_t n, uint64_t *out_ns, volatile int *done,
                          volatile int *failed)
 {
     for (uint64_t i = 0; i <= n && !(failed && *failed); i++) {
@@ -229,11 +229,11 @@ static void *floor_server(void *arg)
 /* Bare MINOR fault round trip: zap, touch, a thread asleep in read() CONTINUEs. */
 int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
 {
-    struct bench_page p;
+    struct bench_region p;
     struct floor_ctx f = {-1, 0};
     pthread_t t;
     int rc = -1;
-    if (bench_page_open(&p, 1, UFFDIO_REGISTER_MODE_MINOR))
+    if (bench_region_open(&p, 1, UFFDIO_REGISTER_MODE_MINOR))
         goto out;
     f.uffd = p.uffd;
     if (pthread_create(&t, NULL, floor_server, &f))
@@ -242,7 +242,7 @@ int ivy_bench_uffd_floor(uint64_t n, uint64_t *out_ns)
     pthread_join(t, NULL);
     rc = 0;
 out:
-    bench_page_close(&p);
+    bench_region_close(&p);
     return rc;
 }
 
@@ -407,11 +407,11 @@ static void *bound_handler(void *arg)
 /* Requester side: n timed faults on one page; fd is connected to the owner. */
 int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns)
 {
-    struct bench_page p;
+    struct bench_region p;
     struct bound_ctx b = {-1, fd, NULL, 0, 0, 0};
     pthread_t t;
     int rc = -1;
-    if (bench_page_open(&p, 1, UFFDIO_REGISTER_MODE_MINOR))
+    if (bench_region_open(&p, 1, UFFDIO_REGISTER_MODE_MINOR))
         goto out;
     b.uffd = p.uffd;
     b.vmm = p.vmm;
@@ -422,7 +422,7 @@ int ivy_bench_bound_fault(int fd, uint64_t n, uint64_t *out_ns)
     pthread_join(t, NULL);
     rc = b.rc;
 out:
-    bench_page_close(&p);
+    bench_region_close(&p);
     return rc;
 }
 
@@ -432,7 +432,7 @@ out:
  * page make them writable and written again (amortised over the round). */
 #define BOUND_OWNER_PAGES 256u
 
-static int bound_owner_rearm(struct bench_page *p)
+static int bound_owner_rearm(struct bench_region *p)
 {
     struct uffdio_writeprotect wp = {{(uint64_t)(uintptr_t)p->guest, p->size}, 0};
     if (ioctl(p->uffd, UFFDIO_WRITEPROTECT, &wp))
@@ -444,10 +444,10 @@ static int bound_owner_rearm(struct bench_page *p)
 
 int ivy_bench_bound_owner(int fd)
 {
-    struct bench_page p;
+    struct bench_region p;
     uint8_t req[56], hdr[56] = {0};
     int rc = -1;
-    if (bench_page_open(&p, BOUND_OWNER_PAGES, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
+    if (bench_region_open(&p, BOUND_OWNER_PAGES, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
         goto out;
     struct uffdio_continue c = {{(uint64_t)(uintptr_t)p.guest, p.size}, 0, 0};
     if (ioctl(p.uffd, UFFDIO_CONTINUE, &c) || bound_owner_rearm(&p))
@@ -467,7 +467,7 @@ int ivy_bench_bound_owner(int fd)
     }
     rc = 0;
 out:
-    bench_page_close(&p);
+    bench_region_close(&p);
     return rc;
 }
 
@@ -481,9 +481,11 @@ out:
 int ivy_bench_mechanisms(unsigned npages, uint64_t *out_ns)
 {
     static uint8_t src[IVY_PAGE_SIZE];
-    struct bench_page p;
+    struct bench_region p;
     int rc = -1;
-    if (!npages || bench_page_open(&p, npages, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
+    if (!npages)
+        return -1;
+    if (bench_region_open(&p, npages, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
         goto out;
     struct uffdio_continue all = {{(uint64_t)(uintptr_t)p.guest, p.size}, 0, 0};
     if (ioctl(p.uffd, UFFDIO_CONTINUE, &all))
@@ -513,6 +515,6 @@ int ivy_bench_mechanisms(unsigned npages, uint64_t *out_ns)
     }
     rc = 0;
 out:
-    bench_page_close(&p);
+    bench_region_close(&p);
     return rc;
 }

@@ -1,0 +1,52 @@
+"""`make bench` keeps working: a quick run of the DSM benchmark reports every figure.
+
+This checks the harness, not the speed: no figure is held to a target here
+(speed goals live in `make bench`, never in a test). What is checked is what
+does not depend on the host: every placement the CPUs allow ran, every
+figure exists and is a time, the message counts are the protocol's, and the
+contended counter came out exact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+import dsm_bench  # noqa: E402
+from floors import MECHANISMS  # noqa: E402
+
+LATENCIES = ("read_fault", "write_fault", "write_after_read", "pingpong")
+
+
+def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> None:
+    out = tmp_path / "dsm.json"
+    assert dsm_bench.main(["--quick", "--repeat", "1", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+
+    expected = ["shared", "per-node"] if len(os.sched_getaffinity(0)) >= 2 else ["shared"]
+    assert list(results["placements"]) == expected
+    for name, placement in results["placements"].items():
+        floors = placement["floors"]
+        for key in ("uffd_fault", "tcp_rtt_4k", "tcp_rtt_4k_epoll", "remote_fault_bound"):
+            assert floors[key]["median_us"] > 0, (name, key)
+        assert floors["remote_fault_floor_us"] == floors["uffd_fault"]["median_us"] + floors["tcp_rtt_4k"]["median_us"]
+        run = placement["default"]
+        assert run["errors"] == [], (name, run["errors"])
+        for key in LATENCIES:
+            assert 0 < run[key]["median_us"] <= run[key]["p99_us"], (name, key)
+        # 2 nodes: a fault is a request and its reply; the write after a read is the
+        # reader, now owner, invalidating the old owner's copy and taking its ack.
+        for key in ("read_fault", "write_fault", "write_after_read"):
+            assert run[key]["messages_per_fault"] == 2.0, (name, key)
+        assert placement["ratios"]["read_fault_vs_floor"] > 0
+    assert list(results["placements"]["shared"]["mechanisms"]) == list(MECHANISMS)
+    assert all(m["median_us"] > 0 for m in results["placements"]["shared"]["mechanisms"].values())
+
+    assert results["contention"] and all(c["exact"] and not c["errors"] for c in results["contention"].values())
+    assert len(results["options"]) == 6
+    for name, option in results["options"].items():
+        assert not option["errors"], (name, option["errors"])
+        assert option["read_fault"]["messages_per_fault"] >= 2.0, name
