@@ -76,6 +76,16 @@ vcpu_count = _count("vCPU", MIN_VCPUS, MAX_VCPUS)
 node_count = _count("node", 1, MAX_VCPUS)
 
 
+def microseconds(text: str) -> int:
+    try:
+        us = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid microseconds {text!r}: a whole number is needed") from None
+    if not 0 <= us <= config.MAX_TUNING_US:
+        raise argparse.ArgumentTypeError(f"{us} us outside 0..{config.MAX_TUNING_US}")
+    return us
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="ivyvm", description="A small KVM hypervisor whose guests can span several hosts.",
                      epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,6 +108,12 @@ def build_parser() -> _Parser:
     run.add_argument("--manager", choices=MANAGERS, default="dynamic",
                      help="with --nodes: how a fault finds a page's owner: probable-owner forwarding (dynamic, "
                           "default), node 0 records every owner (central), node p %% N does (fixed)")
+    run.add_argument("--poll-us", type=microseconds, default=None, metavar="US",
+                     help="with --nodes: busy-poll this long for an awaited reply before sleeping (default 0: "
+                          "sleep at once; pays only with a CPU to spare per node, see docs/dsm.md)")
+    run.add_argument("--hold-us", type=microseconds, default=None, metavar="US",
+                     help="with --nodes: after a fault completes, requests that would take the page away wait "
+                          "this long so the woken vCPU gets its access in (default 50)")
     run.add_argument("--stats", action="store_true",
                      help="with --nodes: each node prints one line of DSM statistics to stderr at the end")
     run.add_argument("-v", "--verbose", action="store_true",
@@ -151,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nodes > 1:
         from hypervisor.cluster import launch_local
         return launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
-                            args.read_ownership, args.manager, args.stats)
+                            args.read_ownership, args.manager, args.stats, args.poll_us, args.hold_us)
     from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
     try:
         machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=StdoutConsole(), verbose=args.verbose)

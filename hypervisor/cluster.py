@@ -65,7 +65,7 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
         f"mem = {config.mem}",
         f'read_ownership = "{config.read_ownership}"',
         f'manager = "{config.manager}"',
-    ]
+    ] + [f"{key} = {value}" for key, value in config.dsm_tuning().items()]
     for node in config.nodes:
         lines += ["", "[[node]]", f"id = {node.id}", f'address = "{node.host}:{node.port}"',
                   f"control_port = {node.control_address[1]}", f"vcpus = [{', '.join(map(str, node.vcpus))}]"]
@@ -75,11 +75,12 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
 
 
 def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool = False,
-                 read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False) -> int:
+                 read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False,
+                 poll_us: int | None = None, hold_us: int | None = None) -> int:
     listeners = bind_listeners(nnodes)
     ports = [(dsm.getsockname()[1], ctl.getsockname()[1]) for dsm, ctl in listeners]
     try:
-        config = loopback_cluster(image, vcpus, mem, nnodes, ports, read_ownership, manager)
+        config = loopback_cluster(image, vcpus, mem, nnodes, ports, read_ownership, manager, poll_us, hold_us)
     except BaseException:
         _close_all(listeners)
         raise

@@ -27,6 +27,10 @@ MANAGERS = ("dynamic", "central", "fixed")
 # hosts started by hand, raise it with `setup_timeout` in [cluster].
 DEFAULT_SETUP_TIMEOUT = 20.0
 MAX_SETUP_TIMEOUT = 3600.0
+# DSM timing a host may tune (hypervisor.dsm.DsmOptions has the defaults and
+# why; docs/dsm.md the measurements). Node-local: peers need not agree.
+DSM_TUNING = ("poll_us", "hold_us")
+MAX_TUNING_US = 1_000_000
 
 
 class ConfigError(Exception):
@@ -62,10 +66,16 @@ class ClusterConfig:
     manager: str = "dynamic"
     secret_file: Path | None = field(default=None)
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT
+    poll_us: int | None = None   # None: the DSM's default
+    hold_us: int | None = None
 
     @property
     def nnodes(self) -> int:
         return len(self.nodes)
+
+    def dsm_tuning(self) -> dict[str, int]:
+        """The DSM timing this config sets, as DsmOptions keywords."""
+        return {key: getattr(self, key) for key in DSM_TUNING if getattr(self, key) is not None}
 
     def node_of_vcpu(self, vcpu: int) -> int:
         for node in self.nodes:
@@ -122,7 +132,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list[tuple[int, int]],
-                     read_ownership: str = "giantvm", manager: str = "dynamic") -> ClusterConfig:
+                     read_ownership: str = "giantvm", manager: str = "dynamic",
+                     poll_us: int | None = None, hold_us: int | None = None) -> ClusterConfig:
     """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1.
 
     `ports` holds each node's (DSM port, control port).
@@ -131,7 +142,15 @@ def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list
         raise ConfigError(f"--nodes {nnodes}: must be between 1 and the vCPU count ({vcpus})")
     placement = contiguous_placement(vcpus, nnodes)
     nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i][0], placement[i], ports[i][1]) for i in range(nnodes))
-    return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager))
+    return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager,
+                                  poll_us=poll_us, hold_us=hold_us))
+
+
+def _microseconds(cluster: dict, key: str, path: Path) -> int | None:
+    value = cluster.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{path}: [cluster] {key} must be a whole number of microseconds, not {value!r}")
+    return value
 
 
 def load_config(path: Path) -> ClusterConfig:
@@ -180,6 +199,8 @@ def load_config(path: Path) -> ClusterConfig:
         manager=str(cluster.get("manager", "dynamic")),
         secret_file=(base / secret_file) if secret_file else None,
         setup_timeout=float(setup_timeout),
+        poll_us=_microseconds(cluster, "poll_us", path),
+        hold_us=_microseconds(cluster, "hold_us", path),
     )
     return _checked(config)
 
@@ -201,6 +222,9 @@ def _checked(config: ClusterConfig) -> ClusterConfig:
     if not 0 < config.setup_timeout <= MAX_SETUP_TIMEOUT:
         raise ConfigError(f"setup_timeout {config.setup_timeout:g}: must be above 0 and at most "
                           f"{MAX_SETUP_TIMEOUT:g} seconds")
+    for key, value in config.dsm_tuning().items():
+        if not 0 <= value <= MAX_TUNING_US:
+            raise ConfigError(f"{key} {value}: must be between 0 and {MAX_TUNING_US} microseconds")
     if config.read_ownership not in READ_OWNERSHIP:
         raise ConfigError(f"read_ownership {config.read_ownership!r}: expected one of {', '.join(READ_OWNERSHIP)}")
     if config.manager not in MANAGERS:

@@ -77,7 +77,8 @@ class Node:
         self.secret = secret
         self.verbose = verbose
         self.show_stats = stats
-        self.options = DsmOptions(read_ownership=config.read_ownership, manager=config.manager)
+        self.options = DsmOptions(read_ownership=config.read_ownership, manager=config.manager,
+                                  **config.dsm_tuning())
         self.shape = ClusterShape.of(config.nnodes, config.mem, self.options)
         self.channels: dict[int, Channel] = {}
         self.machine: Machine | None = None

@@ -41,7 +41,8 @@ def test_console_of_every_vcpu_reaches_node0_in_order() -> None:
 
 @requires_kvm
 @pytest.mark.parametrize("options", [["--read-ownership", "ivy"], ["--manager", "central"],
-                                     ["--manager", "fixed"]], ids=["ivy", "central", "fixed"])
+                                     ["--manager", "fixed"], ["--poll-us", "20", "--hold-us", "0"]],
+                         ids=["ivy", "central", "fixed", "poll-no-hold"])
 def test_protocol_options_run_a_spanning_guest(options: list[str]) -> None:
     out = run_cli("run", str(guest_elf("spanning_counter")), "--vcpus", "3", "--nodes", "3", *options)
     assert verdict(out, "spanning_counter").startswith("PASS"), out.stderr

@@ -131,3 +131,24 @@ def test_the_console_script_runs_the_cli(monkeypatch: pytest.MonkeyPatch, capsys
         entry.main()
     assert stop.value.code == 2
     assert "--vcpus" in capsys.readouterr().err
+
+
+def test_dsm_timing_options() -> None:
+    args = cli.build_parser().parse_args(["run", "g.elf", "--vcpus", "2", "--nodes", "2"])
+    assert (args.poll_us, args.hold_us) == (None, None)  # the DSM's defaults
+    args = cli.build_parser().parse_args(["run", "g.elf", "--nodes", "2", "--poll-us", "30", "--hold-us", "0"])
+    assert (args.poll_us, args.hold_us) == (30, 0)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--poll-us", "-5"], "-5 us outside 0..1000000"),
+    (["--hold-us", "1000001"], "1000001 us outside 0..1000000"),
+    (["--poll-us", "ten"], "invalid microseconds 'ten'"),
+])
+def test_bad_dsm_timing_is_one_line_and_status_2(argv: list[str], needle: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["run", "g.elf", "--vcpus", "2", "--nodes", "2", *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err

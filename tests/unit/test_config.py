@@ -104,3 +104,43 @@ def test_config_ram_size_follows_the_abi_rule(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="multiple of 2 MiB"):
         load_config(write(tmp_path, body.format("65M")))
     assert load_config(write(tmp_path, body.format("4M"))).mem == 4 << 20
+
+
+TUNED = '[cluster]\nimage = "g"\nvcpus = 2\n{}\n[[node]]\naddress = "127.0.0.1:7000"\n[[node]]\naddress = "127.0.0.1:7002"\n'
+
+
+def test_dsm_timing_is_the_dsm_default_unless_the_config_sets_it(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, TUNED.format(""))).dsm_tuning() == {}
+    config = load_config(write(tmp_path, TUNED.format("poll_us = 40\nhold_us = 0")))
+    assert config.dsm_tuning() == {"poll_us": 40, "hold_us": 0}
+
+
+@pytest.mark.parametrize("line, message", [
+    ("poll_us = -1", "poll_us -1: must be between 0 and 1000000"),
+    ("hold_us = 1000001", "hold_us 1000001: must be between 0 and 1000000"),
+    ('poll_us = "50"', "poll_us must be a whole number of microseconds, not '50'"),
+    ("hold_us = 2.5", "hold_us must be a whole number of microseconds, not 2.5"),
+    ("poll_us = true", "poll_us must be a whole number of microseconds, not True"),
+])
+def test_bad_dsm_timing_names_the_key_and_value(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, TUNED.format(line)))
+
+
+def test_the_file_ivyvm_run_writes_for_its_nodes_carries_the_timing(tmp_path: Path) -> None:
+    from hypervisor.cluster import write_config
+    config = loopback_cluster(tmp_path / "g.elf", vcpus=2, mem=64 << 20, nnodes=2,
+                              ports=[(7000, 7001), (7002, 7003)], poll_us=25, hold_us=0)
+    again = load_config(write_config(config, tmp_path))
+    assert again.dsm_tuning() == {"poll_us": 25, "hold_us": 0}
+    assert load_config(write_config(loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2,
+                                                     [(7000, 7001), (7002, 7003)]), tmp_path)).dsm_tuning() == {}
+
+
+def test_a_node_runs_its_dsm_with_the_configured_timing(tmp_path: Path) -> None:
+    from hypervisor.dsm import DsmOptions
+    from hypervisor.node import Node
+    tuned = load_config(write(tmp_path, TUNED.format('poll_us = 40\nhold_us = 0\nmanager = "fixed"')))
+    assert Node(tuned, 1, b"s" * 32).options == DsmOptions(manager="fixed", poll_us=40, hold_us=0)
+    plain = load_config(write(tmp_path, TUNED.format("")))
+    assert Node(plain, 1, b"s" * 32).options == DsmOptions()
