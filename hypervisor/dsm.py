@@ -45,7 +45,8 @@ class DsmOptions:
     # delta; without it a hot page can circle the nodes with no access done).
     # A write grant's window ends early once the writer's word changed, so a
     # long window costs a ping-pong nothing; 50 us covers a cross-CPU wake-up
-    # (~20 us here). 0 serves them at once. Measured: docs/dsm.md, bench --hold-us.
+    # (20-35 us on the development hosts). 0 serves them at once. Measured:
+    # docs/dsm.md, bench --hold-us.
     hold_us: int = HOLD_US_DEFAULT
 
     def __post_init__(self) -> None:
