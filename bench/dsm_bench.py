@@ -58,7 +58,7 @@ def scenario(nnodes: int, npages: int, options: dict[str, Any] | None, pingpong_
     a = list(range(64, 64 + npages))
     b = list(range(64 + npages, 64 + 2 * npages))
     result: dict[str, Any] = {}
-    with Cluster(nnodes, pages=pages, options=options, cpus=[where.cpu_of(i) for i in range(nnodes)]) as cluster:
+    with Cluster(nnodes, pages=pages, options=options, cpus=where.node_cpus(nnodes)) as cluster:
         reader, owner = cluster.workers[0 if nnodes == 2 else 2], cluster.workers[1]
         owner.call("run", workload="write_pages", pages_list=a + b)   # node 1 owns A and B, modified
         m0 = sent_total(cluster)
@@ -90,7 +90,7 @@ def contention(options: dict[str, Any], where: Placement, nnodes: int = 4, iters
     """One thread per node, locked increments on one word, the CPU yielded after each: nearly
     every increment needs the page brought back. Hand-offs per increment above 1 are
     wasted (the page left before the woken thread ran), below 1 the hold window batched."""
-    with Cluster(nnodes, pages=32, options=options, cpus=[where.cpu_of(i) for i in range(nnodes)]) as cluster:
+    with Cluster(nnodes, pages=32, options=options, cpus=where.node_cpus(nnodes)) as cluster:
         t0 = time.monotonic()
         cluster.run_all(timeout=120.0, workload="hammer", threads=1, iters=iters, page=5)
         seconds = time.monotonic() - t0
@@ -168,8 +168,8 @@ def print_placement(r: dict[str, Any]) -> None:
           f"{ra['bound_vs_floor']:8.2f} x floor (not a floor: see docs/dsm.md)")
     if "mechanisms" in r:
         print("steps the floors lack, each alone (median us):")
-    for name, m in r.get("mechanisms", {}).items():
-        print(f"  {name:44s} {m['median_us']:10.2f}")
+        for name, m in r["mechanisms"].items():
+            print(f"  {name:44s} {m['median_us']:10.2f}")
     print(f"{'2 nodes, default (giantvm/dynamic)':34s} {'median us':>10s} {'p99 us':>10s} {'x floor':>8s} {'msgs':>6s}")
     for key, label in (("read_fault", "remote read fault"), ("write_fault", "remote write fault"),
                        ("write_after_read", "write after read (invalidate)")):

@@ -30,6 +30,9 @@ class Placement:
     def cpu_of(self, node: int) -> int:
         return self.cpus[node % len(self.cpus)]
 
+    def node_cpus(self, nnodes: int) -> list[int]:
+        return [self.cpu_of(i) for i in range(nnodes)]
+
     @property
     def faulting_cpu(self) -> int:
         return self.cpu_of(0)

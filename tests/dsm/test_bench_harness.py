@@ -18,8 +18,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import dsm_bench  # noqa: E402
 from floors import MECHANISMS  # noqa: E402
 
-LATENCIES = ("read_fault", "write_fault", "write_after_read", "pingpong")
-
 
 def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> None:
     out = tmp_path / "dsm.json"
@@ -35,7 +33,7 @@ def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> No
         assert floors["remote_fault_floor_us"] == floors["uffd_fault"]["median_us"] + floors["tcp_rtt_4k"]["median_us"]
         run = placement["default"]
         assert run["errors"] == [], (name, run["errors"])
-        for key in LATENCIES:
+        for key in dsm_bench.LATENCIES:
             assert 0 < run[key]["median_us"] <= run[key]["p99_us"], (name, key)
         # 2 nodes: a fault is a request and its reply; the write after a read is the
         # reader, now owner, invalidating the old owner's copy and taking its ack.
