@@ -86,9 +86,19 @@ def microseconds(text: str) -> int:
     return us
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml is its one source)."""
+    from importlib import metadata
+    try:
+        return metadata.version("ivyvm")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: run `make setup`)"
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="ivyvm", description="A small KVM hypervisor whose guests can span several hosts.",
                      epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ivyvm {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser("run", help="boot a guest on this host and stream its console to stdout",
                               description="Boot GUEST.elf (guest ABI v1), stream its console to stdout and "
@@ -121,18 +131,21 @@ def build_parser() -> _Parser:
     run.set_defaults(handler=cmd_run)
 
     node = commands.add_parser("node", help="run one node of a cluster described by a config file",
-                               description="Run node ID of the cluster in CONFIG (TOML; see README.md). "
+                               description="Run node ID of the cluster in CONFIG (TOML; --example-config "
+                                           "prints a commented one). "
                                            f"The cluster secret comes from ${SECRET_ENV} or the config's "
                                            "secret_file, never from the command line. Node 0 loads the image, "
                                            "prints the console and exits with the guest's status.",
                                epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    node.add_argument("--config", required=True, metavar="CONFIG", help="the cluster's TOML file")
-    node.add_argument("--id", type=int, required=True, metavar="ID", help="this node's id, 0..N-1")
+    node.add_argument("--config", metavar="CONFIG", help="the cluster's TOML file (required)")
+    node.add_argument("--id", type=int, metavar="ID", help="this node's id, 0..N-1 (required)")
+    node.add_argument("--example-config", action="store_true",
+                      help="print a commented cluster.toml to start from, and exit")
     node.add_argument("--stats", action="store_true",
                       help="print one line of DSM statistics (faults, messages, latency, hottest pages) at the end")
     node.add_argument("-v", "--verbose", action="store_true",
                       help="on a guest error, also print the vCPU's registers")
-    node.set_defaults(handler=cmd_node)
+    node.set_defaults(handler=cmd_node, node_parser=node)
     return parser
 
 
@@ -183,6 +196,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    if args.example_config:
+        from hypervisor.example_config import EXAMPLE_CONFIG
+        sys.stdout.write(EXAMPLE_CONFIG)
+        return 0
+    missing = [flag for flag, value in (("--config", args.config), ("--id", args.id)) if value is None]
+    if missing:   # argparse cannot say "required unless --example-config"
+        args.node_parser.error(f"the following arguments are required: {', '.join(missing)} "
+                               "(or --example-config)")
     from hypervisor.node import run_node
     try:
         cluster = config.load_config(Path(args.config))
