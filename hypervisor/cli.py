@@ -9,6 +9,7 @@ import argparse
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
@@ -30,8 +31,9 @@ exit statuses:
   6      guest error: VM entry failure or KVM internal error
   7      host error: /dev/kvm missing or refusing, out of resources
   8      cluster error: a node died, was cut off, or refused the handshake
+  9      time limit (--timeout) reached: every node was stopped
   130    interrupted (Ctrl-C)
-A guest that wants an unambiguous status exits with 0 or 1 (or a value above 8).
+A guest that wants an unambiguous status exits with 0 or 1 (or a value above 9).
 The guest ABI is docs/guest-abi.md."""
 
 class _Parser(argparse.ArgumentParser):
@@ -95,6 +97,17 @@ def package_version() -> str:
         return "unknown (not installed: run `make setup`)"
 
 
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: a number is needed") from None
+    try:
+        return config.check_seconds("time", value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="ivyvm", description="A small KVM hypervisor whose guests can span several hosts.",
                      epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +139,11 @@ def build_parser() -> _Parser:
                           "this long so the woken vCPU gets its access in (default 50)")
     run.add_argument("--stats", action="store_true",
                      help="with --nodes: each node prints one line of DSM statistics to stderr at the end")
+    run.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
+                     help="stop every node after this long (counted from this command's start) with status 9")
+    run.add_argument("--stall-warn", type=seconds, default=config.DEFAULT_STALL_WARN, metavar="SECONDS",
+                     help="with --nodes: name a page fault outstanding this long, with every node's state "
+                          f"for its page, on stderr (default {config.DEFAULT_STALL_WARN:g})")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="on a guest error, also print the vCPU's registers")
     run.set_defaults(handler=cmd_run)
@@ -169,6 +187,7 @@ class StdoutConsole:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     if args.nodes > args.vcpus:
         return usage_error(f"--nodes {args.nodes} is more than --vcpus {args.vcpus}: every node runs a vCPU")
     if args.mem - args.vcpus * STACK_SIZE <= MIB:
@@ -180,15 +199,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nodes > 1:
         from hypervisor.cluster import launch_local
         return launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
-                            args.read_ownership, args.manager, args.stats, args.poll_us, args.hold_us)
+                            args.read_ownership, args.manager, args.stats, args.poll_us, args.hold_us,
+                            args.timeout, args.stall_warn)
     from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
+    from hypervisor.runlimit import TimeLimit, timeout_line
     try:
         machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=StdoutConsole(), verbose=args.verbose)
     except MachineError as e:
         return fail(Status.HOST, f"cannot create the VM: {e}")
+    limit = None
+    if args.timeout is not None:
+        line = timeout_line(args.timeout)
+        limit = TimeLimit(started + args.timeout, lambda: machine.stop(Status.TIMEOUT, line, error=True)).start()
     try:
         result = machine.run()
     finally:
+        if limit is not None:
+            limit.cancel()
         machine.close()
     if result.error or result.status == Status.INTERRUPTED:
         sys.stderr.write(f"ivyvm: {result.message}\n")

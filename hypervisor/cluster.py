@@ -20,13 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import SECRET_ENV, ClusterConfig, loopback_cluster
+from . import runlimit
+from .config import DEFAULT_STALL_WARN, SECRET_ENV, ClusterConfig, loopback_cluster
 from .handshake import listen
 from .node import LISTEN_FDS_ENV, interrupt_on_signal, say
 from .status import Status
 
 # After node 0 has finished, the others get this long to leave by themselves.
 GRACE_SECONDS = 5.0
+# Node 0 stops every node at the time limit; past it by this much, the supervisor does.
+LIMIT_GRACE_SECONDS = 1.5
 
 _PR_SET_PDEATHSIG = 1
 
@@ -66,6 +69,9 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
         f'read_ownership = "{config.read_ownership}"',
         f'manager = "{config.manager}"',
     ] + [f"{key} = {value}" for key, value in config.dsm_tuning().items()]
+    lines.append(f"stall_warn = {config.stall_warn!r}")
+    if config.timeout is not None:
+        lines.append(f"timeout = {config.timeout!r}")
     for node in config.nodes:
         lines += ["", "[[node]]", f"id = {node.id}", f'address = "{node.host}:{node.port}"',
                   f"control_port = {node.control_address[1]}", f"vcpus = [{', '.join(map(str, node.vcpus))}]"]
@@ -76,16 +82,21 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
 
 def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool = False,
                  read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False,
-                 poll_us: int | None = None, hold_us: int | None = None) -> int:
+                 poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
+                 stall_warn: float = DEFAULT_STALL_WARN) -> int:
+    deadline = None if timeout is None else time.monotonic() + timeout
     listeners = bind_listeners(nnodes)
     ports = [(dsm.getsockname()[1], ctl.getsockname()[1]) for dsm, ctl in listeners]
     try:
-        config = loopback_cluster(image, vcpus, mem, nnodes, ports, read_ownership, manager, poll_us, hold_us)
+        config = loopback_cluster(image, vcpus, mem, nnodes, ports, read_ownership, manager, poll_us, hold_us,
+                                  timeout, stall_warn)
     except BaseException:
         _close_all(listeners)
         raise
     env = dict(os.environ)
     env[SECRET_ENV] = secrets.token_hex(32)
+    if deadline is not None:
+        env[runlimit.DEADLINE_ENV] = repr(deadline)   # the nodes' limit counts from this command's start
     with tempfile.TemporaryDirectory(prefix="ivyvm-") as scratch:
         path = write_config(config, Path(scratch))
         children: list[subprocess.Popen[bytes]] = []
@@ -100,7 +111,7 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
                     stdout=None if node.id == 0 else subprocess.DEVNULL))
                 dsm.close()
                 ctl.close()
-            return _supervise(children)
+            return _supervise(children, deadline, timeout)
         except KeyboardInterrupt:
             say("interrupted, stopping every node")
             return Status.INTERRUPTED
@@ -115,11 +126,14 @@ def _close_all(listeners: list[tuple[socket.socket, socket.socket]]) -> None:
             sock.close()
 
 
-def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+def _supervise(children: list[subprocess.Popen[bytes]], deadline: float | None = None,
+               timeout: float | None = None) -> int:
     """Wait for node 0; if another node dies first, node 0 will notice and report.
 
     Node 0 must notice within GRACE_SECONDS: a node 0 that is wedged (stopped,
     or cut off from everything) must not keep `ivyvm run` waiting forever.
+    Likewise node 0 ends the run at the time limit; if it has not within
+    LIMIT_GRACE_SECONDS, the supervisor ends it.
     """
     previous = signal.signal(signal.SIGTERM, interrupt_on_signal)
     try:
@@ -129,6 +143,10 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
             status = head.poll()
             if status is not None:
                 break
+            if deadline is not None and time.monotonic() > deadline + LIMIT_GRACE_SECONDS:
+                assert timeout is not None
+                say(f"{runlimit.timeout_line(timeout, len(children))} (node 0 did not stop by itself)")
+                return Status.TIMEOUT
             if failed_at is None:
                 failed = next(((i, c.returncode) for i, c in enumerate(children[1:], 1)
                                if c.poll() is not None and c.returncode in _FAILURE_STATUSES), None)

@@ -31,6 +31,10 @@ MAX_SETUP_TIMEOUT = 3600.0
 # why; docs/dsm.md the measurements). Node-local: peers need not agree.
 DSM_TUNING = ("poll_us", "hold_us")
 MAX_TUNING_US = 1_000_000
+# A page fault outstanding this long is named on stderr (hypervisor.watchdog).
+DEFAULT_STALL_WARN = 2.0
+# The longest run a time limit or a stall warning may name: a day.
+MAX_SECONDS = 86400.0
 
 
 class ConfigError(Exception):
@@ -68,6 +72,8 @@ class ClusterConfig:
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT
     poll_us: int | None = None   # None: the DSM's default
     hold_us: int | None = None
+    timeout: float | None = None           # seconds the run may take; None: no limit
+    stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
 
     @property
     def nnodes(self) -> int:
@@ -133,7 +139,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list[tuple[int, int]],
                      read_ownership: str = "giantvm", manager: str = "dynamic",
-                     poll_us: int | None = None, hold_us: int | None = None) -> ClusterConfig:
+                     poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
+                     stall_warn: float = DEFAULT_STALL_WARN) -> ClusterConfig:
     """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1.
 
     `ports` holds each node's (DSM port, control port).
@@ -143,7 +150,16 @@ def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list
     placement = contiguous_placement(vcpus, nnodes)
     nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i][0], placement[i], ports[i][1]) for i in range(nnodes))
     return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager,
-                                  poll_us=poll_us, hold_us=hold_us))
+                                  poll_us=poll_us, hold_us=hold_us, timeout=timeout, stall_warn=stall_warn))
+
+
+def check_seconds(what: str, value: object) -> float:
+    """A positive number of seconds up to a day (--timeout, --stall-warn and their config keys)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"{what} must be a number of seconds, not {value!r}")
+    if not 0 < value <= MAX_SECONDS:
+        raise ConfigError(f"{what} {value:g}: must be above 0 and at most {MAX_SECONDS:g} seconds")
+    return float(value)
 
 
 def _microseconds(cluster: dict, key: str, path: Path) -> int | None:
@@ -151,6 +167,13 @@ def _microseconds(cluster: dict, key: str, path: Path) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{path}: [cluster] {key} must be a whole number of microseconds, not {value!r}")
     return value
+
+
+def _seconds(path: Path, key: str, value: object) -> float:
+    try:
+        return check_seconds(key, value)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: [cluster] {err}") from None
 
 
 def load_config(path: Path) -> ClusterConfig:
@@ -201,6 +224,9 @@ def load_config(path: Path) -> ClusterConfig:
         setup_timeout=float(setup_timeout),
         poll_us=_microseconds(cluster, "poll_us", path),
         hold_us=_microseconds(cluster, "hold_us", path),
+        timeout=None if cluster.get("timeout") is None else
+        _seconds(path, "timeout", cluster["timeout"]),
+        stall_warn=_seconds(path, "stall_warn", cluster.get("stall_warn", DEFAULT_STALL_WARN)),
     )
     return _checked(config)
 

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import control
+from . import control, runlimit
 from .cli import StdoutConsole
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Frame, Msg
@@ -91,6 +91,8 @@ class Node:
         self._parked_lock = threading.Lock()
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.deadline = runlimit.deadline_for(config.timeout)
+        self._time_limit: runlimit.TimeLimit | None = None
 
     # --- start-up -----------------------------------------------------------
     def _load(self) -> Image:
@@ -127,9 +129,17 @@ class Node:
             raise
 
     def _connect_dsm(self, machine: Machine, listener: socket.socket) -> DsmNode:
+        timeout = self.config.setup_timeout
+        if self.deadline is not None:
+            timeout = min(timeout, max(0.05, self.deadline - time.monotonic()))
         try:
             peers = connect_mesh(self.id, [n.address for n in self.config.nodes], self.secret, self.shape,
-                                 listener=listener, timeout=self.config.setup_timeout)
+                                 listener=listener, timeout=timeout)
+        except HandshakeError as err:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise NodeError(Status.TIMEOUT, f"node {self.id}: time limit of {self.config.timeout:g} s "
+                                                f"reached while nodes were joining ({err})") from None
+            raise
         finally:
             listener.close()
         assert machine.ram is not None
@@ -138,9 +148,24 @@ class Node:
         dsm.start()
         return dsm
 
-    def _join_as_head(self, digest: bytes, listener: socket.socket) -> None:
+    def _join_progress(self) -> runlimit.JoinProgress:
+        others = {n.id: f"{n.host}:{n.port}" for n in self.config.nodes if n.id != self.id}
+        return runlimit.JoinProgress(others, say)
+
+    def _start_time_limit(self, machine: Machine) -> None:
+        """Node 0 ends the run at the deadline; its STOP carries Status.TIMEOUT to the others."""
+        if self.deadline is None:
+            return
+        assert self.config.timeout is not None
+        line = runlimit.timeout_line(self.config.timeout, self.config.nnodes)
+        self._time_limit = runlimit.TimeLimit(
+            self.deadline, lambda: machine.stop(Status.TIMEOUT, line, error=True)).start()
+
+    def _join_as_head(self, digest: bytes, listener: socket.socket, progress: runlimit.JoinProgress) -> None:
         """Node 0: accept every other node's control connection and check its JOIN."""
         deadline = time.monotonic() + self.config.setup_timeout
+        if self.deadline is not None and self.deadline < deadline:
+            deadline = self.deadline
         waiting = set(range(1, self.config.nnodes))
         try:
             while waiting:
@@ -148,6 +173,10 @@ class Node:
                 try:
                     sock, _ = listener.accept()
                 except (socket.timeout, OSError):
+                    if deadline == self.deadline:
+                        assert self.config.timeout is not None
+                        raise NodeError(Status.TIMEOUT, f"node 0: time limit of {self.config.timeout:g} s "
+                                                        f"reached while nodes {sorted(waiting)} were joining") from None
                     raise NodeError(Status.CLUSTER, f"node 0: nodes {sorted(waiting)} never opened "
                                                     f"their control connection") from None
                 try:
@@ -175,6 +204,7 @@ class Node:
                 sock.settimeout(SILENCE_SECONDS)
                 self.channels[peer] = channel
                 waiting.discard(peer)
+                progress.joined(peer)
         finally:
             listener.close()
 
@@ -218,13 +248,16 @@ class Node:
                     control_listener.close()
                 raise
             try:
-                self.dsm = self._connect_dsm(machine, dsm_listener)
                 if self.id == 0:
                     assert control_listener is not None
-                    self._join_as_head(digest, control_listener)
+                    with self._join_progress() as progress:
+                        self.dsm = self._connect_dsm(machine, dsm_listener)
+                        self._join_as_head(digest, control_listener, progress)
+                    self._start_time_limit(machine)
                     for channel in self.channels.values():
                         channel.send(control.encode(Msg.GO))
                 else:
+                    self.dsm = self._connect_dsm(machine, dsm_listener)
                     self._join_as_member(digest)
                 self._spawn(self._watch_dsm, "dsm-watch")
                 for peer, channel in self.channels.items():
@@ -283,6 +316,8 @@ class Node:
 
     def _shutdown(self) -> None:
         self._closing.set()
+        if self._time_limit is not None:
+            self._time_limit.cancel()
         for channel in self.channels.values():
             channel.close()
         for thread in self._threads:

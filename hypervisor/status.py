@@ -9,4 +9,5 @@ class Status:
     ENTRY_FAILURE = 6      # VM entry failure or KVM internal error
     HOST = 7               # /dev/kvm missing or refusing, out of resources
     CLUSTER = 8            # a node died, was cut off, or refused the handshake
+    TIMEOUT = 9            # --timeout / [cluster] timeout reached: every node stopped
     INTERRUPTED = 130      # Ctrl-C or SIGTERM

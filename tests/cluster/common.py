@@ -125,8 +125,14 @@ def await_exits(procs: list[subprocess.Popen[str]], since: float, bound: float) 
     return exits
 
 
+# Node 0's start-up progress ("node 0: waiting for node 1 at ...", once a second
+# while nodes join): said on a slow start, never a failure line.
+PROGRESS_PREFIX = "ivyvm: node 0: waiting for node "
+
+
 def lines_of(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
+    """The lines a node said, without start-up progress lines."""
+    return [line for line in text.splitlines() if line.strip() and not line.startswith(PROGRESS_PREFIX)]
 
 
 def free_port_pairs(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -170,4 +176,4 @@ def processes_mentioning(text: str) -> list[int]:
 
 __all__ = ["Outcome", "Exit", "run_cli", "verdict", "write_cluster", "start_node", "finish",
            "processes_mentioning", "wait_for_output", "await_exits", "lines_of", "guest_elf", "SECRET",
-           "DETECTION_BOUND", "START_BOUND", "free_port_pairs"]
+           "DETECTION_BOUND", "START_BOUND", "free_port_pairs", "PROGRESS_PREFIX"]
