@@ -24,7 +24,7 @@ DEFAULT_MEM, DEFAULT_VCPUS = 64 * MIB, 1
 EXIT_STATUSES = """\
 exit statuses:
   0-255  the guest wrote this value to port 0xf4; 0 also when every vCPU parked
-  2      bad command line
+  2      bad command line, config or cluster secret
   3      guest image refused
   4      guest error: unhandled port I/O, MMIO, bad 0xf6 write
   5      guest error: triple fault (shutdown)

@@ -9,11 +9,15 @@ The secret never appears in the file or on a command line: it is read from
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .files import InputFileError, read_regular
 
 SECRET_ENV = "IVYVM_SECRET"
 MAX_NODES = 64
@@ -35,6 +39,15 @@ MAX_TUNING_US = 1_000_000
 DEFAULT_STALL_WARN = 2.0
 # The longest run a time limit or a stall warning may name: a day.
 MAX_SECONDS = 86400.0
+# Every key a config may hold; anything else is refused with its name (a typo
+# such as `memory = "128M"` must not leave RAM at its default unnoticed).
+CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "secret_file", "setup_timeout",
+                "timeout", "stall_warn") + DSM_TUNING
+NODE_KEYS = ("id", "address", "vcpus", "control_port")
+MAX_CONFIG_BYTES = 1 << 20     # a 64-node config is a few KiB
+MAX_SECRET_BYTES = 4096
+MIN_SECRET_BYTES = 16
+MAX_HOST_CHARS = 253           # the DNS limit
 
 
 class ConfigError(Exception):
@@ -90,19 +103,35 @@ class ClusterConfig:
         raise ConfigError(f"vCPU {vcpu} is placed on no node")
 
     def read_secret(self) -> bytes:
-        """The cluster secret, from the environment or from secret_file."""
+        """The cluster secret, from the environment or from secret_file (see read_secret_file)."""
         env = os.environ.get(SECRET_ENV)
         if env:
-            return env.encode()
+            secret = env.encode()
+            if len(secret) < MIN_SECRET_BYTES:
+                raise ConfigError(f"{SECRET_ENV} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are needed")
+            return secret
         if self.secret_file is None:
             raise ConfigError(f"no cluster secret: set {SECRET_ENV} or secret_file in the config")
-        try:
-            secret = self.secret_file.read_bytes().strip()
-        except OSError as err:
-            raise ConfigError(f"cannot read secret_file {self.secret_file}: {err.strerror}") from None
-        if len(secret) < 16:
-            raise ConfigError(f"secret in {self.secret_file} is {len(secret)} bytes; at least 16 are needed")
-        return secret
+        return read_secret_file(self.secret_file)
+
+
+def read_secret_file(path: Path) -> bytes:
+    """A secret file's bytes (surrounding whitespace stripped), refused unless only its owner can use it.
+
+    Refused rather than warned about, as ssh does for private keys: anyone who
+    can read the secret can join the cluster, read guest memory and forge I/O.
+    """
+    try:
+        data, info = read_regular(path, MAX_SECRET_BYTES, "the secret file")
+    except InputFileError as err:
+        raise ConfigError(f"secret_file {path}: {err}") from None
+    if info.st_mode & 0o077:
+        raise ConfigError(f"secret_file {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                          f"run chmod 600 {path}")
+    secret = bytes(data.strip())
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"secret in {path} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are needed")
+    return secret
 
 
 def contiguous_placement(vcpus: int, nnodes: int) -> list[tuple[int, ...]]:
@@ -117,7 +146,7 @@ def parse_size(text: str | int) -> int:
     """Bytes from '64M', '1G', '512K', '64MiB' or a plain byte count."""
     if isinstance(text, int):
         return text
-    match = re.fullmatch(r"\s*(\d+)\s*([KkMmGg]?)(?:i?B)?\s*", text)
+    match = re.fullmatch(r"\s*([0-9]{1,12})\s*([KkMmGg]?)(?:i?B)?\s*", text)
     if not match:
         raise ConfigError(f"invalid size {text!r}: use bytes or a number with K, M or G")
     return int(match.group(1)) * _UNITS[match.group(2).upper()]
@@ -132,7 +161,7 @@ def check_mem(size: int) -> int:
 
 def parse_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65535:
+    if not sep or not host or not re.fullmatch("[0-9]{1,5}", port) or not 0 < int(port) < 65535:
         raise ConfigError(f"bad address {text!r}: expected HOST:PORT with PORT in 1..65534")
     return host.strip("[]"), int(port)
 
@@ -176,51 +205,120 @@ def _seconds(path: Path, key: str, value: object) -> float:
         raise ConfigError(f"{path}: [cluster] {err}") from None
 
 
-def load_config(path: Path) -> ClusterConfig:
+def _whole(value: object, what: str, low: int, high: int) -> int:
+    """A TOML integer in low..high; booleans, floats and strings are refused, not converted."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be a whole number, not {_shown(value)}")
+    if not low <= value <= high:
+        raise ConfigError(f"{what} {value}: must be between {low} and {high}")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a string, not {_shown(value)}")
+    if "\0" in value:
+        raise ConfigError(f"{what} contains a NUL character")
+    return value
+
+
+def _shown(value: object) -> str:
+    """A value for an error line: its type when its text would be long."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__} ({text[:30]}...)"
+
+
+def _refuse_unknown(table: dict, allowed: tuple[str, ...], where: str) -> None:  # type: ignore[type-arg]
+    unknown = [key for key in table if key not in allowed]
+    if unknown:
+        raise ConfigError(f"{where} has unknown key {unknown[0]!r} (known: {', '.join(allowed)})")
+
+
+def check_host(host: str, what: str) -> str:
+    """A host name or address the resolver can take: printable, without spaces, of DNS length."""
+    if not host or len(host) > MAX_HOST_CHARS or not all(c.isascii() and c.isprintable() and not c.isspace()
+                                                          for c in host):
+        raise ConfigError(f"{what}: bad host {host[:40]!r}")
+    if ":" not in host and any(not 0 < len(label) <= 63 for label in host.rstrip(".").split(".")):
+        raise ConfigError(f"{what}: bad host {host[:40]!r} (each dot-separated label has 1..63 characters)")
+    return host
+
+
+def read_config_text(path: Path) -> str:
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
+        data, _ = read_regular(path, MAX_CONFIG_BYTES, "the config")
+    except InputFileError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start} is {data[err.start]:#04x})") from None
+
+
+def load_config(path: Path) -> ClusterConfig:
+    """Parse and check a cluster file; every field's type and range before anything is computed from it."""
+    text = read_config_text(path)
+    try:
+        data = tomllib.loads(text)
+    except ValueError as err:    # TOMLDecodeError, or an integer of thousands of digits
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    _refuse_unknown(data, ("cluster", "node"), f"{path}")
     cluster = data.get("cluster")
     raw_nodes = data.get("node")
     if not isinstance(cluster, dict) or not isinstance(raw_nodes, list) or not raw_nodes:
         raise ConfigError(f"{path}: needs a [cluster] table and at least one [[node]]")
-    base = path.parent
-    try:
-        vcpus = int(cluster["vcpus"])
-        image = base / str(cluster["image"])
-    except KeyError as err:
-        raise ConfigError(f"{path}: [cluster] lacks {err.args[0]!r}") from None
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: [cluster] vcpus must be a whole number") from None
-    mem = check_mem(parse_size(cluster.get("mem", "64M")))
+    _refuse_unknown(cluster, CLUSTER_KEYS, f"{path}: [cluster]")
+    where = f"{path}: [cluster]"
+    for key in ("image", "vcpus"):
+        if key not in cluster:
+            raise ConfigError(f"{where} lacks {key!r}")
+    image = base_path(path, _text(cluster["image"], f"{where} image"))
+    vcpus = _whole(cluster["vcpus"], f"{where} vcpus", 1, MAX_VCPUS)
+    mem_value = cluster.get("mem", "64M")
+    if isinstance(mem_value, bool) or not isinstance(mem_value, (int, str)):
+        raise ConfigError(f"{where} mem must be a size such as \"64M\" or a byte count, not {_shown(mem_value)}")
+    mem = check_mem(parse_size(mem_value))
     setup_timeout = cluster.get("setup_timeout", DEFAULT_SETUP_TIMEOUT)
-    if isinstance(setup_timeout, bool) or not isinstance(setup_timeout, (int, float)):
-        raise ConfigError(f"{path}: [cluster] setup_timeout must be a number of seconds, not {setup_timeout!r}")
+    if isinstance(setup_timeout, bool) or not isinstance(setup_timeout, (int, float)) \
+            or not math.isfinite(setup_timeout):
+        raise ConfigError(f"{where} setup_timeout must be a number of seconds, not {_shown(setup_timeout)}")
     secret_file = cluster.get("secret_file")
+    if secret_file is not None and not _text(secret_file, f"{where} secret_file"):
+        raise ConfigError(f"{where} secret_file is empty")
+    if len(raw_nodes) > MAX_NODES:
+        raise ConfigError(f"{path}: {len(raw_nodes)} nodes: must be between 1 and {MAX_NODES}")
     nnodes = len(raw_nodes)
     default_placement = contiguous_placement(vcpus, nnodes) if nnodes <= vcpus else []
     nodes = []
     for index, raw in enumerate(raw_nodes):
         if not isinstance(raw, dict) or "address" not in raw:
             raise ConfigError(f"{path}: [[node]] number {index} lacks an address")
-        node_id = int(raw.get("id", index))
-        host, port = parse_address(str(raw["address"]))
+        node_where = f"{path}: [[node]] number {index}"
+        _refuse_unknown(raw, NODE_KEYS, node_where)
+        node_id = _whole(raw.get("id", index), f"{node_where} id", 0, MAX_NODES - 1)
+        host, port = parse_address(_text(raw["address"], f"{node_where} address"))
+        check_host(host, f"{node_where} address")
         if "vcpus" in raw:
-            placed = tuple(int(v) for v in raw["vcpus"])
+            listed = raw["vcpus"]
+            if not isinstance(listed, list):
+                raise ConfigError(f"{node_where} vcpus must be a list of vCPU numbers such as [0, 1], "
+                                  f"not {_shown(listed)}")
+            if len(listed) > vcpus:
+                raise ConfigError(f"{node_where} lists {len(listed)} vCPUs; the cluster has {vcpus}")
+            placed = tuple(_whole(v, f"{node_where} vcpus entry", 0, vcpus - 1) for v in listed)
         elif default_placement:
             placed = default_placement[node_id] if node_id < nnodes else ()
         else:
             placed = ()
-        control_port = int(raw.get("control_port", port + 1))
+        control_port = _whole(raw.get("control_port", port + 1), f"{node_where} control_port", 1, 65535)
         nodes.append(NodeSpec(node_id, host, port, placed, control_port))
     config = ClusterConfig(
         image=image, vcpus=vcpus, mem=mem, nodes=tuple(sorted(nodes, key=lambda n: n.id)),
-        read_ownership=str(cluster.get("read_ownership", "giantvm")),
-        manager=str(cluster.get("manager", "dynamic")),
-        secret_file=(base / secret_file) if secret_file else None,
+        read_ownership=_text(cluster.get("read_ownership", "giantvm"), f"{where} read_ownership"),
+        manager=_text(cluster.get("manager", "dynamic"), f"{where} manager"),
+        secret_file=base_path(path, secret_file) if secret_file else None,
         setup_timeout=float(setup_timeout),
         poll_us=_microseconds(cluster, "poll_us", path),
         hold_us=_microseconds(cluster, "hold_us", path),
@@ -229,6 +327,11 @@ def load_config(path: Path) -> ClusterConfig:
         stall_warn=_seconds(path, "stall_warn", cluster.get("stall_warn", DEFAULT_STALL_WARN)),
     )
     return _checked(config)
+
+
+def base_path(config_path: Path, name: str) -> Path:
+    """A path named in the config, relative to the config's directory."""
+    return config_path.parent / name
 
 
 def _checked(config: ClusterConfig) -> ClusterConfig:

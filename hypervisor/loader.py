@@ -2,6 +2,12 @@
 
 Validation happens before any KVM object exists, so a bad image costs nothing
 and always produces exactly one line (LoaderError's message).
+
+The file is untrusted: it is stat()ed before it is read (a regular file no
+larger than RAM plus MAX_NON_LOAD_BYTES), read once, and its segments are
+views into that one copy, so no header layout can make the loader use more
+memory than the file's size (1500 PT_LOAD entries naming the same MiB used
+to cost 1.5 GB). Segments may not overlap in guest memory.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hypervisor.files import InputFileError, read_regular
 from hypervisor.memory import pages_of
 
 if TYPE_CHECKING:
@@ -27,6 +34,12 @@ ET_EXEC, EM_X86_64 = 2, 62
 PT_LOAD = 1
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")   # Elf64_Ehdr, 64 bytes
 PHDR = struct.Struct("<IIQQQQQQ")           # Elf64_Phdr, 56 bytes
+# A static guest has a handful of program headers (ours: 2-4); 64 leaves room
+# for any linker script while bounding the work a hostile header can cause.
+MAX_PHDRS = 64
+# Beyond its loadable bytes an ELF file holds headers, symbols and debug
+# sections; an image may exceed RAM by this much (ours are under 100 KiB).
+MAX_NON_LOAD_BYTES = 64 * MIB
 
 
 class LoaderError(Exception):
@@ -36,7 +49,7 @@ class LoaderError(Exception):
 @dataclass(frozen=True)
 class Segment:
     paddr: int
-    data: bytes     # the file bytes (p_filesz of them)
+    data: bytes | memoryview   # the file bytes (p_filesz of them), a view into the one copy read
     memsz: int      # bytes from paddr that the segment occupies; the rest is zero
 
 
@@ -53,7 +66,7 @@ class Image:
         """
         pages: set[int] = set()
         for seg in self.segments:
-            ram.write(seg.paddr, seg.data)
+            ram.write(seg.paddr, bytes(seg.data))   # one segment's transient copy: ctypes wants bytes
             pages.update(pages_of(seg.paddr, len(seg.data)))
         return pages
 
@@ -81,6 +94,8 @@ def parse_image(data: bytes, ram_size: int, vcpus: int) -> Image:
         raise LoaderError(f"not a static executable: e_type is {e_type}, expected {ET_EXEC} (ET_EXEC)")
     if e_phnum == 0:
         raise LoaderError("no program headers, so nothing to load")
+    if e_phnum > MAX_PHDRS:
+        raise LoaderError(f"{e_phnum} program headers: at most {MAX_PHDRS} are accepted")
     if e_phentsize != PHDR.size:
         raise LoaderError(f"program header size is {e_phentsize}, expected {PHDR.size}")
     if e_phoff + e_phnum * PHDR.size > len(data):
@@ -88,6 +103,7 @@ def parse_image(data: bytes, ram_size: int, vcpus: int) -> Image:
                           f"run past the end of the {len(data)}-byte file")
 
     low, high = guest_area(ram_size, vcpus)
+    view = memoryview(data)
     segments: list[Segment] = []
     for i in range(e_phnum):
         p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = \
@@ -110,21 +126,35 @@ def parse_image(data: bytes, ram_size: int, vcpus: int) -> Image:
         if end > high:
             raise LoaderError(f"{where}: ends at {end:#x}, overlapping the vCPU stacks "
                               f"({vcpus} x 64 KiB from {high:#x})")
-        segments.append(Segment(p_paddr, bytes(data[p_offset:p_offset + p_filesz]), p_memsz))
+        segments.append(Segment(p_paddr, view[p_offset:p_offset + p_filesz], p_memsz))
 
     if not segments:
         raise LoaderError("no PT_LOAD segment with bytes to load")
+    _refuse_overlaps(segments)
     if not any(s.paddr <= e_entry < s.paddr + s.memsz for s in segments):
         raise LoaderError(f"entry point {e_entry:#x} is not inside any loaded segment")
     return Image(e_entry, tuple(segments))
 
 
+def _refuse_overlaps(segments: list[Segment]) -> None:
+    """Two segments claiming the same guest byte: which one wins would be the loader's accident."""
+    ordered = sorted(segments, key=lambda s: s.paddr)
+    for before, after in zip(ordered, ordered[1:]):
+        if after.paddr < before.paddr + before.memsz:
+            raise LoaderError(f"segments at {before.paddr:#x} (size {before.memsz:#x}) and {after.paddr:#x} "
+                              f"overlap in guest memory")
+
+
+def max_image_bytes(ram_size: int) -> int:
+    return ram_size + MAX_NON_LOAD_BYTES
+
+
 def load_image(path: str | Path, ram_size: int, vcpus: int) -> Image:
     """Read and validate an image file; every failure is a LoaderError naming the file."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise LoaderError(f"{path}: cannot read: {e.strerror}") from None
+        data, _ = read_regular(path, max_image_bytes(ram_size), "the image")
+    except InputFileError as e:
+        raise LoaderError(f"{path}: {e}") from None
     try:
         image = parse_image(data, ram_size, vcpus)
     except LoaderError as e:

@@ -104,6 +104,7 @@ def test_spanning_guest_across_two_hosts(tmp_path: Path, name: str) -> None:
 def test_secret_from_secret_file_across_two_hosts(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("file-secret-for-both-hosts-0123456789\n")
+    secret_file.chmod(0o600)      # a secret others can read is refused
     with veth_pair() as pair:
         config = cluster_file(tmp_path, pair, guest_elf("spanning_counter"), extra='secret_file = "secret"')
         env = {k: v for k, v in os.environ.items() if k != "IVYVM_SECRET"}

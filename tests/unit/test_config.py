@@ -74,6 +74,7 @@ def test_secret_comes_from_environment_or_file(tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("IVYVM_SECRET", raising=False)
     secret = tmp_path / "secret"
     secret.write_text("s" * 32 + "\n")
+    secret.chmod(0o600)
     config = load_config(write(tmp_path, f"""
 [cluster]
 image = "g"
