@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 HEADER = struct.Struct("<HHI")  # type, flags, payload length
 MAX_PAYLOAD = 4096
+FLAG_UNHANDLED = 2              # IO_DONE: node 0 has no device at that port
+MAX_EXIT_STATUS = 255           # a status is a process exit status
 
 
 class ControlError(Exception):
@@ -70,8 +72,18 @@ def encode_status(kind: Msg, status: int, line: str) -> bytes:
 
 
 def decode_status(frame: Frame) -> tuple[int, str]:
+    """FAILED/STOP: (status, line); the status must be an exit status and the text is made safe to print.
+
+    The line came from another host: control characters other than newline
+    (a verbose register dump has several lines) are replaced, so a forged
+    frame cannot drive the operator's terminal.
+    """
     (status,) = STATUS.unpack_from(frame.payload)
-    return status, frame.payload[STATUS.size:].decode("utf-8", "replace")
+    low = 1 if frame.type is Msg.FAILED else 0     # a failure with status 0 is a contradiction
+    if not low <= status <= MAX_EXIT_STATUS:
+        raise ControlError(f"control message {frame.type.name} carries status {status}, outside {low}..{MAX_EXIT_STATUS}")
+    text = frame.payload[STATUS.size:].decode("utf-8", "replace")
+    return status, "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
 
 
 def check_header(kind: int, length: int) -> Msg:

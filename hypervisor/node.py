@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import control, runlimit
+from . import control, control_decode, runlimit
 from .cli import StdoutConsole
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Frame, Msg
@@ -42,7 +42,7 @@ DSM_GRACE_SECONDS = 0.4        # a DSM heartbeat tick (0.25 s) and some: see _re
 DSM_IDLE = " while idle"        # how the DSM core's failure line ends when no page was awaited
 STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave before closing the DSM
 
-FLAG_UNHANDLED = 2             # IO_DONE: node 0 has no device at that port
+FLAG_UNHANDLED = control.FLAG_UNHANDLED
 
 # "DSM_FD,CONTROL_FD": listening sockets bound by `ivyvm run --nodes` and
 # inherited, so no other process can take the ports between choice and use.
@@ -61,6 +61,8 @@ class NodeError(Exception):
 class _Pending:
     """A forwarded access waiting for node 0's answer."""
 
+    seq: int
+    size: int
     event: threading.Event = field(default_factory=threading.Event)
     value: int = 0
     unhandled: bool = False
@@ -86,6 +88,7 @@ class Node:
         self._pending: dict[int, _Pending] = {}
         self._seq = 0
         self._seq_lock = threading.Lock()
+        self._io_seq: dict[int, control_decode.Sequence] = {}   # node 0: each peer's next IO seq
         self._stop_from_node0: tuple[int, str] | None = None
         self._parked_nodes: set[int] = set()
         self._parked_lock = threading.Lock()
@@ -352,7 +355,7 @@ class Node:
             for channel in list(self.channels.values()):
                 try:
                     channel.send(ping)
-                except OSError:
+                except (OSError, ControlError):
                     pass   # the receiving side reports the loss, with more detail
 
     def _receive_loop(self, channel: Channel) -> None:
@@ -373,6 +376,10 @@ class Node:
             reason = str(err) if isinstance(err, ControlError) else \
                 f"control connection to node {channel.peer} failed: {err.strerror or err}"
             self._lost(f"node {self.id}: {reason}, {self._waiting_for()}")
+        except Exception as err:   # noqa: BLE001 - whatever a frame caused, the peer is lost, not this thread
+            if not self._closing.is_set():
+                self._lost(f"node {self.id}: a control frame from node {channel.peer} could not be handled "
+                           f"({type(err).__name__}: {err}), {self._waiting_for()}")
 
     def _dsm_failure(self) -> str:
         """The DSM core's line, which names the page it awaited; when it awaited none, say what was."""
@@ -393,37 +400,45 @@ class Node:
         return "while waiting for node 0's heartbeat, I/O results and interrupts"
 
     def _dispatch(self, channel: Channel, frame: Frame) -> None:
+        """Apply one frame, every field checked first (control_decode): a bad one loses the peer."""
         assert self.machine is not None
-        kind = frame.type
+        kind, peer = frame.type, channel.peer
+        control_decode.check_flags(frame, peer)
         if kind is Msg.PING:
             return
         if kind is Msg.IO and self.id == 0:
             self._serve_io(channel, frame)
         elif kind is Msg.IO_DONE and self.id != 0:
-            seq, vcpu, value = control.IO_DONE.unpack(frame.payload)
-            pending = self._pending.get(vcpu)
-            if pending is not None:
-                pending.value = value
-                pending.unhandled = bool(frame.flags & FLAG_UNHANDLED)
-                pending.event.set()
+            answer = control_decode.decode_io_done(frame)
+            pending = self._pending.get(answer.vcpu)
+            control_decode.check_answer(answer, peer, None if pending is None else (pending.seq, pending.size))
+            assert pending is not None
+            pending.value = answer.value
+            pending.unhandled = answer.unhandled
+            pending.event.set()
         elif kind is Msg.IRQ:
-            target, vector = control.IRQ.unpack(frame.payload)
+            if self.id == 0:
+                target, vector = control_decode.decode_irq(frame, peer, self.config.vcpus, None,
+                                                           self.config.nodes[peer].vcpus)
+            else:
+                target, vector = control_decode.decode_irq(frame, peer, self.config.vcpus, self.spec.vcpus)
             self.raise_interrupt(target, vector)
         elif kind is Msg.PARKED and self.id == 0:
-            self._node_parked(channel.peer)
+            control_decode.decode_parked(frame, peer, self.config.nodes[peer].vcpus)
+            self._node_parked(peer)
         elif kind is Msg.FAILED and self.id == 0:
             status, line = control.decode_status(frame)
             if status == Status.CLUSTER:
                 # Node k has said that line itself (see _finish); node 0 says its own.
-                line = f"node 0: stopped by node {channel.peer}: {line}"
+                line = f"node 0: stopped by node {peer}: {line}"
             self.machine.stop(status, line, error=True)
         elif kind is Msg.STOP and self.id != 0:
             self._stop_from_node0 = control.decode_status(frame)
             self.machine.stop(*self._stop_from_node0)
         elif kind is Msg.BYE:
-            raise ControlError(f"node {channel.peer} left")
+            raise ControlError(f"node {peer} left")
         else:
-            raise ControlError(f"node {channel.peer} sent {kind.name}, which node {self.id} never expects")
+            raise ControlError(f"node {peer} sent {kind.name}, which node {self.id} never expects")
 
     # --- devices seam (PortIo) on node k > 0 ----------------------------------
     def io(self, vcpu: int, port: int, size: int, is_write: bool, value: int) -> int | None:
@@ -433,18 +448,20 @@ class Node:
         line to be out before the lock is released, as on one machine.
         """
         channel = self.channels[0]
-        with self._seq_lock:
-            self._seq += 1
-            seq = self._seq
-        payload = control.IO.pack(seq, vcpu, port, size, int(is_write), value)
-        pending = self._pending[vcpu] = _Pending()
+        pending: _Pending | None = None
         try:
-            channel.send(control.encode(Msg.IO, payload))
+            # Numbered and sent under one lock: node 0 checks that the numbers arrive in order.
+            with self._seq_lock:
+                self._seq = self._seq % 0xFFFFFFFF + 1
+                pending = self._pending[vcpu] = _Pending(self._seq, size)
+                channel.send(control.encode(Msg.IO, control.IO.pack(self._seq, vcpu, port, size, int(is_write),
+                                                                   value if is_write else 0)))
             while not pending.event.wait(0.1):
                 if self._closing.is_set() or (self.machine and self.machine.result is not None):
                     return 0 if not is_write else None   # the VM is stopping; the value is never used
         finally:
-            del self._pending[vcpu]
+            if pending is not None:
+                del self._pending[vcpu]
         if pending.unhandled:
             raise GuestIoError(f"unhandled port I/O: {describe_access(port, size, is_write, value)}")
         return None if is_write else pending.value
@@ -452,13 +469,17 @@ class Node:
     def _serve_io(self, channel: Channel, frame: Frame) -> None:
         """Node 0: run a forwarded access on the real devices and answer it."""
         assert self.machine is not None
-        seq, vcpu, port, size, is_write, value = control.IO.unpack(frame.payload)
+        peer = channel.peer
+        request = control_decode.decode_io(frame, peer, self.config.nodes[peer].vcpus)
+        self._io_seq.setdefault(peer, control_decode.Sequence(peer)).check(request.seq)
         flags, result = 0, 0
         try:
-            result = self.machine.io.io(vcpu, port, size, bool(is_write), value) or 0
+            result = self.machine.io.io(request.vcpu, request.port, request.size, request.is_write,
+                                        request.value) or 0
+            result &= (1 << 8 * request.size) - 1     # what the access's width carries, as on one node
         except GuestIoError:
             flags = FLAG_UNHANDLED
-        channel.send(control.encode(Msg.IO_DONE, control.IO_DONE.pack(seq, vcpu, result), flags))
+        channel.send(control.encode(Msg.IO_DONE, control.IO_DONE.pack(request.seq, request.vcpu, result), flags))
 
     # --- interrupts (InterruptRouter) -----------------------------------------
     def raise_interrupt(self, target_vcpu: int, vector: int) -> None:
