@@ -17,11 +17,13 @@ all: setup guests
 setup: $(STAMP)
 
 # The stamp depends on the native sources so an edit to the C core rebuilds
-# the compiled module on the next `make`.
+# the compiled modules on the next `make`. The test kit (native/testkit.c)
+# is a module of its own, for the tests and the benchmark, not in the package.
 $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel cffi
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	$(PY) native/build.py --testkit
 	touch $@
 
 guests:
@@ -40,11 +42,12 @@ test: setup guests
 
 bench: setup guests
 	mkdir -p bench/results
-	$(PY) bench/run.py --json bench/results/bench.json
+	$(PY) -m bench.run --json bench/results/bench.json
 
 clean:
 	$(MAKE) -C guest clean
-	rm -rf build bench/results hypervisor/_ivy_native*.so hypervisor/_ivy_native.c
+	rm -rf build bench/results hypervisor/_ivy_native*.so hypervisor/_ivy_native.c \
+	       hypervisor/_ivy_testkit*.so hypervisor/_ivy_testkit.c
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info

@@ -1,8 +1,8 @@
 """DSM benchmark: fault latencies and ping-pong against floors measured in the same run.
 
-    python bench/dsm_bench.py [--json out.json] [--quick] [--placement shared|per-node|both]
+    python -m bench.dsm_bench [--json out.json] [--quick] [--placement shared|per-node|both]
 
-Two node processes on loopback (tests/dsm/helpers/dsm_worker.py), in two
+Two node processes on loopback (hypervisor/devkit/worker.py), in two
 placements (bench/floors.py): `shared`, both nodes on one CPU, where every
 microsecond the DSM spends on either side is on the fault's critical path;
 and `per-node`, a CPU for each node, as nodes on separate hosts run. Each
@@ -28,16 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "dsm" / "helpers"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from dsm_cluster import Cluster  # noqa: E402
-from floors import Placement, fault_bound, mechanisms, summary, tcp_floor, uffd_floor  # noqa: E402
-from hypervisor.dsm import DsmOptions  # noqa: E402
-
-ENGINE_TYPES = ("READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK")
+from bench.floors import Placement, fault_bound, mechanisms, summary, tcp_floor, uffd_floor
+from hypervisor.devkit.cluster import Cluster
+from hypervisor.dsm import DsmOptions
+from hypervisor.native_consts import ENGINE_TYPES, PAGE_SIZE
 TARGETS = {"read_fault_vs_floor": 1.25, "pingpong_vs_floor": 1.3}
 LATENCIES = ("read_fault", "write_fault", "write_after_read", "pingpong")
 
@@ -46,7 +40,7 @@ def sent_total(cluster: Cluster) -> int:
     # Snapshot of engine messages sent so far by every node (stats are live).
     total = 0
     for w in cluster.workers:
-        total += sum(w.call("stats")["stats"]["messages_sent"][t] for t in ENGINE_TYPES)
+        total += sum(w.call("stats")["stats"]["messages_sent"][t.name] for t in ENGINE_TYPES)
     return total
 
 
@@ -94,7 +88,7 @@ def contention(options: dict[str, Any], where: Placement, nnodes: int = 4, iters
         t0 = time.monotonic()
         cluster.run_all(timeout=120.0, workload="hammer", threads=1, iters=iters, page=5)
         seconds = time.monotonic() - t0
-        total = cluster.workers[0].call("read", offsets=[5 * 4096])["values"][0]
+        total = cluster.workers[0].call("read", offsets=[5 * PAGE_SIZE])["values"][0]
         stats = [r["stats"] for r in cluster.stop_all()]
     increments = nnodes * iters
     return {"seconds": seconds, "increments_per_s": increments / seconds, "exact": total == increments,

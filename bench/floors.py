@@ -16,7 +16,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from hypervisor._ivy_native import ffi, lib
+from hypervisor._ivy_native import ffi
+from hypervisor._ivy_testkit import lib
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def over_loopback(serve: Callable[[int], int], measure: Callable[[int], int], wh
 
 
 def tcp_floor(n: int, where: Placement, epoll: bool = False) -> dict[str, float]:
-    """56 bytes out, 56 + 4096 back, between two processes over loopback.
+    """A frame header out, a header and a page back, between two processes over loopback.
 
     epoll: each side waits in epoll_wait and then calls a non-blocking recv, as
     the DSM event loop must, instead of sleeping inside a blocking recv."""
@@ -123,8 +124,15 @@ def fault_bound(n: int, where: Placement) -> dict[str, float]:
     return _warm(out, n)
 
 
-MECHANISMS = ("downgrade a written page (WRITEPROTECT set)", "upgrade (WRITEPROTECT clear)",
-              "zap a mapped page (MADV_DONTNEED)", "map a page (CONTINUE, no waiter)", "copy 4 KiB into the VMM view")
+_MECHANISM_NAMES = {
+    lib.IVY_MECH_WP_SET: "downgrade a written page (WRITEPROTECT set)",
+    lib.IVY_MECH_WP_CLEAR: "upgrade (WRITEPROTECT clear)",
+    lib.IVY_MECH_ZAP: "zap a mapped page (MADV_DONTNEED)",
+    lib.IVY_MECH_CONTINUE: "map a page (CONTINUE, no waiter)",
+    lib.IVY_MECH_COPY: "copy a page into the VMM view",
+}
+# In testkit.h's order, which is the order of ivy_bench_mechanisms' output.
+MECHANISMS = tuple(_MECHANISM_NAMES[k] for k in range(lib.IVY_MECH_COUNT))
 
 
 def mechanisms(npages: int, where: Placement) -> dict[str, dict[str, float]]:

@@ -1,6 +1,6 @@
 """`make bench`: the DSM core's figures, then the guest-level ones, one JSON.
 
-    python bench/run.py [--json bench/results/bench.json] [--quick]
+    python -m bench.run [--json bench/results/bench.json] [--quick]
 
 Every figure is a ratio against a baseline measured in the same run (the
 machines are noisy): the DSM core against a bare userfaultfd fault and a bare
@@ -14,12 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-import dsm_bench  # noqa: E402
-import guests  # noqa: E402
+from bench import dsm_bench, guests
 
 
 def main(argv: list[str] | None = None) -> int:

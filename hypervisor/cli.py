@@ -15,6 +15,7 @@ from typing import Callable, NoReturn, Sequence
 
 from hypervisor import config
 from hypervisor.config import MANAGERS, MIB, READ_OWNERSHIP, SECRET_ENV, ConfigError
+from hypervisor.dsm import HOLD_US_DEFAULT
 from hypervisor.loader import STACK_SIZE, LoaderError, load_image
 from hypervisor.status import Status
 
@@ -136,7 +137,7 @@ def build_parser() -> _Parser:
                           "sleep at once; pays only with a CPU to spare per node, see docs/dsm.md)")
     run.add_argument("--hold-us", type=microseconds, default=None, metavar="US",
                      help="with --nodes: after a fault completes, requests that would take the page away wait "
-                          "this long so the woken vCPU gets its access in (default 50)")
+                          f"this long so the woken vCPU gets its access in (default {HOLD_US_DEFAULT})")
     run.add_argument("--stats", action="store_true",
                      help="with --nodes: each node prints one line of DSM statistics to stderr at the end")
     run.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",

@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import InputFileError, read_regular
+from hypervisor.native_consts import MANAGERS, MAX_NODES, READ_OWNERSHIP
 
 SECRET_ENV = "IVYVM_SECRET"
-MAX_NODES = 64
 MAX_VCPUS = 64
 MIB = 1 << 20
 MIN_MEM, MAX_MEM, MEM_ALIGN = 4 * MIB, 4 << 30, 2 * MIB
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-READ_OWNERSHIP = ("giantvm", "ivy")
-MANAGERS = ("dynamic", "central", "fixed")
 # Every node must have joined within this many seconds of starting; on real
 # hosts started by hand, raise it with `setup_timeout` in [cluster].
 DEFAULT_SETUP_TIMEOUT = 20.0

@@ -13,13 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from hypervisor._ivy_native import ffi, lib
+from hypervisor.native_consts import (ERR_LEN, HEARTBEAT_MS, MANAGERS, MAX_NODES, PAGE_SIZE, READ_OWNERSHIP,
+                                      TIMEOUT_MS, WIRE_PROTO, WireType)
 
-PAGE_SIZE = 4096
-PROTOCOL_VERSION = int(lib.IVY_WIRE_PROTO)
-MAX_NODES = int(lib.IVY_MAX_NODES)
-READ_OWNERSHIP = {"giantvm": lib.IVY_READ_GIANTVM, "ivy": lib.IVY_READ_IVY}
-MANAGERS = {"dynamic": lib.IVY_MGR_DYNAMIC, "central": lib.IVY_MGR_CENTRAL, "fixed": lib.IVY_MGR_FIXED}
-MESSAGE_TYPES = {1: "READ", 2: "WRITE", 3: "REPLY", 4: "INVALIDATE", 5: "INV_ACK", 6: "PING", 7: "BYE"}
+PROTOCOL_VERSION = WIRE_PROTO
 HOLD_US_DEFAULT = 50
 FAULT_KINDS = ("read", "write", "wp", "spurious", "duplicate", "local", "remote")
 
@@ -34,8 +31,8 @@ class DsmOptions:
 
     read_ownership: str = "giantvm"
     manager: str = "dynamic"
-    heartbeat_ms: int = 250
-    timeout_ms: int = 2000
+    heartbeat_ms: int = HEARTBEAT_MS
+    timeout_ms: int = TIMEOUT_MS
     # Busy-poll this long for an expected reply before sleeping in epoll. Off by
     # default: on a host with fewer cores than busy threads (vCPUs + event
     # loops) polling steals the CPU the peer needs (bench/dsm_bench.py --poll-us).
@@ -133,8 +130,8 @@ class DsmNode:
             cfg.peer_fds[i] = -1
         for peer, sock in peers.items():
             cfg.peer_fds[peer] = sock.detach() if hasattr(sock, "detach") else int(sock)
-        err = ffi.new("char[]", 256)
-        self._rt = lib.ivy_rt_create(cfg, err, 256)
+        err = ffi.new("char[]", ERR_LEN)
+        self._rt = lib.ivy_rt_create(cfg, err, ERR_LEN)
         if self._rt == ffi.NULL:
             for peer in peers:
                 os.close(cfg.peer_fds[peer])
@@ -219,7 +216,7 @@ class DsmNode:
         if self._rt == ffi.NULL:
             raise DsmError(f"node {self.node_id} is closed")
         s = lib.ivy_rt_stats(self._rt)
-        by_type = lambda arr: {name: int(arr[t]) for t, name in MESSAGE_TYPES.items()}  # noqa: E731
+        by_type = lambda arr: {t.name: int(arr[t]) for t in WireType}  # noqa: E731
         count = int(s.lat_count)
         return {
             "node": self.node_id,

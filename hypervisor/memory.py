@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from hypervisor.native_consts import PAGE_SIZE   # the unit the DSM shares RAM in (native/engine.h)
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.mmap.restype = ctypes.c_void_p
@@ -22,7 +24,6 @@ MAP_SHARED = 0x01
 MAP_NORESERVE = 0x4000
 MAP_FAILED = ctypes.c_void_p(-1).value
 MADV_NOHUGEPAGE = 15
-PAGE_SIZE = 4096
 
 
 class GuestMemoryError(Exception):

@@ -34,11 +34,13 @@ from .dsm import DsmError, DsmNode, DsmOptions
 from .handshake import ClusterShape, HandshakeError, connect_mesh, handshake, listen
 from .loader import Image, LoaderError, load_image
 from .machine import Machine, MachineError, RunResult
+from .native_consts import HEARTBEAT_MS, TIMEOUT_MS
 from .status import Status
 
-HEARTBEAT_SECONDS = 0.25
-SILENCE_SECONDS = 2.0          # a control peer quiet this long is taken for dead
-DSM_GRACE_SECONDS = 0.4        # a DSM heartbeat tick (0.25 s) and some: see _receive_loop
+# The control channel keeps the DSM links' liveness timing (native/runtime.h).
+HEARTBEAT_SECONDS = HEARTBEAT_MS / 1000
+SILENCE_SECONDS = TIMEOUT_MS / 1000    # a control peer quiet this long is taken for dead
+DSM_GRACE_SECONDS = HEARTBEAT_SECONDS * 1.6   # a DSM heartbeat tick and some: see _receive_loop
 DSM_IDLE = " while idle"        # how the DSM core's failure line ends when no page was awaited
 STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave before closing the DSM
 
@@ -345,7 +347,7 @@ class Node:
     def _watch_dsm(self) -> None:
         assert self.dsm is not None
         while not self._closing.is_set():
-            if self.dsm.wait_failed(0.25):
+            if self.dsm.wait_failed(HEARTBEAT_SECONDS):
                 self._lost(self._dsm_failure())
                 return
 

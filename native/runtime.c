@@ -818,9 +818,9 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     }
     rt->cfg = *cfg;
     if (!rt->cfg.heartbeat_ms)
-        rt->cfg.heartbeat_ms = 250;
+        rt->cfg.heartbeat_ms = IVY_RT_HEARTBEAT_MS;
     if (!rt->cfg.timeout_ms)
-        rt->cfg.timeout_ms = 2000;
+        rt->cfg.timeout_ms = IVY_RT_TIMEOUT_MS;
     rt->uffd = rt->epfd = rt->stopfd = rt->timerfd = rt->failfd = -1;
     rt->npages = cfg->size / IVY_PAGE_SIZE;
     for (unsigned i = 0; i < IVY_MAX_NODES; i++) {

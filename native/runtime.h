@@ -14,10 +14,14 @@
 #include <stdint.h>
 
 #include "engine.h"
+#include "wire.h"
 
 #define IVY_RT_LAT_BUCKETS 48 /* bucket i counts latencies in [2^i, 2^(i+1)) ns */
-#define IVY_RT_NTYPES 8       /* wire types 1..7 (engine messages, PING, BYE) */
+#define IVY_RT_NTYPES (IVY_WIRE_TYPE_MAX + 1) /* counters indexed by wire type (engine messages, PING, BYE) */
 #define IVY_RT_ERR_LEN 256
+/* Link liveness when the config gives 0; the control channel (hypervisor/node.py) uses the same. */
+#define IVY_RT_HEARTBEAT_MS 250  /* PING period per link */
+#define IVY_RT_TIMEOUT_MS 2000   /* a peer silent this long fails the node */
 
 struct ivy_rt_config {
     uint16_t self;
@@ -29,8 +33,8 @@ struct ivy_rt_config {
     uint64_t vmm_addr;      /* MAP_SHARED view the runtime reads and writes */
     uint64_t size;          /* bytes, a multiple of IVY_PAGE_SIZE */
     int peer_fds[IVY_MAX_NODES]; /* connected socket per peer, -1 for self; the runtime owns them */
-    uint32_t heartbeat_ms;  /* PING period per link (0: 250) */
-    uint32_t timeout_ms;    /* a peer silent this long fails the node (0: 2000) */
+    uint32_t heartbeat_ms;  /* PING period per link (0: IVY_RT_HEARTBEAT_MS) */
+    uint32_t timeout_ms;    /* a peer silent this long fails the node (0: IVY_RT_TIMEOUT_MS) */
     uint32_t poll_us;       /* busy-poll this long for an expected reply before sleeping (0: never) */
     uint32_t hold_us;       /* after a local fault on a page completes, requests that could take the
                                page away wait this long (Mirage's delta; 0: serve at once) */

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "wire.h"
 
 static uint64_t now_ns(void)
 {
@@ -262,10 +262,10 @@ static int full_io(int fd, void *buf, size_t len, bool send_it)
     return 0;
 }
 
-/* Bare TCP round trip shaped like a read fault: 56 bytes out, 56 + 4096 back. */
+/* Bare TCP round trip shaped like a read fault: a header out, a header and a page back. */
 int ivy_bench_tcp_ping(int fd, uint64_t n, uint64_t *out_ns)
 {
-    char req[56] = {0}, rep[56 + IVY_PAGE_SIZE];
+    char req[IVY_WIRE_HDR_SIZE] = {0}, rep[IVY_WIRE_MAX_FRAME];
     for (uint64_t i = 0; i < n; i++) {
         uint64_t t0 = now_ns();
         if (full_io(fd, req, sizeof req, true) || full_io(fd, rep, sizeof rep, false))
@@ -277,7 +277,7 @@ int ivy_bench_tcp_ping(int fd, uint64_t n, uint64_t *out_ns)
 
 int ivy_bench_tcp_pong(int fd, uint64_t n)
 {
-    char req[56], rep[56 + IVY_PAGE_SIZE];
+    char req[IVY_WIRE_HDR_SIZE], rep[IVY_WIRE_MAX_FRAME];
     memset(rep, 0x5a, sizeof rep);
     for (uint64_t i = 0; i < n; i++)
         if (full_io(fd, req, sizeof req, false) || full_io(fd, rep, sizeof rep, true))
@@ -323,7 +323,7 @@ static int epoll_for(int fd)
 
 int ivy_bench_tcp_ping_epoll(int fd, uint64_t n, uint64_t *out_ns)
 {
-    char req[56] = {0}, rep[56 + IVY_PAGE_SIZE];
+    char req[IVY_WIRE_HDR_SIZE] = {0}, rep[IVY_WIRE_MAX_FRAME];
     int ep = epoll_for(fd), rc = 0;
     if (ep < 0)
         return -1;
@@ -338,7 +338,7 @@ int ivy_bench_tcp_ping_epoll(int fd, uint64_t n, uint64_t *out_ns)
 
 int ivy_bench_tcp_pong_epoll(int fd, uint64_t n)
 {
-    char req[56], rep[56 + IVY_PAGE_SIZE];
+    char req[IVY_WIRE_HDR_SIZE], rep[IVY_WIRE_MAX_FRAME];
     int ep = epoll_for(fd), rc = 0;
     if (ep < 0)
         return -1;
@@ -353,11 +353,11 @@ int ivy_bench_tcp_pong_epoll(int fd, uint64_t n)
  * A design bound for the remote read fault, not a floor: the whole fault
  * path built from the bare mechanisms, with each side's waiting done by the
  * cheapest means there is. A handler thread sleeps in read() on a blocking
- * userfaultfd, sends 56 bytes and waits for the answer in a blocking recv()
+ * userfaultfd, sends a frame header and waits for the answer in a blocking recv()
  * (the thread that asked is the one the answer wakes); the owner process,
  * asleep in recv(), write-protects its mapped, written copy (as an owner must
  * before the bytes leave: a downgrade, so the TLB is flushed) and sends
- * 56 + 4096 bytes; the handler copies the page into the memfd and
+ * a header and a page; the handler copies the page into the memfd and
  * CONTINUEs. No engine, one page, one peer: a node cannot be built like
  * this, since while it waits for one answer it serves nothing else. It shows
  * what any runtime on this host can hope for (docs/dsm.md, "What was measured").
@@ -383,7 +383,7 @@ static void *bound_fail(struct bound_ctx *b)
 static void *bound_handler(void *arg)
 {
     struct bound_ctx *b = arg;
-    uint8_t req[56] = {0}, rep[56 + IVY_PAGE_SIZE];
+    uint8_t req[IVY_WIRE_HDR_SIZE] = {0}, rep[IVY_WIRE_MAX_FRAME];
     for (bool last = false; !last;) {
         struct uffd_msg m;
         if (read(b->uffd, &m, sizeof m) != sizeof m) {
@@ -445,7 +445,7 @@ static int bound_owner_rearm(struct bench_region *p)
 int ivy_bench_bound_owner(int fd)
 {
     struct bench_region p;
-    uint8_t req[56], hdr[56] = {0};
+    uint8_t req[IVY_WIRE_HDR_SIZE], hdr[IVY_WIRE_HDR_SIZE] = {0};
     int rc = -1;
     if (bench_region_open(&p, BOUND_OWNER_PAGES, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP))
         goto out;

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -20,10 +19,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from hypervisor.cenum import enum_members, lowercase
+from native.cdefgen import cdef_of
+
 ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "native"
 ENGINE_C = NATIVE / "engine.c"
 ENGINE_H = NATIVE / "engine.h"
+CDEFGEN = NATIVE / "cdefgen.py"
 
 # Test entry points: each arms the assertion trap, calls the engine and
 # returns 0, or -1 with the failed condition in ivy_test_failure().
@@ -87,27 +90,9 @@ class EngineAssertion(AssertionError):
     """An IVY_ASSERT inside engine.c failed."""
 
 
-def header_cdef(header: str) -> str:
-    """engine.h as cffi cdef: comments and guards dropped, constants left to the compiler."""
-    text = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
-    text = re.sub(r"//[^\n]*", "", text)
-    lines = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#define") and len(stripped.split()) >= 3:
-            lines.append(f"#define {stripped.split()[1]} ...")
-        elif stripped.startswith("#"):
-            continue
-        else:
-            lines.append(line)
-    cdef = "\n".join(lines)
-    # Array sizes given by macros are left for the compiler to fill in.
-    return re.sub(r"\[\s*IVY_[A-Z_]+\s*\]", "[...]", cdef)
-
-
 def _source_hash() -> str:
     h = hashlib.sha256()
-    for path in (ENGINE_C, ENGINE_H, Path(__file__)):
+    for path in (ENGINE_C, ENGINE_H, CDEFGEN, Path(__file__)):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -128,7 +113,7 @@ def load() -> ModuleType:
     built = sorted(build_dir.glob(f"{name}*.so")) if build_dir.exists() else []
     if not built:
         ffi = cffi.FFI()
-        ffi.cdef(header_cdef(ENGINE_H.read_text()) + _TEST_CDEF)
+        ffi.cdef(cdef_of(ENGINE_H.read_text()) + _TEST_CDEF)
         ffi.set_source(
             name,
             _TEST_PRELUDE + '#include "engine.c"\n' + _TEST_WRAPPERS,
@@ -189,23 +174,24 @@ class PageState:
     txid: int
 
 
-# Constants mirrored from engine.h (checked against the compiled module in the unit tests).
-INITIAL, INVALID, SHARED, MODIFIED = 0, 1, 2, 3
-IDLE, WANT_READ, WANT_WRITE, WAIT_ACKS, READ_STALE = 0, 1, 2, 3, 4
-READ_GIANTVM, READ_IVY = 0, 1
-MGR_DYNAMIC, MGR_CENTRAL, MGR_FIXED = 0, 1, 2
-MSG_READ, MSG_WRITE, MSG_REPLY, MSG_INVALIDATE, MSG_INV_ACK = 1, 2, 3, 4, 5
-REPLY_DATA, REPLY_OWNERSHIP = 0x1, 0x2
-ACT_SEND, ACT_MAP_RO, ACT_MAP_RW, ACT_ZAP, ACT_WRPROTECT = 1, 2, 3, 4, 5
-ACT_WAKE, ACT_PARK, ACT_UNPARK, ACT_DONE = 6, 7, 8, 9
+# The engine's names, with the values of this very build (engine.h is their one source).
+_ffi, _lib = load().ffi, load().lib
+INITIAL, INVALID, SHARED, MODIFIED = _lib.IVY_INITIAL, _lib.IVY_INVALID, _lib.IVY_SHARED, _lib.IVY_MODIFIED
+IDLE, WANT_READ, WANT_WRITE = _lib.IVY_IDLE, _lib.IVY_WANT_READ, _lib.IVY_WANT_WRITE
+WAIT_ACKS, READ_STALE = _lib.IVY_WAIT_ACKS, _lib.IVY_READ_STALE
+READ_GIANTVM, READ_IVY = _lib.IVY_READ_GIANTVM, _lib.IVY_READ_IVY
+MGR_DYNAMIC, MGR_CENTRAL, MGR_FIXED = _lib.IVY_MGR_DYNAMIC, _lib.IVY_MGR_CENTRAL, _lib.IVY_MGR_FIXED
+MSG_READ, MSG_WRITE, MSG_REPLY = _lib.IVY_MSG_READ, _lib.IVY_MSG_WRITE, _lib.IVY_MSG_REPLY
+MSG_INVALIDATE, MSG_INV_ACK = _lib.IVY_MSG_INVALIDATE, _lib.IVY_MSG_INV_ACK
+REPLY_DATA, REPLY_OWNERSHIP = _lib.IVY_REPLY_DATA, _lib.IVY_REPLY_OWNERSHIP
+ACT_SEND, ACT_MAP_RO, ACT_MAP_RW, ACT_ZAP = _lib.IVY_ACT_SEND, _lib.IVY_ACT_MAP_RO, _lib.IVY_ACT_MAP_RW, _lib.IVY_ACT_ZAP
+ACT_WRPROTECT, ACT_WAKE, ACT_PARK = _lib.IVY_ACT_WRPROTECT, _lib.IVY_ACT_WAKE, _lib.IVY_ACT_PARK
+ACT_UNPARK, ACT_DONE = _lib.IVY_ACT_UNPARK, _lib.IVY_ACT_DONE
 
-ACTION_NAMES = {
-    ACT_SEND: "SEND", ACT_MAP_RO: "MAP_RO", ACT_MAP_RW: "MAP_RW", ACT_ZAP: "ZAP",
-    ACT_WRPROTECT: "WRPROTECT", ACT_WAKE: "WAKE", ACT_PARK: "PARK", ACT_UNPARK: "UNPARK",
-    ACT_DONE: "DONE",
-}
-MSG_NAMES = {MSG_READ: "READ", MSG_WRITE: "WRITE", MSG_REPLY: "REPLY",
-             MSG_INVALIDATE: "INVALIDATE", MSG_INV_ACK: "INV_ACK"}
+ACTION_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_action_kind", "IVY_ACT_").items()}
+MSG_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_msg_type", "IVY_MSG_").items()}
+READ_OWNERSHIP = lowercase(enum_members(_ffi, "enum ivy_read_ownership", "IVY_READ_"))
+MANAGERS = lowercase(enum_members(_ffi, "enum ivy_manager", "IVY_MGR_"))
 
 
 class CEngine:

@@ -25,14 +25,12 @@ from typing import Any, Callable
 
 from tests.dsm.engine_ffi import (
     ACT_DONE, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE, ACT_WRPROTECT,
-    ACT_ZAP, IDLE, MGR_CENTRAL, MGR_DYNAMIC, MGR_FIXED, MSG_NAMES, MSG_READ, MSG_REPLY,
-    MSG_WRITE, READ_GIANTVM, READ_IVY, REPLY_DATA, REPLY_OWNERSHIP, Action, CEngine, Msg,
+    ACT_ZAP, IDLE, MANAGERS, MGR_CENTRAL, MGR_DYNAMIC, MGR_FIXED, MSG_NAMES, MSG_READ, MSG_REPLY,
+    MSG_WRITE, READ_GIANTVM, READ_IVY, READ_OWNERSHIP, REPLY_DATA, REPLY_OWNERSHIP, Action, CEngine, Msg,
     describe,
 )
 from tests.dsm.model import ModelError, ModelNode, nodes_of
 
-READ_OWNERSHIP = {"giantvm": READ_GIANTVM, "ivy": READ_IVY}
-MANAGERS = {"dynamic": MGR_DYNAMIC, "central": MGR_CENTRAL, "fixed": MGR_FIXED}
 ACCESS_OF_STATE = {0: 0, 1: 0, 2: 1, 3: 2}  # INITIAL, INVALID, SHARED, MODIFIED
 ALL_OPTIONS = [f"{r},{m}" for r in READ_OWNERSHIP for m in MANAGERS]
 

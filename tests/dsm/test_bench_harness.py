@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-import dsm_bench  # noqa: E402
-from floors import MECHANISMS  # noqa: E402
+from bench import dsm_bench
+from bench.floors import MECHANISMS
 
 
 def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> None:

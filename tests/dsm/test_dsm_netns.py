@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
-from dsm_cluster import Cluster  # noqa: E402
+from hypervisor.devkit.cluster import Cluster
+from hypervisor.native_consts import PAGE_SIZE
 
 pytestmark = pytest.mark.requires_netns  # skipped without root and `ip` (tests/conftest.py)
 
@@ -48,7 +46,7 @@ def test_two_hosts_share_ram(two_hosts) -> None:
     with Cluster(2, pages=128, hosts=addrs, prefixes=prefixes) as cluster:
         cluster.run_all(workload="counter", threads=2, iters=2000)
         for w in cluster.workers:
-            assert w.call("read", offsets=[0, 8, 4096])["values"] == [8000] * 3
+            assert w.call("read", offsets=[0, 8, PAGE_SIZE])["values"] == [8000] * 3
         published = cluster.run_all(workload="publish", rounds=10)
         assert all(r["bad"] == [] for r in published), published
         stats = [r["stats"] for r in cluster.stop_all()]

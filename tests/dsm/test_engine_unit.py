@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.dsm import engine_ffi as ffi_mod
 from tests.dsm.engine_ffi import (
     ACT_DONE, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE, ACT_WRPROTECT,
     ACT_ZAP, IDLE, INITIAL, INVALID, MGR_CENTRAL, MGR_DYNAMIC, MGR_FIXED, MODIFIED,
-    MSG_INV_ACK, MSG_INVALIDATE, MSG_READ, MSG_REPLY, MSG_WRITE, READ_IVY, READ_STALE,
+    MSG_INV_ACK, MSG_INVALIDATE, MSG_READ, MSG_REPLY, MSG_WRITE, READ_STALE,
     REPLY_DATA, REPLY_OWNERSHIP, SHARED, WAIT_ACKS, WANT_READ, WANT_WRITE, Action, CEngine,
     EngineAssertion, Msg,
 )
@@ -60,24 +59,6 @@ def deliver_until(sim: Simulation, done) -> None:  # type: ignore[no-untyped-def
 
 
 # --------------------------------------------------------------- build, header
-
-
-def test_header_constants_match_the_test_mirror() -> None:
-    lib = ffi_mod.load().lib
-    assert (lib.IVY_INITIAL, lib.IVY_INVALID, lib.IVY_SHARED, lib.IVY_MODIFIED) == (
-        INITIAL, INVALID, SHARED, MODIFIED)
-    assert (lib.IVY_IDLE, lib.IVY_WANT_READ, lib.IVY_WANT_WRITE, lib.IVY_WAIT_ACKS,
-            lib.IVY_READ_STALE) == (IDLE, WANT_READ, WANT_WRITE, WAIT_ACKS, READ_STALE)
-    assert (lib.IVY_MSG_READ, lib.IVY_MSG_WRITE, lib.IVY_MSG_REPLY, lib.IVY_MSG_INVALIDATE,
-            lib.IVY_MSG_INV_ACK) == (MSG_READ, MSG_WRITE, MSG_REPLY, MSG_INVALIDATE, MSG_INV_ACK)
-    assert (lib.IVY_REPLY_DATA, lib.IVY_REPLY_OWNERSHIP) == (REPLY_DATA, REPLY_OWNERSHIP)
-    assert (lib.IVY_ACT_SEND, lib.IVY_ACT_MAP_RO, lib.IVY_ACT_MAP_RW, lib.IVY_ACT_ZAP,
-            lib.IVY_ACT_WRPROTECT, lib.IVY_ACT_WAKE, lib.IVY_ACT_PARK, lib.IVY_ACT_UNPARK,
-            lib.IVY_ACT_DONE) == (ACT_SEND, ACT_MAP_RO, ACT_MAP_RW, ACT_ZAP, ACT_WRPROTECT,
-                                  ACT_WAKE, ACT_PARK, ACT_UNPARK, ACT_DONE)
-    assert (lib.IVY_MGR_DYNAMIC, lib.IVY_MGR_CENTRAL, lib.IVY_MGR_FIXED) == (
-        MGR_DYNAMIC, MGR_CENTRAL, MGR_FIXED)
-    assert lib.IVY_READ_IVY == READ_IVY
 
 
 @pytest.mark.parametrize("extra", [[], ["-DNDEBUG", "-O2"]], ids=["asserts", "ndebug"])

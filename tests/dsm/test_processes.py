@@ -1,27 +1,24 @@
 """Real node processes on loopback sharing RAM through the DSM (no KVM).
 
-Each node is a separate process (tests/dsm/helpers/dsm_worker.py) with its
+Each node is a separate process (hypervisor/devkit/worker.py) with its
 own memfd; threads in it touch the guest view from C, so every shared byte
 they see arrived through userfaultfd faults and TCP frames.
 """
 from __future__ import annotations
 
 import signal
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
-from dsm_cluster import Cluster  # noqa: E402
+from hypervisor.devkit.cluster import Cluster
+from hypervisor.native_consts import ENGINE_TYPES, PAGE_SIZE
 
-ENGINE_TYPES = ("READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK")
 
 
 def check_counters(cluster: Cluster, threads: int, iters: int) -> None:
     expected = cluster.nnodes * threads * iters
     for w in cluster.workers:  # every node reads the same totals through its own guest view
-        assert w.call("read", offsets=[0, 8, 4096])["values"] == [expected] * 3
+        assert w.call("read", offsets=[0, 8, PAGE_SIZE])["values"] == [expected] * 3
 
 
 def check_clean_stop(cluster: Cluster) -> list[dict]:
@@ -30,7 +27,7 @@ def check_clean_stop(cluster: Cluster) -> list[dict]:
         assert s["error"] is None, s["error"]
         assert s["threads_after_stop"] == 1, "a DSM thread outlived stop()"
     for t in ENGINE_TYPES:  # nothing lost or invented on the wire
-        assert sum(s["messages_sent"][t] for s in stats) == sum(s["messages_received"][t] for s in stats), t
+        assert sum(s["messages_sent"][t.name] for s in stats) == sum(s["messages_received"][t.name] for s in stats), t
     assert sum(s["faults"]["remote"] for s in stats) > 0
     assert sum(s["latency"]["count"] for s in stats) == sum(s["faults"]["local"] + s["faults"]["remote"]
                                                            for s in stats)
@@ -71,7 +68,7 @@ def test_node0_image_pages_travel_with_their_bytes() -> None:
     """Pages node 0 loaded before start (version 1) reach other nodes with their bytes."""
     with Cluster(3, pages=64, image={40: 1234, 41: 99}) as cluster:
         for w in cluster.workers[1:]:
-            assert w.call("read", offsets=[40 * 4096, 41 * 4096, 42 * 4096])["values"] == [1234, 99, 0]
+            assert w.call("read", offsets=[40 * PAGE_SIZE, 41 * PAGE_SIZE, 42 * PAGE_SIZE])["values"] == [1234, 99, 0]
         check_clean_stop(cluster)
 
 
@@ -121,6 +118,6 @@ def test_contended_page_makes_progress_on_every_node() -> None:
         results = cluster.run_all(timeout=60.0, workload="hammer", threads=threads, iters=iters, page=5)
         assert all(r["ok"] for r in results)
         for w in cluster.workers:
-            assert w.call("read", offsets=[5 * 4096])["values"] == [nnodes * threads * iters]
+            assert w.call("read", offsets=[5 * PAGE_SIZE])["values"] == [nnodes * threads * iters]
         stats = check_clean_stop(cluster)
     assert sum(s["held"] for s in stats) > 0, "no request met a hold window: the page never changed hands"

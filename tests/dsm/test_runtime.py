@@ -3,50 +3,38 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import threading
 import time
 
 import pytest
 
 from hypervisor._ivy_native import ffi, lib
+from hypervisor._ivy_testkit import lib as kit
 from hypervisor.memory import GuestRam
-from hypervisor.dsm import PAGE_SIZE, DsmError, DsmNode, DsmOptions, RamRegion
+from hypervisor.dsm import DsmError, DsmNode, DsmOptions, RamRegion
+from hypervisor.native_consts import PAGE_SIZE, WIRE_HDR_SIZE, WireType
+from tests.dsm import frames
 
-HDR = struct.Struct("<IBBBBIHHHHIQQQQ")
-READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = range(1, 8)
+READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = (WireType[name] for name in (
+    "READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK", "PING", "BYE"))
 NPAGES = 32
 
 
 def frame(type_: int, page: int, requester: int, sender: int, version: int = 0, copyset: int = 0, txid: int = 0,
           flags: int = 0, payload: bytes = b"") -> bytes:
-    return HDR.pack(lib.IVY_WIRE_MAGIC, lib.IVY_WIRE_PROTO, type_, flags, 0, len(payload), requester, sender, 0, 0,
-                    0, page, version, copyset, txid) + payload
+    return frames.pack(type_, payload, page=page, requester=requester, sender=sender, version=version,
+                       copyset=copyset, txid=txid, flags=flags)
 
 
-def recv_frame(sock: socket.socket, skip_pings: bool = True) -> dict:
-    while True:
-        hdr = b""
-        while len(hdr) < HDR.size:
-            chunk = sock.recv(HDR.size - len(hdr))
-            assert chunk, "node closed the link"
-            hdr += chunk
-        f = dict(zip(("magic", "proto", "type", "flags", "r0", "len", "requester", "sender", "hops", "r1", "r2",
-                      "page", "version", "copyset", "txid"), HDR.unpack(hdr)))
-        data = b""
-        while len(data) < f["len"]:
-            data += sock.recv(f["len"] - len(data))
-        f["data"] = data
-        if not (skip_pings and f["type"] == PING):
-            return f
+recv_frame = frames.recv
 
 
 def toucher(addr: int, write: bool = False) -> threading.Thread:
     """A thread that reads (or plainly stores to) one guest-view word, blocking in its fault."""
     if write:
-        t = threading.Thread(target=lib.ivy_test_store64, args=(addr, 1), daemon=True)
+        t = threading.Thread(target=kit.ivy_test_store64, args=(addr, 1), daemon=True)
     else:
-        t = threading.Thread(target=lib.ivy_test_load64, args=(addr,), daemon=True)
+        t = threading.Thread(target=kit.ivy_test_load64, args=(addr,), daemon=True)
     t.start()
     return t
 
@@ -61,10 +49,10 @@ def ram():
 def test_single_node_grants_locally(ram: GuestRam) -> None:
     with DsmNode(0, 1, ram, {}) as node:
         node.start()
-        lib.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 11)
+        kit.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 11)
         # Bytes written through the guest view are in the memfd, seen by the VMM view.
-        assert lib.ivy_test_verify(ram.vmm_addr, NPAGES * PAGE_SIZE, 11) == -1
-        threads = [threading.Thread(target=lib.ivy_test_atomic_add, args=(ram.guest_addr + 8, 1, 20000))
+        assert kit.ivy_test_verify(ram.vmm_addr, NPAGES * PAGE_SIZE, 11) == -1
+        threads = [threading.Thread(target=kit.ivy_test_atomic_add, args=(ram.guest_addr + 8, 1, 20000))
                    for _ in range(4)]
         for t in threads:
             t.start()
@@ -76,13 +64,13 @@ def test_single_node_grants_locally(ram: GuestRam) -> None:
         assert all(node.access(p) == 2 for p in range(NPAGES))
         assert node.error is None
     # Stopped: plain memory again, the increments all landed.
-    assert lib.ivy_test_load64(ram.guest_addr + 8) == 80000 + _pattern_word(11, 1)
+    assert kit.ivy_test_load64(ram.guest_addr + 8) == 80000 + _pattern_word(11, 1)
 
 
 def _pattern_word(seed: int, i: int) -> int:
     fill = GuestRam(PAGE_SIZE)
-    lib.ivy_test_fill(fill.vmm_addr, PAGE_SIZE, seed)
-    value = lib.ivy_test_load64(fill.vmm_addr + 8 * i)
+    kit.ivy_test_fill(fill.vmm_addr, PAGE_SIZE, seed)
+    value = kit.ivy_test_load64(fill.vmm_addr + 8 * i)
     fill.close()
     return int(value)
 
@@ -90,9 +78,9 @@ def _pattern_word(seed: int, i: int) -> int:
 def test_read_then_write_on_node0_is_read_fault_then_wp_fault(ram: GuestRam) -> None:
     with DsmNode(0, 1, ram, {}) as node:
         node.start()
-        lib.ivy_test_touch_timed(ram.guest_addr, 0)
+        kit.ivy_test_touch_timed(ram.guest_addr, 0)
         assert node.access(0) == 1
-        lib.ivy_test_touch_timed(ram.guest_addr, 1)
+        kit.ivy_test_touch_timed(ram.guest_addr, 1)
         assert node.access(0) == 2
         f = node.stats()["faults"]
         assert (f["read"], f["wp"], f["write"]) == (1, 1, 0)
@@ -122,7 +110,7 @@ def test_duplicate_faults_send_one_request_and_all_wake(scripted) -> None:
     for t in threads:
         t.join(5)
         assert not t.is_alive()
-    assert lib.ivy_test_load64(ram.guest_addr + 3 * PAGE_SIZE) == int.from_bytes(page[:8], "little")
+    assert kit.ivy_test_load64(ram.guest_addr + 3 * PAGE_SIZE) == int.from_bytes(page[:8], "little")
     s = node.stats()
     assert s["messages_sent"]["READ"] == 1 and s["faults"]["remote"] == 1
     assert node.access(3) == 1
@@ -141,7 +129,7 @@ def test_invalidate_zaps_and_next_read_asks_again(scripted) -> None:
     # Node 0 now wants to write: WRITE to the owner (node 1) which replies without data (versions match).
     peer.sendall(frame(WRITE, 4, 0, 0, version=3, txid=555))
     reply = recv_frame(peer)
-    assert (reply["type"], reply["txid"], reply["len"]) == (REPLY, 555, 0)
+    assert (reply["type"], reply["txid"], reply["payload_len"]) == (REPLY, 555, 0)
     assert reply["flags"] & lib.IVY_REPLY_OWNERSHIP and not reply["flags"] & lib.IVY_REPLY_DATA
     assert node.access(4) == 0
     # The zapped page faults again and the request goes to the new owner.
@@ -152,7 +140,7 @@ def test_invalidate_zaps_and_next_read_asks_again(scripted) -> None:
                        flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=b"\x02" * PAGE_SIZE))
     t.join(5)
     assert not t.is_alive()
-    assert lib.ivy_test_load64(ram.guest_addr + 4 * PAGE_SIZE) == int.from_bytes(b"\x02" * 8, "little")
+    assert kit.ivy_test_load64(ram.guest_addr + 4 * PAGE_SIZE) == int.from_bytes(b"\x02" * 8, "little")
     assert node.stats()["uffd"]["zaps"] >= 1
 
 
@@ -190,8 +178,8 @@ def test_idle_link_kept_alive_by_heartbeats(ram: GuestRam) -> None:
         assert not n0.wait_failed(0.6) and not n1.wait_failed(0.01), (n0.error, n1.error)
         assert n1.stats()["messages_received"]["PING"] >= 5
         # And the pair really shares memory.
-        lib.ivy_test_store64(ram.guest_addr + 9 * PAGE_SIZE, 4242)
-        assert lib.ivy_test_load64(other.guest_addr + 9 * PAGE_SIZE) == 4242
+        kit.ivy_test_store64(ram.guest_addr + 9 * PAGE_SIZE, 4242)
+        assert kit.ivy_test_load64(other.guest_addr + 9 * PAGE_SIZE) == 4242
     finally:
         n0.close()
         n1.close()
@@ -259,7 +247,7 @@ def owner_node():
     """Node 0 of 2 owning every page, 256 of them loaded with known bytes; node 1 is the test."""
     ram = GuestRam(256 * PAGE_SIZE)
     for page in range(256):
-        lib.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 1000 + page)
+        kit.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 1000 + page)
     ours, theirs = socket.socketpair()
     ours.settimeout(5)
     node = DsmNode(0, 2, ram, {1: theirs})
@@ -273,7 +261,7 @@ def owner_node():
 
 def expected_page(seed: int) -> bytes:
     tmp = GuestRam(PAGE_SIZE)
-    lib.ivy_test_fill(tmp.vmm_addr, PAGE_SIZE, seed)
+    kit.ivy_test_fill(tmp.vmm_addr, PAGE_SIZE, seed)
     data = bytes(ffi.buffer(ffi.cast("char *", tmp.vmm_addr), PAGE_SIZE))
     tmp.close()
     return data
@@ -291,7 +279,7 @@ def test_replies_queue_when_the_peer_reads_slowly(owner_node) -> None:
         assert reply["data"] == expected_page(1000 + p), f"page {p} bytes"
     assert node.error is None
     s = node.stats()
-    assert s["messages_sent"]["REPLY"] == 256 and s["bytes_sent"]["REPLY"] == 256 * (56 + PAGE_SIZE)
+    assert s["messages_sent"]["REPLY"] == 256 and s["bytes_sent"]["REPLY"] == 256 * (WIRE_HDR_SIZE + PAGE_SIZE)
     assert s["sends_queued"] > 0, "the socket never filled: the output queue went untested"
 
 
@@ -302,7 +290,7 @@ def test_frames_arriving_byte_by_byte(owner_node) -> None:
         peer.sendall(raw[i:i + 1])
         time.sleep(0.001)
     reply = recv_frame(peer)
-    assert (reply["type"], reply["page"], reply["txid"], reply["len"]) == (REPLY, 9, 77, 0)
+    assert (reply["type"], reply["page"], reply["txid"], reply["payload_len"]) == (REPLY, 9, 77, 0)
     assert node.access(9) == 0 and node.error is None
 
 
@@ -331,8 +319,8 @@ def test_write_fault_racing_an_invalidation(scripted) -> None:
     writer.join(5)
     assert not writer.is_alive()
     assert node.access(3) == 2
-    assert lib.ivy_test_load64(addr) == int.from_bytes(b"\x22" * 8, "little")  # the new bytes, not the zapped copy
-    assert lib.ivy_test_load64(addr + 8) == 1                                 # and the store landed on them
+    assert kit.ivy_test_load64(addr) == int.from_bytes(b"\x22" * 8, "little")  # the new bytes, not the zapped copy
+    assert kit.ivy_test_load64(addr + 8) == 1                                 # and the store landed on them
     assert node.error is None
 
 
@@ -353,7 +341,7 @@ def holding(ram: GuestRam):
 
 def reader(addr: int, out: list) -> threading.Thread:
     """A thread that loads one guest-view word into `out`, blocking in its fault."""
-    t = threading.Thread(target=lambda: out.append(int(lib.ivy_test_load64(addr))), daemon=True)
+    t = threading.Thread(target=lambda: out.append(int(kit.ivy_test_load64(addr))), daemon=True)
     t.start()
     return t
 

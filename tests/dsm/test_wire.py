@@ -2,30 +2,33 @@
 from __future__ import annotations
 
 import socket
-import struct
 
 import pytest
 
 from hypervisor._ivy_native import ffi, lib
 from hypervisor.memory import GuestRam
-from hypervisor.dsm import PAGE_SIZE, DsmNode
+from hypervisor.dsm import DsmNode
+from hypervisor.native_consts import (MAX_NODES, PAGE_SIZE, REPLY_DATA, REPLY_OWNERSHIP, WIRE_HDR_SIZE, WIRE_MAGIC,
+                                      WIRE_PROTO, WireType)
+from tests.dsm.frames import HDR, pack
 
 NPAGES, NNODES = 64, 4
-HDR = struct.Struct("<IBBBBIHHHHIQQQQ")
-READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = range(1, 8)
-DATA, OWNERSHIP = lib.IVY_REPLY_DATA, lib.IVY_REPLY_OWNERSHIP
+READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = (WireType[name] for name in (
+    "READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK", "PING", "BYE"))
+DATA, OWNERSHIP = REPLY_DATA, REPLY_OWNERSHIP
 
 
 def frame(type_: int = READ, flags: int = 0, payload_len: int | None = None, requester: int = 1, sender: int = 1,
           hops: int = 0, page: int = 3, version: int = 7, copyset: int = 0b11, txid: int = 99,
-          magic: int = lib.IVY_WIRE_MAGIC, proto: int = lib.IVY_WIRE_PROTO, reserved: tuple = (0, 0, 0),
+          magic: int = WIRE_MAGIC, proto: int = WIRE_PROTO, reserved: tuple = (0, 0, 0),
           payload: bytes | None = None) -> bytes:
     if payload is None:
-        payload = bytes(range(256)) * 16 if type_ == REPLY and flags & DATA else b""
+        payload = bytes(i % 256 for i in range(PAGE_SIZE)) if type_ == REPLY and flags & DATA else b""
     if payload_len is None:
         payload_len = len(payload)
-    return HDR.pack(magic, proto, type_, flags, reserved[0], payload_len, requester, sender, hops, reserved[1],
-                    reserved[2], page, version, copyset, txid) + payload
+    return pack(type_, payload, magic=magic, proto=proto, flags=flags, reserved0=reserved[0], payload_len=payload_len,
+                requester=requester, sender=sender, hops=hops, reserved1=reserved[1], reserved2=reserved[2], page=page,
+                version=version, copyset=copyset, txid=txid)
 
 
 _keep: list = []
@@ -39,8 +42,9 @@ def decode(buf: bytes, npages: int = NPAGES, nnodes: int = NNODES) -> tuple[int,
     return status, out
 
 
-def test_header_is_56_bytes_little_endian() -> None:
-    assert HDR.size == lib.IVY_WIRE_HDR_SIZE == 56
+def test_header_is_packed_little_endian() -> None:
+    # Offsets are pinned by wire.h's _Static_asserts; frames.HDR is read from that struct.
+    assert HDR.size == WIRE_HDR_SIZE
     assert frame()[:4] == b"IVYD"
 
 
@@ -51,7 +55,7 @@ def test_encode_decode_round_trip(type_: int, flags: int) -> None:
     msg = ffi.new("struct ivy_msg *", {"type": type_, "flags": flags, "requester": 2, "sender": 3, "hops": 5,
                                        "page": NPAGES - 1, "version": 2**63 + 1, "copyset": 0b1010,
                                        "txid": 0x1234_5678_9ABC})
-    hdr = ffi.new("uint8_t[56]")
+    hdr = ffi.new("uint8_t[]", WIRE_HDR_SIZE)
     lib.ivy_wire_encode(hdr, type_, msg)
     raw = bytes(ffi.buffer(hdr))
     payload = b"\xab" * PAGE_SIZE if flags & DATA else b""
@@ -62,7 +66,7 @@ def test_encode_decode_round_trip(type_: int, flags: int) -> None:
     m = out.msg
     assert (m.type, m.flags, m.requester, m.sender, m.hops, m.page, m.version, m.copyset, m.txid) == \
         (type_, flags, 2, 3, 5, NPAGES - 1, 2**63 + 1, 0b1010, 0x1234_5678_9ABC)
-    assert out.frame_len == 56 + len(payload)
+    assert out.frame_len == WIRE_HDR_SIZE + len(payload)
     if flags & DATA:
         assert bytes(ffi.buffer(out.data, PAGE_SIZE)) == payload
     else:
@@ -77,19 +81,20 @@ def test_link_messages_decode(type_: int) -> None:
 
 BAD_CASES = {
     "bad magic": (frame(magic=0x47455420), lib.IVY_WIRE_BAD_MAGIC),
-    "future protocol": (frame(proto=2), lib.IVY_WIRE_BAD_PROTO),
+    "future protocol": (frame(proto=WIRE_PROTO + 1), lib.IVY_WIRE_BAD_PROTO),
     "type zero": (frame(type_=0), lib.IVY_WIRE_BAD_TYPE),
-    "type past BYE": (frame(type_=8), lib.IVY_WIRE_BAD_TYPE),
+    "type past BYE": (frame(type_=max(WireType) + 1), lib.IVY_WIRE_BAD_TYPE),
     "type 255": (frame(type_=255), lib.IVY_WIRE_BAD_TYPE),
     "reserved byte": (frame(reserved=(1, 0, 0)), lib.IVY_WIRE_BAD_RESERVED),
     "reserved u16": (frame(reserved=(0, 1, 0)), lib.IVY_WIRE_BAD_RESERVED),
     "reserved u32": (frame(reserved=(0, 0, 1 << 31)), lib.IVY_WIRE_BAD_RESERVED),
     "flags on a request": (frame(READ, flags=DATA), lib.IVY_WIRE_BAD_FLAGS),
-    "unknown reply flag": (frame(REPLY, flags=4), lib.IVY_WIRE_BAD_FLAGS),
-    "payload on a request": (frame(WRITE, payload_len=4096, payload=b"\0" * 4096), lib.IVY_WIRE_BAD_LENGTH),
-    "data reply short payload": (frame(REPLY, DATA, payload_len=4095, payload=b"\0" * 4095), lib.IVY_WIRE_BAD_LENGTH),
+    "unknown reply flag": (frame(REPLY, flags=max(DATA, OWNERSHIP) << 1), lib.IVY_WIRE_BAD_FLAGS),
+    "payload on a request": (frame(WRITE, payload_len=PAGE_SIZE, payload=bytes(PAGE_SIZE)), lib.IVY_WIRE_BAD_LENGTH),
+    "data reply short payload": (frame(REPLY, DATA, payload_len=PAGE_SIZE - 1, payload=bytes(PAGE_SIZE - 1)),
+                                 lib.IVY_WIRE_BAD_LENGTH),
     "data reply huge length": (frame(REPLY, DATA, payload_len=0xFFFFFFFF, payload=b""), lib.IVY_WIRE_BAD_LENGTH),
-    "reply without data has payload": (frame(REPLY, 0, payload_len=4096, payload=b"\0" * 4096),
+    "reply without data has payload": (frame(REPLY, 0, payload_len=PAGE_SIZE, payload=bytes(PAGE_SIZE)),
                                        lib.IVY_WIRE_BAD_LENGTH),
     "page == npages": (frame(page=NPAGES), lib.IVY_WIRE_BAD_PAGE),
     "page 2**64-1": (frame(page=2**64 - 1), lib.IVY_WIRE_BAD_PAGE),
@@ -109,7 +114,7 @@ def test_malformed_field_is_rejected(name: str) -> None:
     assert ffi.string(lib.ivy_wire_status_name(status)).decode() not in ("ok", "unknown status")
 
 
-@pytest.mark.parametrize("cut", [0, 1, 3, 4, 55])
+@pytest.mark.parametrize("cut", [0, 1, 3, 4, WIRE_HDR_SIZE - 1])
 def test_partial_header_asks_for_more(cut: int) -> None:
     assert decode(frame()[:cut])[0] == lib.IVY_WIRE_SHORT
 
@@ -121,7 +126,8 @@ def test_partial_payload_asks_for_more() -> None:
 
 
 def test_all_64_nodes_copyset_allowed() -> None:
-    assert decode(frame(copyset=2**64 - 1, requester=63, sender=63), nnodes=64)[0] == lib.IVY_WIRE_OK
+    last = MAX_NODES - 1
+    assert decode(frame(copyset=2**MAX_NODES - 1, requester=last, sender=last), nnodes=MAX_NODES)[0] == lib.IVY_WIRE_OK
 
 
 # ---- bad frames into a live node: it stops with a clear error and changes nothing -----------------
@@ -150,7 +156,7 @@ def vmm_page(ram: GuestRam, page: int) -> bytes:
 
 
 @pytest.mark.parametrize("raw,words", [
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\0" * 40, "bad magic"),
+    ((b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").ljust(WIRE_HDR_SIZE, b"\0"), "bad magic"),
     (frame(proto=9, requester=0, sender=0), "unsupported protocol version"),
     (frame(type_=42, requester=0, sender=0), "unknown message type"),
     (frame(page=NPAGES + 5, requester=0, sender=0), "page number out of range"),

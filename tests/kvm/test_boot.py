@@ -19,6 +19,7 @@ import pytest
 from conftest import ROOT, guest_elf, requires_kvm
 from hypervisor.loader import EHDR, PHDR, Image, load_image, parse_image
 from hypervisor.machine import Machine, RunResult, State
+from hypervisor.memory import PAGE_SIZE
 
 pytestmark = requires_kvm
 
@@ -219,8 +220,8 @@ def test_image_pages_are_reported_for_the_dsm() -> None:
     image = load_image(guest_elf("hello"), 64 * MIB, 1)
     with Machine(image, vcpus=1, mem=64 * MIB, console=lambda b: None) as machine:
         pages = machine.written_pages
-        assert {ENTRY // 4096, 1} <= pages                          # first image page, the PML4
-        assert all(p < (64 * MIB) // 4096 for p in pages)
+        assert {ENTRY // PAGE_SIZE, 1} <= pages                     # first image page, the PML4
+        assert all(p < (64 * MIB) // PAGE_SIZE for p in pages)
         seg = image.segments[0]
         assert machine.ram is not None
         assert machine.ram.read(seg.paddr, len(seg.data)) == seg.data

@@ -14,18 +14,17 @@ released, exactly as vCPU threads would touch guest RAM.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
-
-from hypervisor._ivy_native import ffi, lib  # noqa: E402
-from hypervisor.memory import GuestRam  # noqa: E402
-from hypervisor.dsm import PAGE_SIZE, DsmNode, DsmOptions  # noqa: E402
-from hypervisor.handshake import ClusterShape, connect_mesh, listen  # noqa: E402
+from hypervisor._ivy_native import ffi
+from hypervisor._ivy_testkit import lib
+from hypervisor.dsm import DsmNode, DsmOptions
+from hypervisor.handshake import ClusterShape, connect_mesh, listen
+from hypervisor.memory import GuestRam
+from hypervisor.native_consts import PAGE_SIZE
 
 # RAM layout shared by the workloads (page numbers).
 COUNTER_PAGES = (0, 1)      # counters at page 0 offsets 0 and 8, page 1 offset 0

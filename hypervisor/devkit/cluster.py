@@ -1,4 +1,4 @@
-"""Launch and drive N dsm_worker.py processes (one DSM node each) from a test or the benchmark."""
+"""Launch and drive N worker processes (hypervisor/devkit/worker.py, one DSM node each) from a test or the benchmark."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
-ROOT = Path(__file__).resolve().parents[3]
-WORKER = Path(__file__).resolve().parent / "dsm_worker.py"
+WORKER = "hypervisor.devkit.worker"
 
 
 class WorkerError(Exception):
@@ -23,10 +21,9 @@ class WorkerError(Exception):
 class Worker:
     def __init__(self, node: int, prefix: Sequence[str] = (), cpu: int | None = None) -> None:
         self.node = node
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
         pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
-        self.proc = subprocess.Popen([*prefix, sys.executable, str(WORKER)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", WORKER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      bufsize=1, preexec_fn=pin)
 
     def send(self, cmd: str, **fields: Any) -> None:
