@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 NATIVE_SOURCES := $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: all setup guests demo demo-single test bench clean distclean
+.PHONY: all setup guests demo demo-single test check-engine protocol-doc bench clean distclean
 
 all: setup guests
 
@@ -39,6 +39,15 @@ demo-single: setup guests
 
 test: setup guests
 	$(PY) -m pytest -q tests
+
+# The protocol engine alone, in seconds: every option combination on 2-8
+# nodes against the reference model; fails if a table row is never taken.
+check-engine: setup
+	$(PY) -m tests.dsm.sim
+
+# Rewrite docs/protocol.md's transition table from engine.c's table.
+protocol-doc: setup
+	$(PY) -m tests.dsm.table_doc
 
 bench: setup guests
 	mkdir -p bench/results

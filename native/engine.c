@@ -1,9 +1,13 @@
 /*
- * engine.c - the Ivy coherence protocol (docs/dsm.md, PROTOCOL.md) as pure
- * state transitions: one small function per transition, named in its
- * comment as  FROM --event--> TO.  No I/O, no allocation, no locks: the
- * caller delivers one event at a time and performs the returned actions in
- * order.
+ * engine.c - the Ivy coherence protocol (docs/protocol.md) as pure state
+ * transitions. Dispatch is one table (ROWS, at the end): each row names the
+ * event and page state it takes, a guard that refuses messages that do not
+ * fit, and the handler that runs. The same rows decide which transition runs
+ * and whether a peer's message is acceptable, so no second checker restates
+ * preconditions; tests/dsm/model.py mirrors the table row by row, and
+ * docs/protocol.md's transition table is generated from it. No I/O, no
+ * allocation, no locks: the caller delivers one event at a time and performs
+ * the returned actions in order.
  *
  * Forwarding follows Li & Hudak: a non-owner passes a request on to its
  * probable owner and the true owner answers the requester directly, so a
@@ -120,7 +124,10 @@ static void check_page(const struct ivy_engine *e, const struct ivy_page *p)
     const uint64_t self = NODE_BIT(e->cfg.self);
 
     IVY_ASSERT(p->state <= IVY_MODIFIED);
-    IVY_ASSERT(p->pending <= IVY_READ_STALE);
+    IVY_ASSERT(p->pending <= IVY_PENDING_MAX);
+    /* Holding => a hold-enabled owner with access. */
+    IVY_ASSERT(p->pending != IVY_HOLDING ||
+               (e->cfg.hold && p->owner && (p->state == IVY_SHARED || p->state == IVY_MODIFIED)));
     /* Owner => its copyset holds itself (plus, while invalidating, the
      * nodes that have not acknowledged yet). */
     IVY_ASSERT(!p->owner || (p->copyset & self));
@@ -142,21 +149,35 @@ static void check_page(const struct ivy_engine *e, const struct ivy_page *p)
 
 /* --------------------------------------------------------- acquisitions */
 
-/* OWNER (WAIT_ACKS or IDLE) --last copy gone--> OWNER|MODIFIED */
+/* A local fault completed (MAP_* and DONE emitted): an owner starts its hold
+ * window, and the requests it parks wait for the window's end; otherwise the
+ * parked requests go on now, if the page was pending. */
+static void finish(struct ivy_engine *e, struct ivy_page *p, uint64_t page, bool unpark,
+                   struct ivy_actions *out)
+{
+    if (e->cfg.hold && p->owner) {
+        p->pending = IVY_HOLDING;
+        emit(out, IVY_ACT_HOLD, page);
+        return;
+    }
+    p->pending = IVY_IDLE;
+    if (unpark)
+        emit(out, IVY_ACT_UNPARK, page);
+}
+
+/* OWNER (WAIT_ACKS, IDLE or HOLDING) --last copy gone--> OWNER|MODIFIED */
 static void grant_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
                         struct ivy_actions *out)
 {
     IVY_ASSERT(p->owner && p->acks_missing == 0);
-    const bool was_pending = p->pending != IVY_IDLE;
+    const bool unpark = p->pending != IVY_IDLE; /* requests parked only while busy */
     p->version += 1;
     p->state = IVY_MODIFIED;
     p->copyset = NODE_BIT(e->cfg.self);
     p->probowner = e->cfg.self;
-    p->pending = IVY_IDLE;
     emit(out, IVY_ACT_MAP_RW, page);
     emit(out, IVY_ACT_DONE, page);
-    if (was_pending)
-        emit(out, IVY_ACT_UNPARK, page);
+    finish(e, p, page, unpark, out);
 }
 
 /* OWNER --need write, copies elsewhere--> WAIT_ACKS (INVALIDATE each holder) */
@@ -176,51 +197,19 @@ static void invalidate_copies(struct ivy_engine *e, struct ivy_page *p, uint64_t
     }
 }
 
-/* ---------------------------------------------------------- local faults */
-
-/* any --fault, access already suffices--> same (WAKE the faulter) */
-static void fault_spurious(uint64_t page, struct ivy_actions *out)
+static uint64_t new_txid(struct ivy_engine *e)
 {
-    emit(out, IVY_ACT_WAKE, page);
+    return ((uint64_t)e->cfg.self << 48) | e->next_txid++;
 }
 
-/* pending --fault--> pending (the coming MAP wakes every faulter) */
-static void fault_while_pending(void)
-{
-}
-
-/* OWNER|INITIAL (node 0) --read fault--> OWNER|SHARED, no message */
-static void fault_initial_read(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
-                               struct ivy_actions *out)
-{
-    IVY_ASSERT(p->state == IVY_INITIAL && e->cfg.self == 0);
-    p->state = IVY_SHARED;
-    emit(out, IVY_ACT_MAP_RO, page);
-    emit(out, IVY_ACT_DONE, page);
-}
-
-/* OWNER|SHARED or OWNER|INITIAL --write fault--> OWNER|MODIFIED, or
- * WAIT_ACKS while other copies are invalidated */
-static void fault_owner_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
-                              struct ivy_actions *out)
-{
-    const uint64_t others = p->copyset & ~NODE_BIT(e->cfg.self);
-    if (others == 0) {
-        grant_write(e, p, page, out);
-        return;
-    }
-    p->txid = ((uint64_t)e->cfg.self << 48) | e->next_txid++;
-    invalidate_copies(e, p, page, others, out);
-}
-
-/* INVALID|SHARED|INITIAL (not owner) --fault--> WANT_READ|WANT_WRITE */
-static void fault_request(struct ivy_engine *e, struct ivy_page *p, uint64_t page, bool write,
-                          struct ivy_actions *out)
+/* Send a request for the page towards its owner (fault_request, reply_read_stale). */
+static void ask(struct ivy_engine *e, struct ivy_page *p, uint64_t page, bool write,
+                struct ivy_actions *out)
 {
     const uint8_t type = write ? IVY_MSG_WRITE : IVY_MSG_READ;
     const uint16_t to = ivy_engine_route(e, page);
     IVY_ASSERT(!p->owner && to != e->cfg.self);
-    p->txid = ((uint64_t)e->cfg.self << 48) | e->next_txid++;
+    p->txid = new_txid(e);
     p->pending = write ? IVY_WANT_WRITE : IVY_WANT_READ;
     /* A manager's own request is queued behind its record like any other. */
     if (is_manager(e, page) && moves_ownership(e, type))
@@ -229,34 +218,7 @@ static void fault_request(struct ivy_engine *e, struct ivy_page *p, uint64_t pag
     emit_send(e, out, to, &req);
 }
 
-/* ------------------------------------------------------- requests served */
-
-/* pending --READ/WRITE--> pending (PARK until the acquisition completes) */
-static void request_park(uint64_t page, const struct ivy_msg *m, struct ivy_actions *out)
-{
-    struct ivy_action *a = emit(out, IVY_ACT_PARK, page);
-    a->msg = *m;
-}
-
-/* not owner --READ/WRITE--> same, request forwarded to probowner (or the
- * manager's record); probowner := requester if ownership will move there */
-static void request_forward(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                            struct ivy_actions *out)
-{
-    struct ivy_msg fwd = *m;
-    fwd.hops = (uint16_t)(m->hops + 1);
-    IVY_ASSERT(p->probowner != e->cfg.self && p->probowner != m->requester);
-    emit_send(e, out, p->probowner, &fwd);
-    if (moves_ownership(e, m->type))
-        p->probowner = m->requester;
-}
-
-static uint8_t data_flag(const struct ivy_page *p, const struct ivy_msg *m)
-{
-    return m->version == p->version ? 0 : IVY_REPLY_DATA;
-}
-
-/* Only an idle owner serves: an acquiring node parks requests instead. */
+/* Only an idle owner serves: an acquiring or holding node parks requests. */
 static void assert_can_serve(const struct ivy_page *p)
 {
     IVY_ASSERT(p->owner && p->pending == IVY_IDLE && p->acks_missing == 0);
@@ -274,72 +236,10 @@ static void downgrade_to_shared(struct ivy_page *p, uint64_t page, struct ivy_ac
     p->state = IVY_SHARED;
 }
 
-/* OWNER --READ--> SHARED, ownership handed to the reader (GiantVM) */
-static void serve_read_handover(struct ivy_engine *e, struct ivy_page *p,
-                                const struct ivy_msg *m, struct ivy_actions *out)
+static uint8_t data_flag(const struct ivy_page *p, const struct ivy_msg *m)
 {
-    assert_can_serve(p);
-    downgrade_to_shared(p, m->page, out);
-    struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, m->page, m->requester, p->version,
-                                    p->copyset, m->txid);
-    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | data_flag(p, m));
-    reply.hops = m->hops;
-    p->owner = 0;
-    p->copyset = 0;
-    p->probowner = m->requester;
-    emit_send(e, out, m->requester, &reply);
+    return m->version == p->version ? 0 : IVY_REPLY_DATA;
 }
-
-/* OWNER --READ--> OWNER|SHARED, reader added to the copyset (classic Ivy) */
-static void serve_read_keep(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                            struct ivy_actions *out)
-{
-    assert_can_serve(p);
-    downgrade_to_shared(p, m->page, out);
-    p->copyset |= NODE_BIT(m->requester);
-    struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, m->page, m->requester, p->version,
-                                    p->copyset, m->txid);
-    reply.flags = data_flag(p, m);
-    reply.hops = m->hops;
-    emit_send(e, out, m->requester, &reply);
-}
-
-/* OWNER --WRITE--> INVALID, page, copyset minus self and ownership to the writer */
-static void serve_write(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                        struct ivy_actions *out)
-{
-    assert_can_serve(p);
-    if (access_of(p) > 0)
-        emit(out, IVY_ACT_ZAP, m->page);
-    struct ivy_msg reply =
-        make_msg(e, IVY_MSG_REPLY, m->page, m->requester, p->version,
-                 p->copyset & ~NODE_BIT(e->cfg.self), m->txid);
-    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | data_flag(p, m));
-    reply.hops = m->hops;
-    p->state = IVY_INVALID;
-    p->owner = 0;
-    p->copyset = 0;
-    p->probowner = m->requester;
-    emit_send(e, out, m->requester, &reply);
-}
-
-static void on_request(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                       struct ivy_actions *out)
-{
-    IVY_ASSERT(m->requester != e->cfg.self);
-    if (p->pending != IVY_IDLE)
-        request_park(m->page, m, out);
-    else if (!p->owner)
-        request_forward(e, p, m, out);
-    else if (m->type == IVY_MSG_WRITE)
-        serve_write(e, p, m, out);
-    else if (e->cfg.read_ownership == IVY_READ_GIANTVM)
-        serve_read_handover(e, p, m, out);
-    else
-        serve_read_keep(e, p, m, out);
-}
-
-/* ---------------------------------------------------------------- replies */
 
 /* Bytes without DATA are the requester's own, so they must be current. */
 static void take_reply_version(struct ivy_page *p, const struct ivy_msg *m)
@@ -350,120 +250,516 @@ static void take_reply_version(struct ivy_page *p, const struct ivy_msg *m)
     p->version = m->version;
 }
 
-/* WANT_READ --REPLY with ownership--> OWNER|SHARED (GiantVM) */
-static void reply_read_owner(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                             struct ivy_actions *out)
+/* ------------------------------------------------------------- handlers
+ *
+ * One per transition, named as its row. The row's key and guard hold when
+ * it runs; IVY_ASSERTs below are invariants, not input checks.
+ */
+
+static void fault_while_pending(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)e, (void)p, (void)page, (void)m, (void)out; /* the coming MAP wakes every faulter */
+}
+
+static void fault_spurious(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                           const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)e, (void)p, (void)m;
+    emit(out, IVY_ACT_WAKE, page);
+}
+
+static void fault_initial_read(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                               const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)m;
+    IVY_ASSERT(p->state == IVY_INITIAL && e->cfg.self == 0);
+    p->state = IVY_SHARED;
+    emit(out, IVY_ACT_MAP_RO, page);
+    emit(out, IVY_ACT_DONE, page);
+    finish(e, p, page, false, out);
+}
+
+static void fault_initial_read_writable(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                        const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)m;
+    IVY_ASSERT(p->state == IVY_INITIAL && p->copyset == NODE_BIT(e->cfg.self));
+    grant_write(e, p, page, out);
+}
+
+static void fault_owner_write_alone(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                    const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)m;
+    grant_write(e, p, page, out);
+}
+
+static void fault_owner_write_invalidates(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                          const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)m;
+    p->txid = new_txid(e);
+    invalidate_copies(e, p, page, p->copyset & ~NODE_BIT(e->cfg.self), out);
+}
+
+static void fault_request_read(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                               const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)m;
+    ask(e, p, page, false, out);
+}
+
+static void fault_request_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)m;
+    ask(e, p, page, true, out);
+}
+
+static void request_park(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                         const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)e, (void)p;
+    emit(out, IVY_ACT_PARK, page)->msg = *m;
+}
+
+static void request_forward(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                            const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)page;
+    struct ivy_msg fwd = *m;
+    fwd.hops = (uint16_t)(m->hops + 1);
+    emit_send(e, out, p->probowner, &fwd);
+    if (moves_ownership(e, m->type))
+        p->probowner = m->requester;
+}
+
+static void serve_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                        const struct ivy_msg *m, struct ivy_actions *out)
+{
+    assert_can_serve(p);
+    if (access_of(p) > 0)
+        emit(out, IVY_ACT_ZAP, page);
+    struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, page, m->requester, p->version,
+                                    p->copyset & ~NODE_BIT(e->cfg.self), m->txid);
+    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | data_flag(p, m));
+    reply.hops = m->hops;
+    p->state = IVY_INVALID;
+    p->owner = 0;
+    p->copyset = 0;
+    p->probowner = m->requester;
+    emit_send(e, out, m->requester, &reply);
+}
+
+static void serve_read_handover(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                const struct ivy_msg *m, struct ivy_actions *out)
+{
+    assert_can_serve(p);
+    downgrade_to_shared(p, page, out);
+    struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, page, m->requester, p->version,
+                                    p->copyset, m->txid);
+    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | data_flag(p, m));
+    reply.hops = m->hops;
+    p->owner = 0;
+    p->copyset = 0;
+    p->probowner = m->requester;
+    emit_send(e, out, m->requester, &reply);
+}
+
+static void serve_read_keep(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                            const struct ivy_msg *m, struct ivy_actions *out)
+{
+    assert_can_serve(p);
+    downgrade_to_shared(p, page, out);
+    p->copyset |= NODE_BIT(m->requester);
+    struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, page, m->requester, p->version,
+                                    p->copyset, m->txid);
+    reply.flags = data_flag(p, m);
+    reply.hops = m->hops;
+    emit_send(e, out, m->requester, &reply);
+}
+
+/* The requester becomes owner of a page it cannot access yet. */
+static void take_write_reply(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m)
+{
+    take_reply_version(p, m);
+    p->owner = 1;
+    p->probowner = e->cfg.self;
+    p->copyset = NODE_BIT(e->cfg.self);
+    if (p->state == IVY_INITIAL)
+        p->state = IVY_INVALID; /* touched now; still no access until granted */
+}
+
+static void reply_write_alone(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                              const struct ivy_msg *m, struct ivy_actions *out)
+{
+    take_write_reply(e, p, m);
+    grant_write(e, p, page, out);
+}
+
+static void reply_write_invalidates(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                    const struct ivy_msg *m, struct ivy_actions *out)
+{
+    take_write_reply(e, p, m);
+    invalidate_copies(e, p, page, m->copyset & ~NODE_BIT(e->cfg.self), out);
+}
+
+static void reply_read_owner(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                             const struct ivy_msg *m, struct ivy_actions *out)
 {
     take_reply_version(p, m);
     p->state = IVY_SHARED;
     p->owner = 1;
     p->copyset = m->copyset | NODE_BIT(e->cfg.self);
     p->probowner = e->cfg.self;
-    p->pending = IVY_IDLE;
-    emit(out, IVY_ACT_MAP_RO, m->page);
-    emit(out, IVY_ACT_DONE, m->page);
-    emit(out, IVY_ACT_UNPARK, m->page);
+    emit(out, IVY_ACT_MAP_RO, page);
+    emit(out, IVY_ACT_DONE, page);
+    finish(e, p, page, true, out);
 }
 
-/* WANT_READ --REPLY--> SHARED, probowner = the owner (classic Ivy) */
-static void reply_read_copy(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                            struct ivy_actions *out)
+static void reply_read_copy(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                            const struct ivy_msg *m, struct ivy_actions *out)
 {
     take_reply_version(p, m);
     p->state = IVY_SHARED;
     p->copyset = 0;
     hint_probowner(e, p, m->sender);
-    p->pending = IVY_IDLE;
-    emit(out, IVY_ACT_MAP_RO, m->page);
-    emit(out, IVY_ACT_DONE, m->page);
-    emit(out, IVY_ACT_UNPARK, m->page);
+    emit(out, IVY_ACT_MAP_RO, page);
+    emit(out, IVY_ACT_DONE, page);
+    finish(e, p, page, true, out);
 }
 
-/* READ_STALE --REPLY--> WANT_READ: an invalidation overtook this reply, so
- * the copy it grants is already dead; keep the bytes (they match the
- * reply's version) and ask the new owner. */
-static void reply_read_stale(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                             struct ivy_actions *out)
+/* The copy this reply grants is already dead: keep its bytes (they match
+ * the reply's version) and ask the new owner. */
+static void reply_read_stale(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                             const struct ivy_msg *m, struct ivy_actions *out)
 {
-    IVY_ASSERT(!(m->flags & IVY_REPLY_OWNERSHIP));
     take_reply_version(p, m);
-    p->pending = IVY_IDLE;
-    fault_request(e, p, m->page, false, out);
+    ask(e, p, page, false, out);
 }
 
-/* WANT_WRITE --REPLY--> OWNER|MODIFIED, or WAIT_ACKS while the copyset is
- * invalidated */
-static void reply_write(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                        struct ivy_actions *out)
-{
-    IVY_ASSERT(m->flags & IVY_REPLY_OWNERSHIP);
-    take_reply_version(p, m);
-    const uint64_t others = m->copyset & ~NODE_BIT(e->cfg.self);
-    p->owner = 1;
-    p->probowner = e->cfg.self;
-    p->copyset = NODE_BIT(e->cfg.self);
-    if (p->state == IVY_INITIAL)
-        p->state = IVY_INVALID; /* touched now; still no access until granted */
-    if (others == 0)
-        grant_write(e, p, m->page, out);
-    else
-        invalidate_copies(e, p, m->page, others, out);
-}
-
-static void on_reply(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                     struct ivy_actions *out)
-{
-    IVY_ASSERT(m->txid == p->txid);
-    switch (p->pending) {
-    case IVY_WANT_WRITE:
-        reply_write(e, p, m, out);
-        break;
-    case IVY_WANT_READ:
-        if (m->flags & IVY_REPLY_OWNERSHIP)
-            reply_read_owner(e, p, m, out);
-        else
-            reply_read_copy(e, p, m, out);
-        break;
-    case IVY_READ_STALE:
-        reply_read_stale(e, p, m, out);
-        break;
-    default:
-        IVY_ASSERT(!"reply without an outstanding request");
-    }
-}
-
-/* ---------------------------------------------------------- invalidation */
-
-/* any non-owner --INVALIDATE--> INVALID, INV_ACK sent (never parked: only
- * the owner sends it, and it may itself be waiting for this ack) */
-static void on_invalidate(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                          struct ivy_actions *out)
+/* Never parked: only the owner sends it, and it may itself wait for this ack. */
+static void invalidate(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                       const struct ivy_msg *m, struct ivy_actions *out)
 {
     IVY_ASSERT(!p->owner);
     if (access_of(p) > 0)
-        emit(out, IVY_ACT_ZAP, m->page);
+        emit(out, IVY_ACT_ZAP, page);
     p->state = IVY_INVALID;
     p->copyset = 0;
     hint_probowner(e, p, m->sender);
-    /* WANT_READ --INVALIDATE--> READ_STALE: the owner already answered and
-     * then lost the page (classic Ivy only: a GiantVM read moves ownership). */
-    if (p->pending == IVY_WANT_READ)
-        p->pending = IVY_READ_STALE;
-    struct ivy_msg ack = make_msg(e, IVY_MSG_INV_ACK, m->page, m->requester, p->version, 0,
+    struct ivy_msg ack = make_msg(e, IVY_MSG_INV_ACK, page, m->requester, p->version, 0,
                                   m->txid);
     emit_send(e, out, m->sender, &ack);
 }
 
-/* WAIT_ACKS --INV_ACK--> WAIT_ACKS, or OWNER|MODIFIED after the last one */
-static void on_inv_ack(struct ivy_engine *e, struct ivy_page *p, const struct ivy_msg *m,
-                       struct ivy_actions *out)
+/* The owner already answered and then lost the page (classic Ivy only: a
+ * GiantVM read moves ownership, so nobody else can invalidate the reader). */
+static void invalidate_while_reading(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                     const struct ivy_msg *m, struct ivy_actions *out)
+{
+    invalidate(e, p, page, m, out);
+    p->pending = IVY_READ_STALE;
+}
+
+static void take_ack(struct ivy_page *p, const struct ivy_msg *m)
 {
     const uint64_t bit = NODE_BIT(m->sender);
-    IVY_ASSERT(p->pending == IVY_WAIT_ACKS && (p->acks_missing & bit) && m->txid == p->txid);
+    IVY_ASSERT(p->acks_missing & bit);
     p->acks_missing &= ~bit;
     p->copyset &= ~bit;
-    if (p->acks_missing == 0)
-        grant_write(e, p, m->page, out);
+}
+
+static void ack_counted(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                        const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)e, (void)page, (void)out;
+    take_ack(p, m);
+    IVY_ASSERT(p->acks_missing != 0);
+}
+
+static void ack_last(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                     const struct ivy_msg *m, struct ivy_actions *out)
+{
+    take_ack(p, m);
+    grant_write(e, p, page, out);
+}
+
+/* The woken thread had its window: serve what waited, in arrival order. */
+static void hold_end(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                     const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)e, (void)m;
+    p->pending = IVY_IDLE;
+    emit(out, IVY_ACT_UNPARK, page);
+}
+
+/* ------------------------------------------------------ selectors (`when`) */
+
+static int giantvm_reads(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)p, (void)m;
+    return e->cfg.read_ownership == IVY_READ_GIANTVM;
+}
+
+static int ivy_reads(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    return !giantvm_reads(e, p, m);
+}
+
+static int touch_writable(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)p, (void)m;
+    return e->cfg.first_touch == IVY_TOUCH_WRITE;
+}
+
+static int copies_elsewhere(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)m;
+    return (p->copyset & ~NODE_BIT(e->cfg.self)) != 0;
+}
+
+static int no_copies_elsewhere(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    return !copies_elsewhere(e, p, m);
+}
+
+static int reply_lists_copies(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)p;
+    return (m->copyset & ~NODE_BIT(e->cfg.self)) != 0;
+}
+
+static int reply_lists_none(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    return !reply_lists_copies(e, p, m);
+}
+
+static int reply_grants_ownership(const struct ivy_engine *e, const struct ivy_page *p,
+                                  const struct ivy_msg *m)
+{
+    (void)e, (void)p;
+    return (m->flags & IVY_REPLY_OWNERSHIP) != 0;
+}
+
+static int reply_grants_a_copy(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    return !reply_grants_ownership(e, p, m);
+}
+
+static int last_ack(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)e;
+    return (p->acks_missing & ~NODE_BIT(m->sender)) == 0;
+}
+
+static int acks_left(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    return !last_ack(e, p, m);
+}
+
+/* ------------------------------------------------- guards: does m fit? */
+
+static const char *request_from_elsewhere(const struct ivy_engine *e, const struct ivy_page *p,
+                                          const struct ivy_msg *m)
+{
+    (void)p;
+    return m->requester == e->cfg.self ? "a request naming this node as requester" : NULL;
+}
+
+static const char *forward_has_a_target(const struct ivy_engine *e, const struct ivy_page *p,
+                                        const struct ivy_msg *m)
+{
+    const char *why = request_from_elsewhere(e, p, m);
+    if (why)
+        return why;
+    if (p->probowner == e->cfg.self || p->probowner == m->requester)
+        return "a request this node can neither serve nor forward";
+    return NULL;
+}
+
+static const char *reply_fits(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    if (m->requester != e->cfg.self)
+        return "a reply for another node";
+    if (m->txid != p->txid)
+        return "a reply with a stale transaction id";
+    if (!(m->flags & IVY_REPLY_DATA) && m->version != p->version)
+        return "a reply without data for a version this node does not have";
+    if ((m->flags & IVY_REPLY_DATA) && access_of(p) != 0)
+        return "page bytes for a page that is still readable here";
+    return NULL;
+}
+
+static const char *reply_with_ownership(const struct ivy_engine *e, const struct ivy_page *p,
+                                        const struct ivy_msg *m)
+{
+    const char *why = reply_fits(e, p, m);
+    if (!why && !(m->flags & IVY_REPLY_OWNERSHIP))
+        why = "a write reply without ownership";
+    return why;
+}
+
+static const char *reply_without_ownership(const struct ivy_engine *e, const struct ivy_page *p,
+                                           const struct ivy_msg *m)
+{
+    const char *why = reply_fits(e, p, m);
+    if (!why && (m->flags & IVY_REPLY_OWNERSHIP))
+        why = "ownership on a reply that an invalidation overtook";
+    return why;
+}
+
+static const char *ack_awaited(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)e;
+    if (!(p->acks_missing & NODE_BIT(m->sender)) || m->txid != p->txid)
+        return "an acknowledgement nobody waits for";
+    return NULL;
+}
+
+/* ------------------------------------------------------------ the table */
+
+#define EV(x) (1u << IVY_EV_##x)
+#define FAULTS (EV(READ_FAULT) | EV(WRITE_FAULT))
+#define REQUESTS (EV(READ) | EV(WRITE))
+#define ST(x) (1u << IVY_##x)
+#define ANY_STATE (ST(INITIAL) | ST(INVALID) | ST(SHARED) | ST(MODIFIED))
+#define PD(x) (1u << IVY_##x)
+#define ACQUIRING (PD(WANT_READ) | PD(WANT_WRITE) | PD(WAIT_ACKS) | PD(READ_STALE))
+#define ANY_PENDING (PD(IDLE) | ACQUIRING | PD(HOLDING))
+#define OWNER IVY_ROW_OWNER
+#define NOT_OWNER IVY_ROW_NOT_OWNER
+#define EITHER (IVY_ROW_OWNER | IVY_ROW_NOT_OWNER)
+#define WHEN(f) f, #f
+#define ALWAYS NULL, NULL
+#define GUARD(f) f, #f
+#define NO_GUARD NULL, NULL
+#define ROW(name, h, events, states, pendings, owner, when, guard, effect) \
+    {#name, #h, events, states, pendings, owner, when, guard, effect, h}
+
+/* Order matters only where keys overlap: the first matching row wins. */
+static const struct ivy_row ROWS[] = {
+    /* local faults */
+    ROW(fault_while_pending, fault_while_pending, FAULTS, ANY_STATE, ACQUIRING, EITHER, ALWAYS, NO_GUARD,
+        "nothing: the acquisition's MAP wakes every faulter"),
+    ROW(read_fault_spurious, fault_spurious, EV(READ_FAULT), ST(SHARED) | ST(MODIFIED), PD(IDLE) | PD(HOLDING), EITHER,
+        ALWAYS, NO_GUARD, "WAKE: access already suffices"),
+    ROW(write_fault_spurious, fault_spurious, EV(WRITE_FAULT), ST(MODIFIED), PD(IDLE) | PD(HOLDING), EITHER, ALWAYS,
+        NO_GUARD, "WAKE: access already suffices"),
+    ROW(fault_initial_read_writable, fault_initial_read_writable, EV(READ_FAULT), ST(INITIAL), PD(IDLE), OWNER,
+        WHEN(touch_writable), NO_GUARD, "as a write fault: MODIFIED, version + 1, MAP_RW DONE"),
+    ROW(fault_initial_read, fault_initial_read, EV(READ_FAULT), ST(INITIAL), PD(IDLE), OWNER, ALWAYS, NO_GUARD,
+        "SHARED, MAP_RO DONE, no message"),
+    ROW(fault_owner_write_alone, fault_owner_write_alone, EV(WRITE_FAULT), ST(INITIAL) | ST(SHARED), PD(IDLE) | PD(HOLDING),
+        OWNER, WHEN(no_copies_elsewhere), NO_GUARD, "grant_write: MODIFIED, version + 1, MAP_RW DONE"),
+    ROW(fault_owner_write_invalidates, fault_owner_write_invalidates, EV(WRITE_FAULT), ST(INITIAL) | ST(SHARED),
+        PD(IDLE) | PD(HOLDING), OWNER, WHEN(copies_elsewhere), NO_GUARD,
+        "WAIT_ACKS, INVALIDATE every other copy holder"),
+    ROW(read_fault_request, fault_request_read, EV(READ_FAULT), ST(INITIAL) | ST(INVALID), PD(IDLE), NOT_OWNER, ALWAYS,
+        NO_GUARD, "WANT_READ, READ to ivy_engine_route()"),
+    ROW(write_fault_request, fault_request_write, EV(WRITE_FAULT), ST(INITIAL) | ST(INVALID) | ST(SHARED), PD(IDLE), NOT_OWNER,
+        ALWAYS, NO_GUARD, "WANT_WRITE, WRITE to ivy_engine_route()"),
+    /* requests */
+    ROW(request_park, request_park, REQUESTS, ANY_STATE, ACQUIRING, EITHER, ALWAYS, GUARD(request_from_elsewhere),
+        "PARK until the acquisition completes"),
+    ROW(request_hold, request_park, REQUESTS, ST(SHARED) | ST(MODIFIED), PD(HOLDING), OWNER, ALWAYS,
+        GUARD(request_from_elsewhere), "PARK until the hold window ends"),
+    ROW(request_forward, request_forward, REQUESTS, ANY_STATE, PD(IDLE), NOT_OWNER, ALWAYS, GUARD(forward_has_a_target),
+        "to probowner, hops + 1; probowner := requester if ownership moves"),
+    ROW(serve_write, serve_write, EV(WRITE), ST(INITIAL) | ST(SHARED) | ST(MODIFIED), PD(IDLE), OWNER, ALWAYS,
+        GUARD(request_from_elsewhere),
+        "INVALID non-owner, ZAP, REPLY+OWNERSHIP with the copyset minus self"),
+    ROW(serve_read_handover, serve_read_handover, EV(READ), ST(INITIAL) | ST(SHARED) | ST(MODIFIED), PD(IDLE), OWNER,
+        WHEN(giantvm_reads), GUARD(request_from_elsewhere),
+        "SHARED non-owner (WRPROTECT or MAP_RO first), REPLY+OWNERSHIP with the copyset"),
+    ROW(serve_read_keep, serve_read_keep, EV(READ), ST(INITIAL) | ST(SHARED) | ST(MODIFIED), PD(IDLE), OWNER,
+        WHEN(ivy_reads), GUARD(request_from_elsewhere),
+        "OWNER|SHARED, copyset += requester, REPLY with the copyset"),
+    /* replies */
+    ROW(reply_write_alone, reply_write_alone, EV(REPLY), ANY_STATE, PD(WANT_WRITE), NOT_OWNER, WHEN(reply_lists_none),
+        GUARD(reply_with_ownership), "owner, grant_write"),
+    ROW(reply_write_invalidates, reply_write_invalidates, EV(REPLY), ANY_STATE, PD(WANT_WRITE), NOT_OWNER,
+        WHEN(reply_lists_copies), GUARD(reply_with_ownership),
+        "owner, WAIT_ACKS, INVALIDATE the reply's copyset but self"),
+    ROW(reply_read_owner, reply_read_owner, EV(REPLY), ST(INITIAL) | ST(INVALID), PD(WANT_READ), NOT_OWNER,
+        WHEN(reply_grants_ownership), GUARD(reply_fits),
+        "OWNER|SHARED, copyset = reply's + self, MAP_RO DONE (GiantVM)"),
+    ROW(reply_read_copy, reply_read_copy, EV(REPLY), ST(INITIAL) | ST(INVALID), PD(WANT_READ), NOT_OWNER,
+        WHEN(reply_grants_a_copy), GUARD(reply_fits),
+        "SHARED, probowner := sender, MAP_RO DONE (classic Ivy)"),
+    ROW(reply_read_stale, reply_read_stale, EV(REPLY), ST(INVALID), PD(READ_STALE), NOT_OWNER, ALWAYS,
+        GUARD(reply_without_ownership), "WANT_READ again: READ to the new owner, nothing mapped"),
+    /* invalidations and acks */
+    ROW(invalidate_while_reading, invalidate_while_reading, EV(INVALIDATE), ANY_STATE, PD(WANT_READ), NOT_OWNER, ALWAYS,
+        NO_GUARD, "READ_STALE, INVALID, INV_ACK"),
+    ROW(invalidate, invalidate, EV(INVALIDATE), ANY_STATE, PD(IDLE) | PD(WANT_WRITE) | PD(READ_STALE), NOT_OWNER,
+        ALWAYS, NO_GUARD, "INVALID, ZAP if mapped, probowner := sender, INV_ACK"),
+    ROW(ack_counted, ack_counted, EV(INV_ACK), ANY_STATE, PD(WAIT_ACKS), OWNER, WHEN(acks_left), GUARD(ack_awaited),
+        "WAIT_ACKS for the rest"),
+    ROW(ack_last, ack_last, EV(INV_ACK), ANY_STATE, PD(WAIT_ACKS), OWNER, WHEN(last_ack), GUARD(ack_awaited),
+        "grant_write"),
+    /* the hold window */
+    ROW(hold_expired, hold_end, EV(HOLD_EXPIRED), ANY_STATE, PD(HOLDING), OWNER, ALWAYS, NO_GUARD,
+        "IDLE, UNPARK what waited"),
+    ROW(hold_cut_by_store, hold_end, EV(STORE_SEEN), ANY_STATE, PD(HOLDING), OWNER, ALWAYS, NO_GUARD,
+        "IDLE, UNPARK what waited (the window is cut short)"),
+};
+#define NROWS (sizeof ROWS / sizeof ROWS[0])
+
+static const struct {
+    const char *name;
+    const char *unmatched; /* a message of this type no row takes */
+} EVENTS[IVY_EV_MAX + 1] = {
+    [IVY_EV_READ] = {"READ", "a request this node can neither serve nor forward"},
+    [IVY_EV_WRITE] = {"WRITE", "a request this node can neither serve nor forward"},
+    [IVY_EV_REPLY] = {"REPLY", "a reply this node did not ask for"},
+    [IVY_EV_INVALIDATE] = {"INVALIDATE", "an invalidation sent to the owner"},
+    [IVY_EV_INV_ACK] = {"INV_ACK", "an acknowledgement nobody waits for"},
+    [IVY_EV_READ_FAULT] = {"read fault", NULL},
+    [IVY_EV_WRITE_FAULT] = {"write fault", NULL},
+    [IVY_EV_HOLD_EXPIRED] = {"hold expired", NULL},
+    [IVY_EV_STORE_SEEN] = {"store seen", NULL},
+};
+
+/* ------------------------------------------------------------- dispatch */
+
+static bool key_matches(const struct ivy_row *r, const struct ivy_page *p, unsigned event)
+{
+    return (r->events >> event & 1u) && (r->states >> p->state & 1u) && (r->pendings >> p->pending & 1u) &&
+           (r->owner & (p->owner ? IVY_ROW_OWNER : IVY_ROW_NOT_OWNER));
+}
+
+/* The first row taking `event` now, or -1. */
+static int select_row(const struct ivy_engine *e, const struct ivy_page *p, unsigned event,
+                      const struct ivy_msg *m)
+{
+    for (unsigned i = 0; i < NROWS; i++) {
+        const struct ivy_row *r = &ROWS[i];
+        if (key_matches(r, p, event) && (!r->when || r->when(e, p, m)))
+            return (int)i;
+    }
+    return -1;
+}
+
+static void run_row(struct ivy_engine *e, struct ivy_page *p, uint64_t page, unsigned row,
+                    const struct ivy_msg *m, struct ivy_actions *out)
+{
+    out->n = 0;
+    out->row = row;
+    ROWS[row].run(e, p, page, m, out);
+    check_page(e, p);
+}
+
+/* A local event always has a row: the table covers every state it can meet. */
+static void local_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out)
+{
+    struct ivy_page *p = page_entry(e, page);
+    const int row = select_row(e, p, event, NULL);
+    IVY_ASSERT(row >= 0);
+    out->n = 0;
+    if (row >= 0)
+        run_row(e, p, page, (unsigned)row, NULL, out);
 }
 
 /* ------------------------------------------------------------------- API */
@@ -472,6 +768,7 @@ void ivy_engine_init(struct ivy_engine *e, const struct ivy_config *cfg, struct 
 {
     IVY_ASSERT(cfg->nnodes >= 1 && cfg->nnodes <= IVY_MAX_NODES && cfg->self < cfg->nnodes);
     IVY_ASSERT(cfg->read_ownership <= IVY_READ_IVY && cfg->manager <= IVY_MGR_FIXED);
+    IVY_ASSERT(cfg->hold <= 1 && cfg->first_touch <= IVY_TOUCH_WRITE);
     e->cfg = *cfg;
     e->pages = pages;
     e->next_txid = 1;
@@ -499,89 +796,59 @@ void ivy_engine_set_version(struct ivy_engine *e, uint64_t page, uint64_t versio
 
 void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_actions *out)
 {
-    struct ivy_page *p = page_entry(e, page);
-    out->n = 0;
-    if (p->pending != IVY_IDLE)
-        fault_while_pending();
-    else if (access_of(p) >= (write ? 2 : 1))
-        fault_spurious(page, out);
-    else if (p->owner && write)
-        fault_owner_write(e, p, page, out);
-    else if (p->owner)
-        fault_initial_read(e, p, page, out);
-    else
-        fault_request(e, p, page, write, out);
-    check_page(e, p);
+    local_event(e, page, write ? IVY_EV_WRITE_FAULT : IVY_EV_READ_FAULT, out);
 }
 
-const char *ivy_engine_check_message(const struct ivy_engine *e, const struct ivy_msg *m)
+void ivy_engine_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out)
+{
+    IVY_ASSERT(event == IVY_EV_HOLD_EXPIRED || event == IVY_EV_STORE_SEEN);
+    local_event(e, page, event, out);
+}
+
+struct ivy_verdict ivy_engine_check(const struct ivy_engine *e, const struct ivy_msg *m)
 {
     IVY_ASSERT(m->page < e->cfg.npages);
-    const struct ivy_page *p = &e->pages[m->page];
-    const uint16_t self = e->cfg.self;
-    if (m->sender >= e->cfg.nnodes || m->requester >= e->cfg.nnodes)
-        return "a node id beyond the cluster";
-    switch (m->type) {
-    case IVY_MSG_READ:
-    case IVY_MSG_WRITE:
-        if (m->requester == self)
-            return "a request naming this node as requester";
-        if (p->pending == IVY_IDLE && !p->owner && (p->probowner == self || p->probowner == m->requester))
-            return "a request this node can neither serve nor forward";
-        return NULL;
-    case IVY_MSG_REPLY:
-        if (m->requester != self)
-            return "a reply for another node";
-        if (p->pending != IVY_WANT_READ && p->pending != IVY_WANT_WRITE && p->pending != IVY_READ_STALE)
-            return "a reply this node did not ask for";
-        if (m->txid != p->txid)
-            return "a reply with a stale transaction id";
-        if (!(m->flags & IVY_REPLY_DATA) && m->version != p->version)
-            return "a reply without data for a version this node does not have";
-        if ((m->flags & IVY_REPLY_DATA) && access_of(p) != 0)
-            return "page bytes for a page that is still readable here";
-        if (p->pending == IVY_WANT_WRITE && !(m->flags & IVY_REPLY_OWNERSHIP))
-            return "a write reply without ownership";
-        if (p->pending == IVY_READ_STALE && (m->flags & IVY_REPLY_OWNERSHIP))
-            return "ownership on a reply that an invalidation overtook";
-        return NULL;
-    case IVY_MSG_INVALIDATE:
-        return p->owner ? "an invalidation sent to the owner" : NULL;
-    case IVY_MSG_INV_ACK:
-        if (p->pending != IVY_WAIT_ACKS || !(p->acks_missing & NODE_BIT(m->sender)) || m->txid != p->txid)
-            return "an acknowledgement nobody waits for";
-        return NULL;
-    default:
-        return "an unknown message type";
+    struct ivy_verdict v = {.row = -1, .refused_by = -1, .why = NULL};
+    if (m->type < IVY_MSG_READ || m->type > IVY_MSG_TYPE_MAX) {
+        v.why = "an unknown message type";
+        return v;
     }
+    if (m->sender >= e->cfg.nnodes || m->requester >= e->cfg.nnodes) {
+        v.why = "a node id beyond the cluster";
+        return v;
+    }
+    const struct ivy_page *p = &e->pages[m->page];
+    const int row = select_row(e, p, m->type, m);
+    if (row < 0) {
+        v.why = EVENTS[m->type].unmatched;
+        return v;
+    }
+    const char *why = ROWS[row].guard ? ROWS[row].guard(e, p, m) : NULL;
+    if (why) {
+        v.refused_by = row;
+        v.why = why;
+        return v;
+    }
+    v.row = row;
+    return v;
+}
+
+void ivy_engine_apply(struct ivy_engine *e, const struct ivy_msg *m, unsigned row, struct ivy_actions *out)
+{
+    struct ivy_page *p = page_entry(e, m->page);
+    IVY_ASSERT(row < NROWS && key_matches(&ROWS[row], p, m->type));
+    out->n = 0;
+    if (row < NROWS)
+        run_row(e, p, m->page, row, m, out);
 }
 
 void ivy_engine_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out)
 {
-    struct ivy_page *p = page_entry(e, m->page);
+    const struct ivy_verdict v = ivy_engine_check(e, m);
+    IVY_ASSERT(v.row >= 0);
     out->n = 0;
-    /* Asserted after the transition, so a transition's own assert (which
-     * names the broken precondition) fires first; this catches the rest. */
-    const char *misfit = ivy_engine_check_message(e, m);
-    switch (m->type) {
-    case IVY_MSG_READ:
-    case IVY_MSG_WRITE:
-        on_request(e, p, m, out);
-        break;
-    case IVY_MSG_REPLY:
-        on_reply(e, p, m, out);
-        break;
-    case IVY_MSG_INVALIDATE:
-        on_invalidate(e, p, m, out);
-        break;
-    case IVY_MSG_INV_ACK:
-        on_inv_ack(e, p, m, out);
-        break;
-    default:
-        IVY_ASSERT(!"unknown message type");
-    }
-    IVY_ASSERT(misfit == NULL);
-    check_page(e, p);
+    if (v.row >= 0) /* with NDEBUG: dropped rather than run through no row */
+        ivy_engine_apply(e, m, (unsigned)v.row, out);
 }
 
 uint16_t ivy_engine_route(const struct ivy_engine *e, uint64_t page)
@@ -598,14 +865,34 @@ int ivy_engine_access(const struct ivy_engine *e, uint64_t page)
     return access_of(&e->pages[page]);
 }
 
+unsigned ivy_engine_nrows(void)
+{
+    return NROWS;
+}
+
+const struct ivy_row *ivy_engine_row(unsigned i)
+{
+    return i < NROWS ? &ROWS[i] : NULL;
+}
+
+const char *ivy_event_name(unsigned event)
+{
+    return event <= IVY_EV_MAX && EVENTS[event].name ? EVENTS[event].name : "?";
+}
+
 const char *ivy_state_name(uint8_t state)
 {
     static const char *const names[] = {"INITIAL", "INVALID", "SHARED", "MODIFIED"};
     return state <= IVY_MODIFIED ? names[state] : "?";
 }
 
+const char *ivy_pending_name(uint8_t pending)
+{
+    static const char *const names[] = {"IDLE", "WANT_READ", "WANT_WRITE", "WAIT_ACKS", "READ_STALE", "HOLDING"};
+    return pending <= IVY_PENDING_MAX ? names[pending] : "?";
+}
+
 const char *ivy_msg_name(uint8_t type)
 {
-    static const char *const names[] = {"?", "READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK"};
-    return type <= IVY_MSG_TYPE_MAX ? names[type] : "?";
+    return type >= IVY_MSG_READ && type <= IVY_MSG_TYPE_MAX ? EVENTS[type].name : "?";
 }

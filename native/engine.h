@@ -17,6 +17,11 @@
  *  - A PARK action asks the caller to hold a message; UNPARK asks it to
  *    re-deliver, in arrival order, every message held for that page. A
  *    re-delivered message may be parked again.
+ *  - A HOLD action (cfg.hold set) starts the page's hold window: the caller
+ *    feeds IVY_EV_HOLD_EXPIRED once it has run out, or IVY_EV_STORE_SEEN once
+ *    the woken writer's store is seen, whichever comes first, and only while
+ *    the page is still IVY_HOLDING (ivy_engine_page). Either may come late:
+ *    requests keep parking until it does.
  *  - Versions: equal versions mean equal bytes. Pages whose bytes were written
  *    outside the protocol before start (the image loader on node 0) must be
  *    given version >= 1 with ivy_engine_set_version() before any event.
@@ -45,8 +50,11 @@ enum ivy_pending {
     IVY_WANT_READ = 1,  /* request sent, waiting for the owner's reply */
     IVY_WANT_WRITE = 2, /* request sent, waiting for the owner's reply */
     IVY_WAIT_ACKS = 3,  /* have the page, waiting for invalidation acks */
-    IVY_READ_STALE = 4  /* classic Ivy: invalidated while WANT_READ, so the coming
+    IVY_READ_STALE = 4, /* classic Ivy: invalidated while WANT_READ, so the coming
                            reply is already stale; the engine asks again */
+    IVY_HOLDING = 5,    /* owner, just granted: requests wait until the hold
+                           window is over, so the woken thread gets its access */
+    IVY_PENDING_MAX = 5
 };
 
 enum ivy_read_ownership {
@@ -58,6 +66,13 @@ enum ivy_manager {
     IVY_MGR_DYNAMIC = 0, /* probowner forwarding with path compression */
     IVY_MGR_CENTRAL = 1, /* node 0 records every owner */
     IVY_MGR_FIXED = 2    /* node p % nnodes records the owner of p */
+};
+
+/* What node 0's first read of a page it never touched is granted. */
+enum ivy_first_touch {
+    IVY_TOUCH_READ = 0, /* a readable copy; a later write faults again (default) */
+    IVY_TOUCH_WRITE = 1 /* write access at once: a read-modify-write faults once, but the
+                           version moves, so the page's bytes travel to the next reader */
 };
 
 enum ivy_msg_type {
@@ -103,6 +118,8 @@ struct ivy_config {
     uint16_t nnodes;
     uint8_t read_ownership; /* enum ivy_read_ownership */
     uint8_t manager;        /* enum ivy_manager */
+    uint8_t hold;           /* bool: an owner's completed fault starts a hold window */
+    uint8_t first_touch;    /* enum ivy_first_touch */
     uint64_t npages;
 };
 
@@ -115,7 +132,8 @@ enum ivy_action_kind {
     IVY_ACT_WAKE = 6,      /* wake faulters: access already suffices (spurious fault) */
     IVY_ACT_PARK = 7,      /* hold msg until UNPARK for msg.page */
     IVY_ACT_UNPARK = 8,    /* re-deliver held messages for page, in order */
-    IVY_ACT_DONE = 9       /* a local fault completed (latency/statistics hook) */
+    IVY_ACT_DONE = 9,      /* a local fault completed (latency/statistics hook) */
+    IVY_ACT_HOLD = 10      /* start the page's hold window (see the contract above) */
 };
 
 struct ivy_action {
@@ -127,6 +145,7 @@ struct ivy_action {
 
 struct ivy_actions {
     unsigned n;
+    unsigned row; /* the transition-table row that handled the event */
     struct ivy_action a[IVY_MAX_ACTIONS];
 };
 
@@ -143,20 +162,86 @@ void ivy_engine_init(struct ivy_engine *e, const struct ivy_config *cfg,
 /* Declare bytes written outside the protocol (node 0's image). */
 void ivy_engine_set_version(struct ivy_engine *e, uint64_t page, uint64_t version);
 
+/*
+ * Events: what the transition table (engine.c, docs/protocol.md) dispatches
+ * on. A message's event is its type; local events follow.
+ */
+enum ivy_event {
+    IVY_EV_READ = IVY_MSG_READ,
+    IVY_EV_WRITE = IVY_MSG_WRITE,
+    IVY_EV_REPLY = IVY_MSG_REPLY,
+    IVY_EV_INVALIDATE = IVY_MSG_INVALIDATE,
+    IVY_EV_INV_ACK = IVY_MSG_INV_ACK,
+    IVY_EV_READ_FAULT = 6,   /* a local read faulted */
+    IVY_EV_WRITE_FAULT = 7,  /* a local write (or write-protect) faulted */
+    IVY_EV_HOLD_EXPIRED = 8, /* the page's hold window ran out */
+    IVY_EV_STORE_SEEN = 9,   /* the writer woken by the hold's grant has stored */
+    IVY_EV_MAX = 9
+};
+
+/* Row owner mask bits. */
+#define IVY_ROW_NOT_OWNER 0x1u
+#define IVY_ROW_OWNER 0x2u
+
+struct ivy_engine;
+typedef int (*ivy_row_when)(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m);
+typedef const char *(*ivy_row_guard)(const struct ivy_engine *e, const struct ivy_page *p,
+                                     const struct ivy_msg *m);
+typedef void (*ivy_row_run)(struct ivy_engine *e, struct ivy_page *p, uint64_t page, const struct ivy_msg *m,
+                            struct ivy_actions *out);
+
+/*
+ * One transition. The first row whose key (event, state, pending, owner: one
+ * bit per value in each mask) matches and whose `when` holds handles the
+ * event; if its guard refuses (a message that does not fit the page), the
+ * message is refused with the guard's words. m is NULL for local events.
+ */
+struct ivy_row {
+    const char *name;       /* the transition */
+    const char *handler;    /* the function that performs it (rows may share one) */
+    uint16_t events;        /* bit (1 << enum ivy_event) per event */
+    uint8_t states;         /* bit per enum ivy_state */
+    uint8_t pendings;       /* bit per enum ivy_pending */
+    uint8_t owner;          /* IVY_ROW_OWNER | IVY_ROW_NOT_OWNER */
+    ivy_row_when when;      /* NULL: always */
+    const char *when_name;
+    ivy_row_guard guard;    /* NULL: every matching event fits */
+    const char *guard_name;
+    const char *effect;     /* what it does, for docs/protocol.md */
+    ivy_row_run run;
+};
+
+unsigned ivy_engine_nrows(void);
+const struct ivy_row *ivy_engine_row(unsigned i);
+const char *ivy_event_name(unsigned event);
+
 /* A local access faulted: `write` is true for a write (or write-protect) fault. */
 void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write,
                       struct ivy_actions *out);
 
-/* A message arrived from a peer (already validated by the wire layer, and
- * accepted by ivy_engine_check_message: the engine asserts it is). */
+/* A hold window event for a page that is IVY_HOLDING: IVY_EV_HOLD_EXPIRED
+ * or IVY_EV_STORE_SEEN. */
+void ivy_engine_hold_event(struct ivy_engine *e, uint64_t page, unsigned event,
+                           struct ivy_actions *out);
+
+/* Which row takes message m now (m->page < npages, node ids < nnodes: the
+ * wire layer's checks): row >= 0, or -1 with why it does not fit the page
+ * (refused_by: the row whose guard refused, or -1 when no row matches). */
+struct ivy_verdict {
+    int row;
+    int refused_by;
+    const char *why;
+};
+struct ivy_verdict ivy_engine_check(const struct ivy_engine *e, const struct ivy_msg *m);
+
+/* Run the row ivy_engine_check() just chose for m (nothing in between). */
+void ivy_engine_apply(struct ivy_engine *e, const struct ivy_msg *m, unsigned row,
+                      struct ivy_actions *out);
+
+/* Check and apply: for messages already checked once (re-delivered ones);
+ * one that no longer fits is an engine bug (asserted). */
 void ivy_engine_message(struct ivy_engine *e, const struct ivy_msg *m,
                         struct ivy_actions *out);
-
-/* The engine's preconditions on a message, given the page's state: NULL if
- * ivy_engine_message may be fed it, else why not (a reply nobody asked for,
- * an ack nobody waits for, ...). The runtime refuses such frames from a peer
- * with this reason; the engine asserts it. m->page must be < npages. */
-const char *ivy_engine_check_message(const struct ivy_engine *e, const struct ivy_msg *m);
 
 /* Where a request for `page` goes first from this node. */
 uint16_t ivy_engine_route(const struct ivy_engine *e, uint64_t page);
@@ -166,5 +251,6 @@ int ivy_engine_access(const struct ivy_engine *e, uint64_t page);
 
 const char *ivy_state_name(uint8_t state);
 const char *ivy_msg_name(uint8_t type);
+const char *ivy_pending_name(uint8_t pending);
 
 #endif

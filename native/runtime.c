@@ -567,13 +567,15 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
     }
     /* What the pure decoder cannot check: does the message fit the page's
      * state (a reply answers our request, an ack one we wait for, ...)? The
-     * engine asserts exactly this, so a peer can neither trip an assert nor
-     * get bytes written into a page nobody asked for. */
-    const char *misfit = ivy_engine_check_message(&rt->engine, m);
-    if (misfit) {
-        rt_fail(rt, "node %u sent %s (%s page 0x%llx requester %u sender %u txid 0x%llx); dropping the link",
-             c->peer, misfit, ivy_msg_name(m->type), (unsigned long long)m->page, m->requester, m->sender,
-             (unsigned long long)m->txid);
+     * engine's table answers, once per frame, before any byte is copied, so
+     * a peer can neither trip an assert nor get bytes written into a page
+     * nobody asked for. */
+    const struct ivy_verdict v = ivy_engine_check(&rt->engine, m);
+    if (v.row < 0) {
+        rt_fail(rt, "node %u sent %s (%s page 0x%llx requester %u sender %u txid 0x%llx%s%s); dropping the link",
+             c->peer, v.why, ivy_msg_name(m->type), (unsigned long long)m->page, m->requester, m->sender,
+             (unsigned long long)m->txid, v.refused_by >= 0 ? ", refused by " : "",
+             v.refused_by >= 0 ? ivy_engine_row((unsigned)v.refused_by)->guard_name : "");
         return;
     }
     if ((m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE) && holding(rt, m->page)) {
@@ -591,7 +593,7 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
     }
     struct ivy_actions acts;
     acts.n = 0;
-    ivy_engine_message(&rt->engine, m, &acts);
+    ivy_engine_apply(&rt->engine, m, (unsigned)v.row, &acts);
     run_actions(rt, &acts, false);
     drain_fifo(rt);
 }

@@ -74,6 +74,12 @@ int ivy_test_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_a
 int ivy_test_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out)
 { IVY_TEST_CALL(ivy_engine_message(e, m, out)); }
 
+int ivy_test_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out)
+{ IVY_TEST_CALL(ivy_engine_hold_event(e, page, event, out)); }
+
+int ivy_test_check(const struct ivy_engine *e, const struct ivy_msg *m, struct ivy_verdict *v)
+{ IVY_TEST_CALL(*v = ivy_engine_check(e, m)); }
+
 const char *ivy_test_failure(void) { return ivy_test_msg; }
 """
 
@@ -82,6 +88,8 @@ int ivy_test_init(struct ivy_engine *e, const struct ivy_config *cfg, struct ivy
 int ivy_test_set_version(struct ivy_engine *e, uint64_t page, uint64_t version);
 int ivy_test_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_actions *out);
 int ivy_test_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out);
+int ivy_test_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out);
+int ivy_test_check(const struct ivy_engine *e, const struct ivy_msg *m, struct ivy_verdict *v);
 const char *ivy_test_failure(void);
 """
 
@@ -97,17 +105,47 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-_module: ModuleType | None = None
+# Test-only mutants of engine.c: one handler broken by a source edit made
+# here, compiled into its own test module (never into the real one), to show
+# that the simulator's sweep catches a wrong transition.
+MUTANTS: dict[str, tuple[str, str]] = {
+    # serve_read_keep forgets to add the reader to the copyset, so a later
+    # writer never invalidates that reader's copy.
+    "serve_read_keep_forgets_reader": (
+        "    downgrade_to_shared(p, page, out);\n    p->copyset |= NODE_BIT(m->requester);\n",
+        "    downgrade_to_shared(p, page, out);\n"),
+}
 
 
-def load() -> ModuleType:
-    """Compile (once per source change) and import the engine test module."""
-    global _module
-    if _module is not None:
-        return _module
+def _source_hash(mutant: str | None) -> str:
+    h = hashlib.sha256()
+    for path in (ENGINE_C, ENGINE_H, Path(__file__)):
+        h.update(path.read_bytes())
+    h.update((mutant or "").encode())
+    return h.hexdigest()[:16]
+
+
+def _engine_source(mutant: str | None) -> str:
+    source = ENGINE_C.read_text()
+    if mutant is None:
+        return '#include "engine.c"\n'
+    old, new = MUTANTS[mutant]
+    if source.count(old) != 1:
+        raise RuntimeError(f"mutant {mutant}: the code it breaks is no longer in engine.c")
+    return source.replace(old, new)
+
+
+_modules: dict[str | None, ModuleType] = {}
+
+
+def load(mutant: str | None = None) -> ModuleType:
+    """Compile (once per source change) and import the engine test module,
+    or the module of one of MUTANTS."""
+    if mutant in _modules:
+        return _modules[mutant]
     import cffi
 
-    digest = _source_hash()
+    digest = _source_hash(mutant)
     name = f"_ivy_engine_test_{digest}"
     build_dir = ROOT / "build" / f"dsm-engine-{digest}"
     built = sorted(build_dir.glob(f"{name}*.so")) if build_dir.exists() else []
@@ -116,7 +154,7 @@ def load() -> ModuleType:
         ffi.cdef(cdef_of(ENGINE_H.read_text()) + _TEST_CDEF)
         ffi.set_source(
             name,
-            _TEST_PRELUDE + '#include "engine.c"\n' + _TEST_WRAPPERS,
+            _TEST_PRELUDE + _engine_source(mutant) + _TEST_WRAPPERS,
             include_dirs=[str(NATIVE)],
             extra_compile_args=["-std=c11", "-UNDEBUG", "-O1"],
         )
@@ -135,7 +173,7 @@ def load() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    _module = module
+    _modules[mutant] = module
     return module
 
 
@@ -178,7 +216,7 @@ class PageState:
 _ffi, _lib = load().ffi, load().lib
 INITIAL, INVALID, SHARED, MODIFIED = _lib.IVY_INITIAL, _lib.IVY_INVALID, _lib.IVY_SHARED, _lib.IVY_MODIFIED
 IDLE, WANT_READ, WANT_WRITE = _lib.IVY_IDLE, _lib.IVY_WANT_READ, _lib.IVY_WANT_WRITE
-WAIT_ACKS, READ_STALE = _lib.IVY_WAIT_ACKS, _lib.IVY_READ_STALE
+WAIT_ACKS, READ_STALE, HOLDING = _lib.IVY_WAIT_ACKS, _lib.IVY_READ_STALE, _lib.IVY_HOLDING
 READ_GIANTVM, READ_IVY = _lib.IVY_READ_GIANTVM, _lib.IVY_READ_IVY
 MGR_DYNAMIC, MGR_CENTRAL, MGR_FIXED = _lib.IVY_MGR_DYNAMIC, _lib.IVY_MGR_CENTRAL, _lib.IVY_MGR_FIXED
 MSG_READ, MSG_WRITE, MSG_REPLY = _lib.IVY_MSG_READ, _lib.IVY_MSG_WRITE, _lib.IVY_MSG_REPLY
@@ -186,30 +224,89 @@ MSG_INVALIDATE, MSG_INV_ACK = _lib.IVY_MSG_INVALIDATE, _lib.IVY_MSG_INV_ACK
 REPLY_DATA, REPLY_OWNERSHIP = _lib.IVY_REPLY_DATA, _lib.IVY_REPLY_OWNERSHIP
 ACT_SEND, ACT_MAP_RO, ACT_MAP_RW, ACT_ZAP = _lib.IVY_ACT_SEND, _lib.IVY_ACT_MAP_RO, _lib.IVY_ACT_MAP_RW, _lib.IVY_ACT_ZAP
 ACT_WRPROTECT, ACT_WAKE, ACT_PARK = _lib.IVY_ACT_WRPROTECT, _lib.IVY_ACT_WAKE, _lib.IVY_ACT_PARK
-ACT_UNPARK, ACT_DONE = _lib.IVY_ACT_UNPARK, _lib.IVY_ACT_DONE
+ACT_UNPARK, ACT_DONE, ACT_HOLD = _lib.IVY_ACT_UNPARK, _lib.IVY_ACT_DONE, _lib.IVY_ACT_HOLD
+TOUCH_READ, TOUCH_WRITE = _lib.IVY_TOUCH_READ, _lib.IVY_TOUCH_WRITE
+EV_READ_FAULT, EV_WRITE_FAULT = _lib.IVY_EV_READ_FAULT, _lib.IVY_EV_WRITE_FAULT
+EV_HOLD_EXPIRED, EV_STORE_SEEN = _lib.IVY_EV_HOLD_EXPIRED, _lib.IVY_EV_STORE_SEEN
+ROW_NOT_OWNER, ROW_OWNER = _lib.IVY_ROW_NOT_OWNER, _lib.IVY_ROW_OWNER
 
 ACTION_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_action_kind", "IVY_ACT_").items()}
 MSG_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_msg_type", "IVY_MSG_").items()}
 READ_OWNERSHIP = lowercase(enum_members(_ffi, "enum ivy_read_ownership", "IVY_READ_"))
 MANAGERS = lowercase(enum_members(_ffi, "enum ivy_manager", "IVY_MGR_"))
+FIRST_TOUCH = lowercase(enum_members(_ffi, "enum ivy_first_touch", "IVY_TOUCH_"))
+STATE_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_state", "IVY_").items()}
+PENDING_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_pending", "IVY_").items()}
+EVENT_NAMES = {value: _ffi.string(_lib.ivy_event_name(value)).decode()
+               for value in enum_members(_ffi, "enum ivy_event", "IVY_EV_").values()}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the transition table, as names (engine.c's ROWS, the model's ROWS)."""
+
+    name: str
+    handler: str
+    events: tuple[str, ...]
+    states: tuple[str, ...]
+    pendings: tuple[str, ...]
+    owner: tuple[str, ...]  # "owner", "not owner"
+    when: str | None
+    guard: str | None
+    effect: str = ""
+
+    def key(self) -> tuple:
+        """What the C table and the model must agree on (the effect is prose)."""
+        return (self.name, self.handler, self.events, self.states, self.pendings, self.owner,
+                self.when, self.guard)
+
+
+def _names(mask: int, names: dict[int, str]) -> tuple[str, ...]:
+    return tuple(name for value, name in sorted(names.items()) if mask >> value & 1)
+
+
+def c_rows() -> list[Row]:
+    """engine.c's transition table, read through ivy_engine_row()."""
+    mod = load()
+    ffi, lib = mod.ffi, mod.lib
+
+    def text(ptr: Any) -> str | None:
+        return ffi.string(ptr).decode() if ptr != ffi.NULL else None
+
+    rows = []
+    for i in range(lib.ivy_engine_nrows()):
+        r = lib.ivy_engine_row(i)
+        owner = tuple(n for bit, n in ((ROW_OWNER, "owner"), (ROW_NOT_OWNER, "not owner"))
+                      if r.owner & bit)
+        rows.append(Row(text(r.name) or "", text(r.handler) or "", _names(r.events, EVENT_NAMES),
+                        _names(r.states, STATE_NAMES), _names(r.pendings, PENDING_NAMES), owner,
+                        text(r.when_name), text(r.guard_name), text(r.effect) or ""))
+    return rows
 
 
 class CEngine:
-    """One node's engine.c instance, with Python values in and out."""
+    """One node's engine.c instance, with Python values in and out.
+
+    `row` is the table row that handled the last event (its index)."""
 
     def __init__(self, self_id: int, nnodes: int, npages: int,
-                 read_ownership: int = READ_GIANTVM, manager: int = MGR_DYNAMIC) -> None:
-        mod = load()
+                 read_ownership: int = READ_GIANTVM, manager: int = MGR_DYNAMIC,
+                 hold: bool = False, first_touch: int = TOUCH_READ,
+                 mutant: str | None = None) -> None:
+        mod = load(mutant)
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib
         self.npages = npages
+        self.row = -1
         self._engine = self.ffi.new("struct ivy_engine *")
         self._pages = self.ffi.new("struct ivy_page[]", max(npages, 1))
         self._out = self.ffi.new("struct ivy_actions *")
         self._msg = self.ffi.new("struct ivy_msg *")
+        self._verdict = self.ffi.new("struct ivy_verdict *")
         cfg = self.ffi.new("struct ivy_config *", {
             "self": self_id, "nnodes": nnodes, "read_ownership": read_ownership,
-            "manager": manager, "npages": npages})
+            "manager": manager, "hold": int(hold), "first_touch": first_touch,
+            "npages": npages})
         self._check(self.lib.ivy_test_init(self._engine, cfg, self._pages))
 
     def _check(self, rc: int) -> None:
@@ -223,12 +320,26 @@ class CEngine:
         self._check(self.lib.ivy_test_fault(self._engine, page, write, self._out))
         return self._actions()
 
-    def message(self, m: Msg) -> list[Action]:
+    def _fill(self, m: Msg) -> Any:
         c = self._msg
         c.type, c.flags, c.requester, c.sender, c.hops = m.type, m.flags, m.requester, m.sender, m.hops
         c.page, c.version, c.copyset, c.txid = m.page, m.version, m.copyset, m.txid
-        self._check(self.lib.ivy_test_message(self._engine, c, self._out))
+        return c
+
+    def message(self, m: Msg) -> list[Action]:
+        self._check(self.lib.ivy_test_message(self._engine, self._fill(m), self._out))
         return self._actions()
+
+    def hold_event(self, page: int, event: int) -> list[Action]:
+        self._check(self.lib.ivy_test_hold_event(self._engine, page, event, self._out))
+        return self._actions()
+
+    def check(self, m: Msg) -> tuple[int, int, str | None]:
+        """(row, refused_by, why): what ivy_engine_check says about m now."""
+        self._check(self.lib.ivy_test_check(self._engine, self._fill(m), self._verdict))
+        v = self._verdict
+        why = self.ffi.string(v.why).decode() if v.why != self.ffi.NULL else None
+        return v.row, v.refused_by, why
 
     def route(self, page: int) -> int:
         return int(self.lib.ivy_engine_route(self._engine, page))
@@ -243,6 +354,7 @@ class CEngine:
 
     def _actions(self) -> list[Action]:
         out = self._out
+        self.row = out.row
         result = []
         for i in range(out.n):
             a = out.a[i]

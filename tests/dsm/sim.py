@@ -8,52 +8,52 @@ access table, SEND enqueues (a reply with IVY_REPLY_DATA carries the
 sender's bytes), PARK/UNPARK hold and re-deliver. Page bytes are one integer
 per node, with a shadow copy of the last value written.
 
-After every engine call the simulator checks the protocol's invariants and
-that the reference model (tests/dsm/model.py) made the same decision; at the
-end it runs to quiescence and demands that every fault completed.
+With the `hold` option every owner's completed fault starts a hold window
+(engine.h): the scheduler ends it at a random later step (HOLD_EXPIRED), or
+after the woken writer stored (STORE_SEEN), and requests arriving meanwhile
+are parked by the engine like any other.
 
+After every engine call the simulator checks the protocol's invariants and
+that the reference model (tests/dsm/model.py) took the same table row, made
+the same decision and reached the same state; at the end it runs to
+quiescence and demands that every fault completed. `coverage` counts the
+table rows each run took.
+
+The sweep (what `make check-engine` runs):  python -m tests.dsm.sim
 Replay one run:  python -m tests.dsm.sim --seed 1234 --nodes 5 --options ivy,central
 """
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
-from collections import deque
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tests.dsm.engine_ffi import (
-    ACT_DONE, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE, ACT_WRPROTECT,
-    ACT_ZAP, IDLE, MANAGERS, MGR_CENTRAL, MGR_DYNAMIC, MGR_FIXED, MSG_NAMES, MSG_READ, MSG_REPLY,
-    MSG_WRITE, READ_GIANTVM, READ_IVY, READ_OWNERSHIP, REPLY_DATA, REPLY_OWNERSHIP, Action, CEngine, Msg,
-    describe,
+    ACT_DONE, ACT_HOLD, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE,
+    ACT_WRPROTECT, ACT_ZAP, EV_HOLD_EXPIRED, EV_STORE_SEEN, HOLDING, IDLE, INITIAL, INVALID,
+    MODIFIED, MSG_NAMES, MSG_READ, MSG_REPLY, MSG_WRITE, REPLY_DATA, REPLY_OWNERSHIP, SHARED,
+    Action, CEngine, Msg, c_rows, describe,
 )
+from tests.dsm.model import ROWS as MODEL_ROWS
 from tests.dsm.model import ModelError, ModelNode, nodes_of
+from tests.dsm.options import ALL_OPTIONS, EngineOptions, parse_options
+from tests.dsm.report import action_diff, state_diff
 
-ACCESS_OF_STATE = {0: 0, 1: 0, 2: 1, 3: 2}  # INITIAL, INVALID, SHARED, MODIFIED
-ALL_OPTIONS = [f"{r},{m}" for r in READ_OWNERSHIP for m in MANAGERS]
+ACCESS_OF_STATE = {INITIAL: 0, INVALID: 0, SHARED: 1, MODIFIED: 2}
+ROW_NAMES = [r.name for r in c_rows()]
+__all__ = ["ALL_OPTIONS", "ROW_NAMES", "Simulation", "SimFailure", "parse_options"]
 
 
-EngineFactory = Callable[[int, int, int, int, int], Any]
+EngineFactory = Callable[..., Any]
 
 
 class SimFailure(AssertionError):
     """An invariant broke, the engine and the model disagreed, or a fault never completed."""
-
-
-def parse_options(text: str) -> tuple[int, int]:
-    """'ivy,central' -> (read_ownership, manager); either part may be omitted."""
-    read_ownership, manager = READ_GIANTVM, MGR_DYNAMIC
-    for word in filter(None, (w.strip() for w in text.split(","))):
-        if word in READ_OWNERSHIP:
-            read_ownership = READ_OWNERSHIP[word]
-        elif word in MANAGERS:
-            manager = MANAGERS[word]
-        else:
-            raise ValueError(f"unknown option {word!r}: expected one of "
-                             f"{', '.join([*READ_OWNERSHIP, *MANAGERS])}")
-    return read_ownership, manager
 
 
 @dataclass
@@ -78,29 +78,45 @@ class Stats:
     parked: int = 0
     hops: int = 0
     done: int = 0
+    holds: int = 0
 
 
 class Simulation:
     def __init__(self, seed: int, nodes: int, options: str = "giantvm,dynamic",
                  faults: int = 40, compare_model: bool = True, npages: int | None = None,
-                 loaded: bool = True, engine_factory: EngineFactory | None = None) -> None:
+                 loaded: bool = True, engine_factory: EngineFactory | None = None,
+                 mutant: str | None = None) -> None:
         """A run is a function of its arguments; `seed` drives every random choice.
 
-        npages (default: 1..4 from the seed), loaded (node 0's loader wrote some
-        pages) and engine_factory (an engine other than engine.c, e.g. a broken
-        one to prove the checks catch it) are for hand-written scenarios.
+        npages (default: 1..4 from the seed) and loaded (node 0's loader wrote
+        some pages) have CLI flags. engine_factory (an engine other than
+        engine.c) and mutant (engine.c with one handler broken, see
+        engine_ffi.MUTANTS) are for tests proving the checks catch bugs; such
+        a run, or one driven by hand (access_now, deliver_one, ...), replays
+        from its test, not from the CLI.
         """
         if not 2 <= nodes <= 64:
             raise ValueError(f"nodes must be 2..64, got {nodes}")
-        self.seed, self.nnodes, self.options = seed, nodes, options
+        self.seed, self.nnodes = seed, nodes
+        self.opts = parse_options(options)
+        self.options = self.opts.spelled()
+        self.faults = faults
         self.rng = random.Random(seed)
+        self.pages_given = npages
+        self.loaded = loaded
         self.npages = npages if npages is not None else self.rng.randint(1, 4)
-        read_ownership, manager = parse_options(options)
-        factory: EngineFactory = engine_factory or CEngine
-        self.engines = [factory(n, nodes, self.npages, read_ownership, manager)
-                        for n in range(nodes)]
-        self.models = ([ModelNode(n, nodes, self.npages, read_ownership, manager)
-                        for n in range(nodes)] if compare_model else None)
+        self.scripted = engine_factory is not None
+        self.mutant = mutant
+        o = self.opts
+        if engine_factory is None:
+            self.engines = [CEngine(n, nodes, self.npages, o.read_ownership, o.manager, o.hold,
+                                    o.first_touch, mutant=mutant) for n in range(nodes)]
+        else:
+            self.engines = [engine_factory(n, nodes, self.npages, o.read_ownership, o.manager,
+                                           o.hold, o.first_touch) for n in range(nodes)]
+        self.models = ([ModelNode(n, nodes, self.npages, o.read_ownership, o.manager, o.hold,
+                                  o.first_touch) for n in range(nodes)]
+                       if compare_model else None)
         self.links: dict[tuple[int, int], deque[tuple[Msg, int | None]]] = {
             (a, b): deque() for a in range(nodes) for b in range(nodes) if a != b}
         self.access = [[0] * self.npages for _ in range(nodes)]
@@ -117,8 +133,12 @@ class Simulation:
         self.next_value = 1
         self.stats = Stats()
         self.trace: deque[str | tuple[int, str | Msg, list[Action]]] = deque(maxlen=60)
-        # (event, pending, owner, state) before each engine call: which transitions ran.
-        self.coverage: dict[tuple[str, int, bool, int], int] = {}
+        # Table rows taken, by name (engine.c's ROWS).
+        self.coverage: Counter[str] = Counter()
+        # Hold windows running (node, page), and writers that stored inside theirs.
+        self.holding: set[tuple[int, int]] = set()
+        self.watching: set[tuple[int, int]] = set()
+        self.stored: set[tuple[int, int]] = set()
         self.max_threads = self.rng.randint(1, 3)  # blocked threads per node
         self.spurious_rate = self.rng.choice([0.0, 0.1])
         # Node 0's loader wrote some pages before start (version 1).
@@ -137,8 +157,21 @@ class Simulation:
 
     # -- reporting ----------------------------------------------------------
     def replay_command(self) -> str:
-        return (f"python -m tests.dsm.sim --seed {self.seed} --nodes {self.nnodes} "
-                f"--options {self.options}")
+        """The command that reruns exactly this run."""
+        if self.scripted:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+            return f"python -m pytest -q '{test}'" if test else "(a scripted run: rerun its caller)"
+        words = [f"--seed {self.seed}", f"--nodes {self.nnodes}", f"--options {self.options}",
+                 f"--faults {self.faults}"]
+        if self.pages_given is not None:
+            words.append(f"--pages {self.pages_given}")
+        if not self.loaded:
+            words.append("--no-load")
+        if self.models is None:
+            words.append("--no-model")
+        if self.mutant:
+            words.append(f"--mutant {self.mutant}")
+        return "python -m tests.dsm.sim " + " ".join(words)
 
     def fail(self, why: str) -> SimFailure:
         lines = [f"{why}", f"replay: {self.replay_command()}", "last events:"]
@@ -165,29 +198,33 @@ class Simulation:
     # -- driving one engine ---------------------------------------------------
     def _call(self, node: int, event: str, page: int, msg: Msg | None, c_call,
               model_call) -> list[Action]:
-        before = self.engines[node].page(page)
-        key = (event, before.pending, before.owner, before.state)
-        self.coverage[key] = self.coverage.get(key, 0) + 1
         what: str | Msg = msg if msg is not None else f"{event} p{page}"
         try:
             actions = c_call()
         except AssertionError as exc:  # EngineAssertion, or a Python engine's own check
             raise self.fail(f"node {node} {self._what(node, what)}: {exc}") from None
+        engine = self.engines[node]
+        row = getattr(engine, "row", -1)
+        name = ROW_NAMES[row] if 0 <= row < len(ROW_NAMES) else "?"
+        self.coverage[name] += 1
         self.trace.append((node, what, actions))
         if self.models is not None:
+            model = self.models[node]
             try:
                 expected = model_call()
             except ModelError as exc:
-                raise self.fail(f"node {node} {self._what(node, what)}: model: {exc}") from None
+                raise self.fail(f"node {node} {self._what(node, what)}: engine row {name}; "
+                                f"model: {exc}") from None
+            where = f"node {node} {self._what(node, what)}"
+            model_name = MODEL_ROWS[model.row].name
+            if row >= 0 and model_name != name:
+                raise self.fail(f"{where}: engine took row {name}, model took row {model_name}")
             if actions != expected:
-                raise self.fail(
-                    f"node {node} {self._what(node, what)}: engine and model disagree\n"
-                    f"  engine: {[describe(a) for a in actions]}\n"
-                    f"  model:  {[describe(a) for a in expected]}")
-            got, want = self.engines[node].page(page), self.models[node].page(page)
-            if got != want:
-                raise self.fail(f"node {node} {self._what(node, what)}: page state differs\n"
-                                f"  engine: {got}\n  model:  {want}")
+                raise self.fail(f"{where}: row {name}: engine and model disagree\n  "
+                                + "\n  ".join(action_diff(actions, expected)))
+            diff = state_diff(engine.page(page), model.page(page))
+            if diff:
+                raise self.fail(f"{where}: row {name}: page state differs\n  " + "\n  ".join(diff))
         return actions
 
     def _fault(self, f: Faulter) -> None:
@@ -207,8 +244,26 @@ class Simulation:
                              lambda: self.models[node].message(msg))  # type: ignore[index]
         self._perform(node, msg.page, actions)
 
+    def _hold_event(self, node: int, page: int, event: int) -> None:
+        """The runtime's clock or watched word ends a hold that is still running."""
+        if self.engines[node].page(page).pending != HOLDING:
+            return  # a late timer: the hold already ended (or a fault restarted it)
+        name = "hold expired" if event == EV_HOLD_EXPIRED else "store seen"
+        actions = self._call(node, name, page, None,
+                             lambda: self.engines[node].hold_event(page, event),
+                             lambda: self.models[node].hold_event(page, event))  # type: ignore[index]
+        self._perform(node, page, actions)
+
     def _perform(self, node: int, page: int, actions: list[Action]) -> None:
         unpark = False
+        if any(a.kind == ACT_HOLD for a in actions):
+            self.holding.add((node, page))
+            self.stored.discard((node, page))
+            # The runtime watches the word a woken writer faulted on.
+            if any(a.kind == ACT_MAP_RW for a in actions):
+                self.watching.add((node, page))
+            else:
+                self.watching.discard((node, page))
         for a in actions:
             if a.page != page:
                 raise self.fail(f"node {node}: action {describe(a)} for another page")
@@ -251,6 +306,8 @@ class Simulation:
                 unpark = True
             elif a.kind == ACT_DONE:
                 self.stats.done += 1
+            elif a.kind == ACT_HOLD:
+                self.stats.holds += 1
             else:
                 raise self.fail(f"node {node}: unknown action {a}")
         self._check(page)
@@ -276,6 +333,9 @@ class Simulation:
                 self.ram[f.node][f.page] = value
                 self.shadow[f.page] = value
                 self.trace.append(f"n{f.node} wrote p{f.page}={value}")
+                if (f.node, f.page) in self.watching:
+                    self.watching.discard((f.node, f.page))
+                    self.stored.add((f.node, f.page))
             elif self.ram[f.node][f.page] != self.shadow[f.page]:
                 raise self.fail(f"node {f.node} read p{f.page}={self.ram[f.node][f.page]}, "
                                 f"last written {self.shadow[f.page]}")
@@ -290,6 +350,7 @@ class Simulation:
     # -- hand-driven scenarios (unit tests) ---------------------------------------
     def access_now(self, node: int, page: int, write: bool) -> Faulter:
         """A guest thread on `node` touches `page` now; returns it (see `blocked`)."""
+        self.scripted = True
         f = Faulter(node, page, write, self.stats.steps)
         self._attempt(f)
         return f
@@ -299,11 +360,13 @@ class Simulation:
 
     def redeliver_unparked(self) -> None:
         """The runtime re-delivers the requests it was told to UNPARK."""
+        self.scripted = True
         while self.unparked:
             self._redeliver()
 
     def deliver_one(self, src: int, dst: int) -> Msg:
         """Deliver the oldest message on link src->dst."""
+        self.scripted = True
         if not self.links[(src, dst)]:
             raise self.fail(f"nothing in flight from {src} to {dst}")
         msg, payload = self.links[(src, dst)].popleft()
@@ -312,15 +375,27 @@ class Simulation:
 
     def retry_ready(self) -> None:
         """Every woken thread retries its access once."""
+        self.scripted = True
         ready, self.ready = self.ready, []
         for f in ready:
             self._attempt(f)
+
+    def end_holds(self) -> None:
+        """Every hold window ends: by the writer's store where it stored, else by the clock."""
+        self.scripted = True
+        for node, page in sorted(self.stored):
+            self.stored.discard((node, page))
+            self._hold_event(node, page, EV_STORE_SEEN)
+        for node, page in sorted(self.holding):
+            self.holding.discard((node, page))
+            self._hold_event(node, page, EV_HOLD_EXPIRED)
 
     def in_flight(self) -> list[tuple[int, int, Msg]]:
         return [(a, b, m) for (a, b), q in self.links.items() for m, _ in q]
 
     def settle(self) -> None:
         """Deliver everything and retry woken threads, in a fixed order, to quiescence."""
+        self.scripted = True
         for _ in range(100000):
             busy = [k for k, q in self.links.items() if q]
             if self.ready:
@@ -329,6 +404,8 @@ class Simulation:
                 self._redeliver()
             elif busy:
                 self.deliver_one(*busy[0])
+            elif self.stored or self.holding:
+                self.end_holds()
             else:
                 return
         raise self.fail("settle: no quiescence")
@@ -378,6 +455,10 @@ class Simulation:
             choices += ["unpark"]
         if self.faults_left > 0:
             choices += ["fault"] * 2
+        if self.holding:
+            choices += ["expire"]
+        if self.stored:
+            choices += ["store"] * 2
         if not choices:
             return False
         self.stats.steps += 1
@@ -388,6 +469,11 @@ class Simulation:
             self._deliver(link[1], msg, payload)
         elif pick == "unpark":
             self._redeliver()
+        elif pick in ("expire", "store"):
+            pool = self.holding if pick == "expire" else self.stored
+            node, page = self.rng.choice(sorted(pool))
+            pool.discard((node, page))
+            self._hold_event(node, page, EV_HOLD_EXPIRED if pick == "expire" else EV_STORE_SEEN)
         elif pick == "retry":
             f = self.ready.pop(self.rng.randrange(len(self.ready)))
             self._attempt(f)
@@ -420,38 +506,109 @@ class Simulation:
         return self.stats
 
 
+NODE_COUNTS = range(2, 9)
+
+
+def sweep(seeds: int, first_seed: int = 0, faults: int = 40, compare_model: bool = True,
+          options: list[str] | None = None, node_counts: range | list[int] = NODE_COUNTS,
+          mutant: str | None = None) -> Counter[str]:
+    """Run `seeds` seeds of every option combination on every node count.
+    Returns the rows taken; raises SimFailure on the first failing run."""
+    coverage: Counter[str] = Counter()
+    configs = [(spelled, nodes) for spelled in options or ALL_OPTIONS for nodes in node_counts]
+    for i, (spelled, nodes) in enumerate(configs):
+        # Each configuration gets seeds of its own: the seed also picks pages,
+        # thread counts and spurious re-faults, which must vary across the sweep.
+        for seed in range(first_seed + i * seeds, first_seed + (i + 1) * seeds):
+            sim = Simulation(seed, nodes, spelled, faults, compare_model, mutant=mutant)
+            sim.run()
+            coverage.update(sim.coverage)
+    return coverage
+
+
+def uncovered(coverage: Counter[str]) -> list[str]:
+    return [name for name in ROW_NAMES if not coverage[name]]
+
+
+def coverage_report(coverage: Counter[str]) -> str:
+    width = max(len(n) for n in ROW_NAMES)
+    return "\n".join(f"  {name:<{width}} {coverage[name]:8d}" for name in ROW_NAMES)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Replay or explore DSM simulator seeds.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=1, help="run this many seeds from --seed")
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--options", default="giantvm,dynamic",
-                        help=f"read ownership and manager, e.g. {', '.join(ALL_OPTIONS)}")
+    parser = argparse.ArgumentParser(
+        description="Without --nodes/--options: sweep every option combination on 2-8 nodes and "
+                    "fail if a table row is never taken (make check-engine). With them: run "
+                    "(or replay) seeds of one configuration.")
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per configuration (sweep: 3; one configuration: 1)")
+    parser.add_argument("--nodes", type=int, default=None)
+    parser.add_argument("--options", default=None,
+                        help=f"comma-separated words, e.g. ivy,central,hold (all: {len(ALL_OPTIONS)} "
+                             "combinations of giantvm|ivy, dynamic|central|fixed, hold, touch-write)")
     parser.add_argument("--faults", type=int, default=40)
+    parser.add_argument("--pages", type=int, default=None, help="pages (default: 1-4 from the seed)")
+    parser.add_argument("--no-load", action="store_true", help="node 0's loader wrote no page")
     parser.add_argument("--no-model", action="store_true", help="skip the reference model")
+    parser.add_argument("--mutant", default=None, help="engine.c with one handler broken (tests)")
     args = parser.parse_args(argv)
     try:
-        parse_options(args.options)
-        if not 2 <= args.nodes <= 64:
+        if args.options is not None:
+            parse_options(args.options)
+        if args.nodes is not None and not 2 <= args.nodes <= 64:
             raise ValueError(f"--nodes must be 2..64, got {args.nodes}")
+        if args.pages is not None and not 1 <= args.pages <= 64:
+            raise ValueError(f"--pages must be 1..64, got {args.pages}")
+        if args.seeds is not None and args.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+        from tests.dsm.engine_ffi import MUTANTS
+        if args.mutant is not None and args.mutant not in MUTANTS:
+            raise ValueError(f"unknown mutant {args.mutant!r}: expected one of {', '.join(MUTANTS)}")
     except ValueError as exc:
         print(f"sim: {exc}", file=sys.stderr)
         return 2
-    for seed in range(args.seed, args.seed + args.seeds):
-        sim = Simulation(seed, args.nodes, args.options, args.faults, not args.no_model)
+    sweeping = args.nodes is None and args.options is None
+    t0 = time.monotonic()
+    if sweeping:
+        seeds = args.seeds or 3
+        try:
+            coverage = sweep(seeds, args.seed, args.faults, not args.no_model, mutant=args.mutant)
+        except SimFailure as exc:
+            print(f"FAIL {exc}", file=sys.stderr)
+            return 1
+        runs = len(ALL_OPTIONS) * len(NODE_COUNTS) * seeds
+        print(f"rows taken over {runs} runs ({len(ALL_OPTIONS)} option combinations x "
+              f"{len(NODE_COUNTS)} node counts x {seeds} seeds, {time.monotonic() - t0:.1f} s):")
+        print(coverage_report(coverage))
+        missing = uncovered(coverage)
+        if missing:
+            print(f"FAIL: rows never taken: {', '.join(missing)}", file=sys.stderr)
+            return 1
+        print(f"ok: every one of the {len(ROW_NAMES)} rows taken")
+        return 0
+    seeds = args.seeds or 1
+    nodes = args.nodes if args.nodes is not None else 3
+    options = args.options if args.options is not None else "giantvm,dynamic"
+    coverage = Counter()
+    for seed in range(args.seed, args.seed + seeds):
+        sim = Simulation(seed, nodes, options, args.faults, not args.no_model, npages=args.pages,
+                         loaded=not args.no_load, mutant=args.mutant)
         try:
             stats = sim.run()
         except SimFailure as exc:
             print(f"FAIL seed {seed}: {exc}", file=sys.stderr)
             return 1
-        if args.seeds == 1:
+        coverage.update(sim.coverage)
+        if seeds == 1:
             msgs = ", ".join(f"{MSG_NAMES[t]}={n}" for t, n in sorted(stats.messages.items()))
             print(f"ok: {stats.steps} steps, {stats.accesses} accesses, {stats.faults} faults "
                   f"({stats.spurious} spurious), messages {msgs}, replies with data "
                   f"{stats.data_replies} / elided {stats.elided_replies}, parked {stats.parked}, "
-                  f"hops {stats.hops}")
-    if args.seeds > 1:
-        print(f"ok: {args.seeds} seeds")
+                  f"holds {stats.holds}, hops {stats.hops}")
+    if seeds > 1:
+        print(f"ok: {seeds} seeds; rows taken:")
+        print(coverage_report(coverage))
     return 0
 
 

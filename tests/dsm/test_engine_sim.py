@@ -1,9 +1,9 @@
 """Thousands of simulator seeds over every option, and proof that the
 simulator's checks catch broken protocols.
 
-3000 seeds: 500 per option combination (read ownership x manager), node
-counts cycling through 2..8, each with 40 random faults on 1-4 pages. A
-failure prints the command that replays it.
+2400 seeds: 100 per option combination (read ownership x manager x hold x
+first touch), node counts cycling through 2..8, each with 40 random faults
+on 1-4 pages. A failure prints the command that replays it.
 """
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from collections import Counter
 import pytest
 
 from tests.dsm.engine_ffi import (
-    ACT_UNPARK, INITIAL, MSG_REPLY, MSG_WRITE, READ_STALE, REPLY_DATA, REPLY_OWNERSHIP,
-    WAIT_ACKS, WANT_READ, WANT_WRITE, Action, Msg,
+    ACT_UNPARK, MSG_REPLY, MSG_WRITE, REPLY_DATA, REPLY_OWNERSHIP, WANT_READ, WANT_WRITE, Action,
+    Msg,
 )
 from tests.dsm.model import Entry, ModelNode
 from tests.dsm.sim import ALL_OPTIONS, Simulation, SimFailure
 
-SEEDS_PER_OPTION = 500
+SEEDS_PER_OPTION = 100
 
 
 def run_seeds(options: str, seeds: range) -> tuple[Counter, Counter]:
@@ -29,7 +29,7 @@ def run_seeds(options: str, seeds: range) -> tuple[Counter, Counter]:
         stats = sim.run()
         coverage.update(sim.coverage)
         totals.update(parked=stats.parked, elided=stats.elided_replies, spurious=stats.spurious,
-                      hops=stats.hops, accesses=stats.accesses)
+                      hops=stats.hops, accesses=stats.accesses, holds=stats.holds)
     return coverage, totals
 
 
@@ -37,14 +37,20 @@ def run_seeds(options: str, seeds: range) -> tuple[Counter, Counter]:
 def test_random_schedules(options: str) -> None:
     coverage, totals = run_seeds(options, range(SEEDS_PER_OPTION))
     # The runs must have reached the hard cases, not just the easy ones.
-    seen = {(event, pending) for (event, pending, _owner, _state) in coverage}
-    assert ("INVALIDATE", WANT_WRITE) in seen  # an upgrader invalidated while waiting
-    assert ("READ", WAIT_ACKS) in seen and ("WRITE", WAIT_ACKS) in seen  # parked at the owner
-    assert ("WRITE", WANT_WRITE) in seen and ("READ", WANT_READ) in seen  # parked at a requester
-    assert ("write fault", WANT_READ) in seen  # fault on a page already pending
+    for row in ("invalidate", "request_park", "fault_while_pending", "ack_counted",
+                "reply_write_invalidates", "request_forward"):
+        assert coverage[row], row
     if options.startswith("ivy"):
-        assert ("REPLY", READ_STALE) in seen  # read reply overtaken by an invalidation
-    assert any(k[0] == "WRITE" and k[3] == INITIAL and k[2] for k in coverage)  # node 0 serves
+        assert coverage["reply_read_stale"] and coverage["invalidate_while_reading"]
+    if "hold" in options.split(","):
+        assert coverage["request_hold"] and coverage["hold_expired"] and coverage["hold_cut_by_store"]
+        assert totals["holds"]
+    else:
+        assert not coverage["request_hold"] and not totals["holds"]
+    if "touch-write" in options:
+        assert coverage["fault_initial_read_writable"] and not coverage["fault_initial_read"]
+    else:
+        assert not coverage["fault_initial_read_writable"]
     assert totals["parked"] and totals["elided"] and totals["spurious"] and totals["hops"]
 
 
@@ -72,9 +78,15 @@ class WritesBeforeAcks(ModelNode):
                             out: list[Action]) -> None:
         super()._start_invalidation(page, e, holders, out)
         e.unacked = set()
-        self._become_writer(page, e, out, woke_parked=True)
+        self._become_writer(page, e, out)
 
-    def _ack(self, e: Entry, m: Msg, out: list[Action]) -> None:
+    def ack_awaited(self, e: Entry, m: Msg | None) -> str | None:
+        return None
+
+    def ack_counted(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        pass
+
+    def ack_last(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         pass
 
 
@@ -87,9 +99,9 @@ class AlwaysElides(ModelNode):
         super()._send(out, to, kind, page, requester, version, copyset, txid,
                       flags & ~REPLY_DATA, hops)
 
-    def _reply(self, e: Entry, m: Msg, out: list[Action]) -> None:
+    def _reply_fits(self, e: Entry, m: Msg) -> str | None:
         e.version = m.version
-        super()._reply(e, m, out)
+        return super()._reply_fits(e, m)
 
 
 class NeverUnparks(ModelNode):
@@ -102,23 +114,21 @@ class NeverUnparks(ModelNode):
 class TrustsStaleReadReply(ModelNode):
     """Classic Ivy without the READ_STALE rule: maps a reply an invalidation overtook."""
 
-    def _invalidate(self, e: Entry, m: Msg, out: list[Action]) -> None:
-        pending = e.pending
-        super()._invalidate(e, m, out)
-        e.pending = pending
+    def invalidate_while_reading(self, page: int, e: Entry, m: Msg | None,
+                                 out: list[Action]) -> None:
+        self.invalidate(page, e, m, out)
 
 
 class ServesWhilePending(ModelNode):
     """A requester forwards requests instead of parking them (back to a stale owner)."""
 
-    def _request(self, e: Entry, m: Msg, out: list[Action]) -> None:
+    def request_park(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        assert m is not None
         if e.pending in (WANT_READ, WANT_WRITE) and m.type == MSG_WRITE and e.probowner != self.me \
                 and e.probowner != m.requester:
-            pending, e.pending = e.pending, 0
-            super()._request(e, m, out)
-            e.pending = pending
+            self.request_forward(page, e, m, out)
             return
-        super()._request(e, m, out)
+        super().request_park(page, e, m, out)
 
 
 @pytest.mark.parametrize("mutant, options", [
@@ -136,7 +146,7 @@ def test_simulator_catches_a_broken_protocol(mutant: type[ModelNode], options: s
         try:
             sim.run()
         except SimFailure as failure:
-            assert "replay: python -m tests.dsm.sim" in str(failure)
+            assert "replay: python -m pytest -q 'tests/dsm/test_engine_sim.py::" in str(failure)
             print(f"{mutant.__name__}: seed {seed}: {str(failure).splitlines()[0]}")
             return
     pytest.fail(f"{mutant.__name__} survived 300 seeds")

@@ -90,8 +90,8 @@ def test_engine_uses_no_syscalls_or_allocation(tmp_path: Path) -> None:
 def test_broken_invariant_is_reported_not_aborted() -> None:
     e = CEngine(1, 2, 1)
     reply = Msg(MSG_REPLY, REPLY_OWNERSHIP, 1, 0, 0, 0, 0, 0, 12345)
-    with pytest.raises(EngineAssertion, match="txid"):
-        e.message(reply)  # a reply nobody asked for
+    with pytest.raises(EngineAssertion, match=r"v\.row >= 0"):
+        e.message(reply)  # a reply nobody asked for: no row takes it
 
 
 # ------------------------------------------------------------------------- init
@@ -467,10 +467,11 @@ def test_all_nodes_fault_on_one_page_at_once(options: str) -> None:
 # ------------------------------------------------- the checks can fail
 
 
-def test_failure_prints_replay_command() -> None:
+def test_failure_of_a_scripted_run_names_its_test() -> None:
+    """A hand-driven run cannot be replayed by seed: its replay line reruns this test."""
     sim = net(2)
-    with pytest.raises(SimFailure, match=r"python -m tests\.dsm\.sim --seed 0 --nodes 2 "
-                                         r"--options giantvm,dynamic"):
+    with pytest.raises(SimFailure, match=r"replay: python -m pytest -q 'tests/dsm/test_engine_unit"
+                                         r"\.py::test_failure_of_a_scripted_run_names_its_test'"):
         sim.deliver_one(0, 1)
 
 
