@@ -98,13 +98,6 @@ class EngineAssertion(AssertionError):
     """An IVY_ASSERT inside engine.c failed."""
 
 
-def _source_hash() -> str:
-    h = hashlib.sha256()
-    for path in (ENGINE_C, ENGINE_H, CDEFGEN, Path(__file__)):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 # Test-only mutants of engine.c: one handler broken by a source edit made
 # here, compiled into its own test module (never into the real one), to show
 # that the simulator's sweep catches a wrong transition.
@@ -119,7 +112,7 @@ MUTANTS: dict[str, tuple[str, str]] = {
 
 def _source_hash(mutant: str | None) -> str:
     h = hashlib.sha256()
-    for path in (ENGINE_C, ENGINE_H, Path(__file__)):
+    for path in (ENGINE_C, ENGINE_H, CDEFGEN, Path(__file__)):
         h.update(path.read_bytes())
     h.update((mutant or "").encode())
     return h.hexdigest()[:16]
