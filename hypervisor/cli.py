@@ -10,6 +10,7 @@ import errno
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
@@ -109,8 +110,9 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def build_parser() -> _Parser:
-    parser = _Parser(prog="ivyvm", description="A small KVM hypervisor whose guests can span several hosts.",
+def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
+    """The whole command line; hypervisor.api passes a parser class that raises instead of exiting."""
+    parser = parser_class(prog="ivyvm", description="A small KVM hypervisor whose guests can span several hosts.",
                      epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ivyvm {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -187,27 +189,51 @@ class StdoutConsole:
             self.broken = True
 
 
+@dataclass
+class RunOutcome:
+    """How a run ended: what `ivyvm run` exits with and the one line it says, if any."""
+
+    status: int
+    message: str = ""
+    error: bool = False       # True: `message` is said on stderr (an ivyvm-detected failure)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    outcome = execute_run(args, StdoutConsole())
+    if outcome.message:
+        sys.stderr.write(f"ivyvm: {outcome.message}\n")
+    return outcome.status
+
+
+def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> RunOutcome:
+    """`ivyvm run` after parsing; hypervisor.api.run_guest calls it too (one code path).
+
+    With --nodes the supervisor streams node 0's console to fd 1 and the
+    nodes say their lines on fd 2 themselves, so the outcome carries only
+    the status; one node runs here, its console going to `console`.
+    """
     started = time.monotonic()
     if args.nodes > args.vcpus:
-        return usage_error(f"--nodes {args.nodes} is more than --vcpus {args.vcpus}: every node runs a vCPU")
+        return RunOutcome(Status.USAGE, f"--nodes {args.nodes} is more than --vcpus {args.vcpus}: "
+                                        "every node runs a vCPU", True)
     if args.mem - args.vcpus * STACK_SIZE <= MIB:
-        return usage_error(f"--mem {args.mem} leaves no room for a guest beside {args.vcpus} x 64 KiB stacks")
+        return RunOutcome(Status.USAGE, f"--mem {args.mem} leaves no room for a guest beside {args.vcpus} x "
+                                        "64 KiB stacks", True)
     try:
         image = load_image(args.guest, args.mem, args.vcpus)
     except LoaderError as e:
-        return fail(Status.IMAGE, str(e))
+        return RunOutcome(Status.IMAGE, str(e), True)
     if args.nodes > 1:
         from hypervisor.cluster import launch_local
-        return launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
-                            args.read_ownership, args.manager, args.stats, args.poll_us, args.hold_us,
-                            args.timeout, args.stall_warn)
+        return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
+                                       args.read_ownership, args.manager, args.stats, args.poll_us,
+                                       args.hold_us, args.timeout, args.stall_warn))
     from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
     from hypervisor.runlimit import TimeLimit, timeout_line
     try:
-        machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=StdoutConsole(), verbose=args.verbose)
+        machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=console, verbose=args.verbose)
     except MachineError as e:
-        return fail(Status.HOST, f"cannot create the VM: {e}")
+        return RunOutcome(Status.HOST, f"cannot create the VM: {e}", True)
     limit = None
     if args.timeout is not None:
         line = timeout_line(args.timeout)
@@ -218,9 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if limit is not None:
             limit.cancel()
         machine.close()
-    if result.error or result.status == Status.INTERRUPTED:
-        sys.stderr.write(f"ivyvm: {result.message}\n")
-    return result.status
+    shown = result.error or result.status == Status.INTERRUPTED
+    return RunOutcome(result.status, result.message if shown else "", result.error)
 
 
 def cmd_node(args: argparse.Namespace) -> int:

@@ -66,9 +66,14 @@ def encode(kind: Msg, payload: bytes = b"", flags: int = 0) -> bytes:
     return HEADER.pack(kind, flags, len(payload)) + payload
 
 
-def encode_status(kind: Msg, status: int, line: str) -> bytes:
+# STOP: the status is a failure ivyvm detected, not a value the guest chose
+# (a guest may exit with 8 itself; only a real loss is reported on every host).
+FLAG_FAILURE = 1
+
+
+def encode_status(kind: Msg, status: int, line: str, flags: int = 0) -> bytes:
     text = line.encode("utf-8", "replace")[: MAX_PAYLOAD - STATUS.size]
-    return encode(kind, STATUS.pack(status) + text)
+    return encode(kind, STATUS.pack(status) + text, flags)
 
 
 def decode_status(frame: Frame) -> tuple[int, str]:

@@ -21,7 +21,7 @@ from .devices import MAX_VECTOR, MIN_VECTOR
 IO_SIZES = (1, 2, 4)
 PORT_SPACE = 0x10000
 # Flags a correct node sets on each message type; anything else is refused.
-ALLOWED_FLAGS = {Msg.IO_DONE: control.FLAG_UNHANDLED}
+ALLOWED_FLAGS = {Msg.IO_DONE: control.FLAG_UNHANDLED, Msg.STOP: control.FLAG_FAILURE}
 
 
 @dataclass(frozen=True)

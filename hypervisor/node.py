@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import control, control_decode, runlimit
+from .api import write_node_stats
 from .cli import StdoutConsole
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Frame, Msg
@@ -92,6 +93,7 @@ class Node:
         self._seq_lock = threading.Lock()
         self._io_seq: dict[int, control_decode.Sequence] = {}   # node 0: each peer's next IO seq
         self._stop_from_node0: tuple[int, str] | None = None
+        self._stop_was_failure = False
         self._parked_nodes: set[int] = set()
         self._parked_lock = threading.Lock()
         self._closing = threading.Event()
@@ -284,7 +286,8 @@ class Node:
         if self.id == 0:
             for channel in self.channels.values():
                 try:
-                    channel.send(control.encode_status(Msg.STOP, result.status, result.message))
+                    channel.send(control.encode_status(Msg.STOP, result.status, result.message,
+                                                       control.FLAG_FAILURE if result.error else 0))
                 except OSError:
                     pass
             if result.error:
@@ -294,7 +297,7 @@ class Node:
         if self._stop_from_node0 is not None and not result.error:
             status, line = self._stop_from_node0
             # A lost node concerns every host's operator; a guest error is said once, by node 0.
-            if status == Status.CLUSTER:
+            if status == Status.CLUSTER and self._stop_was_failure:
                 _report(status, f"node {self.id}: stopped by node 0: {line}")
             return status
         # Node 0 reports guest errors once; a lost node is also said here,
@@ -330,8 +333,10 @@ class Node:
         if self.machine is not None:
             self.machine.close()
         if self.dsm is not None:
+            figures = self.dsm.stats()
             if self.show_stats:
-                say(dsm_summary(self.id, self.spec.vcpus, self.dsm.stats()))
+                say(dsm_summary(self.id, self.spec.vcpus, figures))
+            write_node_stats(self.id, self.spec.vcpus, figures)
             self.dsm.close()
 
     def _spawn(self, target, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -435,6 +440,7 @@ class Node:
                 line = f"node 0: stopped by node {peer}: {line}"
             self.machine.stop(status, line, error=True)
         elif kind is Msg.STOP and self.id != 0:
+            self._stop_was_failure = bool(frame.flags & control.FLAG_FAILURE)
             self._stop_from_node0 = control.decode_status(frame)
             self.machine.stop(*self._stop_from_node0)
         elif kind is Msg.BYE:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.common import run_cli
+from hypervisor import run_guest
 from tests.conftest import requires_kvm
 
 SOURCE = Path(__file__).parent / "abi" / "cpl0_counter.c"
@@ -31,6 +31,6 @@ def abi_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @requires_kvm
 @pytest.mark.parametrize("vcpus, nodes", [(1, 1), (2, 2), (3, 3)])
 def test_independent_cpl0_guest(abi_guest: Path, vcpus: int, nodes: int) -> None:
-    out = run_cli("run", str(abi_guest), "--vcpus", str(vcpus), "--nodes", str(nodes))
-    assert out.stdout == f"abi counter={vcpus * ROUNDS} ram=64M\n", out.stderr
-    assert out.status == 0
+    result = run_guest(abi_guest, vcpus=vcpus, nodes=nodes, timeout=120)
+    assert result.console == f"abi counter={vcpus * ROUNDS} ram=64M\n", result.stderr
+    assert result.status == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import hypervisor
 from tests.cluster.common import run_cli
 from tests.conftest import ROOT, requires_kvm
 
@@ -36,10 +37,10 @@ def test_starter_is_self_contained() -> None:
 @requires_kvm
 @pytest.mark.parametrize("vcpus, nodes", [(1, 1), (2, 1), (2, 2), (3, 2)])
 def test_copied_starter_runs_at_cpl3(starter_copy: Path, vcpus: int, nodes: int) -> None:
-    out = run_cli("run", str(starter_copy), "--vcpus", str(vcpus), "--nodes", str(nodes), timeout=120)
-    assert out.status == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert sorted(lines[:-1]) == [f"hello from vCPU {i} of {vcpus} at CPL3" for i in range(vcpus)], out.stdout
+    result = hypervisor.run_guest(starter_copy, vcpus=vcpus, nodes=nodes, timeout=120)
+    assert result.status == 0, result.stderr
+    lines = result.lines
+    assert sorted(lines[:-1]) == [f"hello from vCPU {i} of {vcpus} at CPL3" for i in range(vcpus)], lines
     assert lines[-1] == f"PASS starter: {vcpus} vCPUs, 64 MiB"
 
 
