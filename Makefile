@@ -56,7 +56,7 @@ bench: setup guests
 clean:
 	$(MAKE) -C guest clean
 	rm -rf build bench/results hypervisor/_ivy_native*.so hypervisor/_ivy_native.c \
-	       hypervisor/_ivy_testkit*.so hypervisor/_ivy_testkit.c
+	       hypervisor/_ivy_testkit*.so hypervisor/_ivy_testkit.c hypervisor/_ivy_netem*.so hypervisor/_ivy_netem.c
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info

@@ -110,6 +110,31 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _netns_value(parser_name: str) -> Callable[[str], int]:
+    """An argparse type from hypervisor.netns's parsers (imported only when used)."""
+    def parse(text: str) -> int:
+        from hypervisor import netns
+        try:
+            return getattr(netns, parser_name)(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+def shaping_of(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The emulated network `ivyvm run` asks for (a netns.Shaping), None for loopback; ValueError if misused."""
+    shaped = {flag: value for flag, value in (("--delay", args.delay), ("--jitter", args.jitter),
+                                               ("--loss", args.loss), ("--rate", args.rate)) if value is not None}
+    if not args.netns:
+        if shaped:
+            raise ValueError(f"{', '.join(shaped)}: link shaping needs --netns")
+        return None
+    if args.nodes < 2:
+        raise ValueError("--netns needs --nodes 2 or more: it puts each node in a namespace of its own")
+    from hypervisor.netns import Shaping
+    return Shaping(args.delay or 0, args.jitter or 0, args.loss or 0, args.rate or 0)
+
+
 def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     """The whole command line; hypervisor.api passes a parser class that raises instead of exiting."""
     parser = parser_class(prog="ivyvm", description="A small KVM hypervisor whose guests can span several hosts.",
@@ -147,6 +172,18 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     run.add_argument("--stall-warn", type=seconds, default=config.DEFAULT_STALL_WARN, metavar="SECONDS",
                      help="with --nodes: name a page fault outstanding this long, with every node's state "
                           f"for its page, on stderr (default {config.DEFAULT_STALL_WARN:g})")
+    network = run.add_argument_group("emulated network (with --nodes; needs root, ip and /dev/net/tun)")
+    network.add_argument("--netns", action="store_true",
+                         help="each node in a network namespace of its own, switched like separate hosts "
+                              "(docs/cluster.md); namespaces are removed on every outcome")
+    network.add_argument("--delay", type=_netns_value("parse_time"), metavar="TIME",
+                         help="with --netns: one-way delay of every frame, e.g. 100us, 1ms")
+    network.add_argument("--jitter", type=_netns_value("parse_time"), metavar="TIME",
+                         help="with --netns: the delay varies uniformly by up to this much either way")
+    network.add_argument("--loss", type=_netns_value("parse_loss"), metavar="PERCENT",
+                         help="with --netns: drop this share of frames, e.g. 0.1%%; TCP retransmits them")
+    network.add_argument("--rate", type=_netns_value("parse_rate"), metavar="RATE",
+                         help="with --netns: each node's link rate, e.g. 1gbit, 100mbit")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="on a guest error, also print the vCPU's registers")
     run.set_defaults(handler=cmd_run)
@@ -220,6 +257,10 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         return RunOutcome(Status.USAGE, f"--mem {args.mem} leaves no room for a guest beside {args.vcpus} x "
                                         "64 KiB stacks", True)
     try:
+        shaping = shaping_of(args)
+    except ValueError as e:
+        return RunOutcome(Status.USAGE, str(e), True)
+    try:
         image = load_image(args.guest, args.mem, args.vcpus)
     except LoaderError as e:
         return RunOutcome(Status.IMAGE, str(e), True)
@@ -227,7 +268,7 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         from hypervisor.cluster import launch_local
         return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                                        args.read_ownership, args.manager, args.stats, args.poll_us,
-                                       args.hold_us, args.timeout, args.stall_warn))
+                                       args.hold_us, args.timeout, args.stall_warn, shaping))
     from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
     from hypervisor.runlimit import TimeLimit, timeout_line
     try:

@@ -18,11 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from . import runlimit
 from .config import DEFAULT_STALL_WARN, SECRET_ENV, ClusterConfig, loopback_cluster
 from .handshake import listen
+from .netns import CONTROL_PORT, DSM_PORT, EmulatedNetwork, NetnsError, Shaping
 from .node import LISTEN_FDS_ENV, interrupt_on_signal, say
 from .status import Status
 
@@ -83,13 +85,34 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
 def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool = False,
                  read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False,
                  poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
-                 stall_warn: float = DEFAULT_STALL_WARN) -> int:
+                 stall_warn: float = DEFAULT_STALL_WARN, shaping: Shaping | None = None) -> int:
+    """`shaping` given: every node in a namespace of its own (hypervisor.netns), links shaped so."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    listeners = bind_listeners(nnodes)
-    ports = [(dsm.getsockname()[1], ctl.getsockname()[1]) for dsm, ctl in listeners]
+    with ExitStack() as stack:
+        network = None
+        if shaping is not None:
+            try:
+                network = stack.enter_context(EmulatedNetwork(nnodes, shaping))
+            except NetnsError as err:
+                say(str(err))
+                return err.status
+        return _launch(image, vcpus, mem, nnodes, verbose, read_ownership, manager, stats, poll_us, hold_us,
+                       timeout, stall_warn, deadline, network)
+
+
+def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_ownership: str, manager: str,
+            stats: bool, poll_us: int | None, hold_us: int | None, timeout: float | None, stall_warn: float,
+            deadline: float | None, network: EmulatedNetwork | None) -> int:
+    # On loopback the supervisor binds every node's ports and hands them over; in
+    # namespaces each node binds its own address, which no other process shares.
+    listeners = bind_listeners(nnodes) if network is None else []
+    ports = ([(dsm.getsockname()[1], ctl.getsockname()[1]) for dsm, ctl in listeners] if network is None
+             else [(DSM_PORT + 2 * k, CONTROL_PORT + 2 * k) for k in range(nnodes)])
     try:
         config = loopback_cluster(image, vcpus, mem, nnodes, ports, read_ownership, manager, poll_us, hold_us,
                                   timeout, stall_warn)
+        if network is not None:
+            config = network.place(config)
     except BaseException:
         _close_all(listeners)
         raise
@@ -101,9 +124,15 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
         path = write_config(config, Path(scratch))
         children: list[subprocess.Popen[bytes]] = []
         try:
-            for node, (dsm, ctl) in zip(config.nodes, listeners):
+            for node in config.nodes:
                 argv = [sys.executable, "-m", "hypervisor.cli", "node", "--config", str(path),
                         "--id", str(node.id)] + (["-v"] if verbose else []) + (["--stats"] if stats else [])
+                if network is not None:
+                    children.append(subprocess.Popen(
+                        argv, env=env, preexec_fn=lambda k=node.id: _into_namespace(network, k),
+                        start_new_session=True, stdout=None if node.id == 0 else subprocess.DEVNULL))
+                    continue
+                dsm, ctl = listeners[node.id]
                 fds = (dsm.fileno(), ctl.fileno())
                 children.append(subprocess.Popen(
                     argv, env={**env, LISTEN_FDS_ENV: f"{fds[0]},{fds[1]}"}, pass_fds=fds,
@@ -118,6 +147,12 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
         finally:
             _close_all(listeners)
             _reap(children)
+
+
+def _into_namespace(network: EmulatedNetwork, node: int) -> None:
+    """Between fork and exec: follow the supervisor's death, and live in the node's own namespace."""
+    _die_with_parent()
+    network.enter(node)
 
 
 def _close_all(listeners: list[tuple[socket.socket, socket.socket]]) -> None:
