@@ -1,9 +1,10 @@
-"""cffi build script for hypervisor._ivy_native (the DSM engine and runtime) and
+"""cffi build script for hypervisor._ivy_native (the DSM engine and runtime),
+hypervisor._ivy_netem (the link emulator of ``ivyvm run --netns``) and
 hypervisor._ivy_testkit (guest-view helpers for tests and the benchmark only).
 
 Every declaration comes from the headers (native/cdefgen.py), never restated
-here. setup.py names ``ffibuilder`` in ``cffi_modules``, so ``pip install -e .``
-compiles the production module; the test kit is not part of it and is built
+here. setup.py names ``ffibuilder`` and ``netem_ffibuilder`` in ``cffi_modules``,
+so ``pip install -e .`` compiles the production modules; the test kit is not part of it and is built
 by ``make setup`` with ``python native/build.py --testkit``.
 
 Run directly, ``python native/build.py`` rebuilds both modules in place for a
@@ -27,6 +28,8 @@ ROOT = NATIVE.parent
 PACKAGE = ROOT / "hypervisor"
 RUNTIME_SOURCES = ["engine.c", "runtime.c", "link.c"]
 RUNTIME_HEADERS = ["engine.h", "wire.h", "runtime.h"]
+NETEM_SOURCES = ["netem.c"]
+NETEM_HEADERS = ["netem.h"]
 TESTKIT_SOURCES = ["testkit.c"]
 TESTKIT_HEADERS = ["testkit.h"]
 # What pip builds: cffi's generated C uses only the stable ABI.
@@ -63,6 +66,9 @@ def _builder(module: str, headers: list[str], sources: list[str]) -> FFI:
 
 
 ffibuilder = _builder("hypervisor._ivy_native", RUNTIME_HEADERS, RUNTIME_SOURCES)
+# The link emulator of `ivyvm run --netns` (hypervisor/netns.py): a module of its
+# own, loaded only by the helper process that switches the namespaces' frames.
+netem_ffibuilder = _builder("hypervisor._ivy_netem", NETEM_HEADERS, NETEM_SOURCES)
 
 
 def testkit_builder() -> FFI:
@@ -96,6 +102,7 @@ def main(argv: list[str]) -> int:
         return 2
     if not argv:
         print(f"built {build_in_place(ffibuilder, '_ivy_native').relative_to(ROOT)}")
+        print(f"built {build_in_place(netem_ffibuilder, '_ivy_netem').relative_to(ROOT)}")
     print(f"built {build_in_place(testkit_builder(), '_ivy_testkit').relative_to(ROOT)}")
     return 0
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from cffi import FFI
 
-from hypervisor import _ivy_native, _ivy_testkit
+from hypervisor import _ivy_native, _ivy_netem, _ivy_testkit
 from native.cdefgen import cdef_of, public_names
 
 ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "native"
-MODULES = {"engine.h": _ivy_native, "wire.h": _ivy_native, "runtime.h": _ivy_native, "testkit.h": _ivy_testkit}
+MODULES = {"engine.h": _ivy_native, "wire.h": _ivy_native, "runtime.h": _ivy_native, "testkit.h": _ivy_testkit,
+           "netem.h": _ivy_netem}
 
 
 def exported(module, name: str) -> bool:  # type: ignore[no-untyped-def]
@@ -71,7 +72,8 @@ def test_quick_rebuild_replaces_the_abi3_build_and_removes_shadowing_ones(tmp_pa
     assert result.returncode == 0, result.stderr
     assert not stale.exists(), "a build that shadows the abi3 module was left behind"
     assert "removed hypervisor/_ivy_native" in result.stdout
-    assert sorted(p.name for p in package.glob("*.so")) == ["_ivy_native.abi3.so", "_ivy_testkit.abi3.so"]
+    assert sorted(p.name for p in package.glob("*.so")) == ["_ivy_native.abi3.so", "_ivy_netem.abi3.so",
+                                                             "_ivy_testkit.abi3.so"]
     probe = subprocess.run([sys.executable, "-c", "import hypervisor._ivy_native as m, hypervisor._ivy_testkit as k; "
                             "print(m.__file__); print(k.__file__)"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
