@@ -34,8 +34,9 @@ exit statuses:
   7      host error: /dev/kvm missing or refusing, out of resources
   8      cluster error: a node died, was cut off, or refused the handshake
   9      time limit (--timeout) reached: every node was stopped
+  10     internal error: a bug in ivyvm (the line names what refused)
   130    interrupted (Ctrl-C)
-A guest that wants an unambiguous status exits with 0 or 1 (or a value above 9).
+A guest that wants an unambiguous status exits with 0 or 1 (or a value above 10).
 The guest ABI is docs/guest-abi.md."""
 
 class _Parser(argparse.ArgumentParser):

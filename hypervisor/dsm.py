@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from hypervisor._ivy_native import ffi, lib
-from hypervisor.native_consts import (ERR_LEN, HEARTBEAT_MS, MANAGERS, MAX_NODES, PAGE_SIZE, READ_OWNERSHIP,
-                                      TIMEOUT_MS, WIRE_PROTO, WireType)
+from hypervisor.native_consts import (ERR_LEN, HEARTBEAT_MS, MANAGERS, MAX_NODES, NO_NODE, NO_PAGE, PAGE_SIZE,
+                                      READ_OWNERSHIP, TIMEOUT_MS, WIRE_PROTO, FailKind, WireType)
 
 PROTOCOL_VERSION = WIRE_PROTO
 HOLD_US_DEFAULT = 50
@@ -23,6 +23,28 @@ FAULT_KINDS = ("read", "write", "wp", "spurious", "duplicate", "local", "remote"
 
 class DsmError(Exception):
     """A DSM node could not be set up, or it stopped because of an error."""
+
+
+@dataclass(frozen=True)
+class DsmFailure:
+    """Why a running node stopped, as the C core recorded it (struct ivy_rt_failure)."""
+
+    node: int
+    kind: FailKind
+    peer: int | None       # the node concerned
+    page: int | None       # the page concerned
+    what: str              # the check or transition that refused, or the call that failed
+    text: str              # the C core's one line
+    awaited: int           # pages this node was waiting for
+
+    @property
+    def internal(self) -> bool:
+        """A bug in ivyvm (an engine refusal or an impossible action), not a fault of the cluster."""
+        return self.kind in (FailKind.PROTOCOL, FailKind.ENGINE)
+
+    @property
+    def line(self) -> str:
+        return f"node {self.node}: {self.text}"
 
 
 @dataclass(frozen=True)
@@ -178,12 +200,22 @@ class DsmNode:
             raise DsmError(f"node {self.node_id} is {'not ' if not self._started else ''}started")
 
     @property
-    def error(self) -> str | None:
+    def failure(self) -> DsmFailure | None:
         """Why the node stopped on its own (peer silent, bad frame, ...), or None."""
         if self._rt == ffi.NULL:
             return None
-        msg = lib.ivy_rt_error(self._rt)
-        return None if msg == ffi.NULL else f"node {self.node_id}: {ffi.string(msg).decode()}"
+        f = lib.ivy_rt_failure(self._rt)
+        if f == ffi.NULL:
+            return None
+        return DsmFailure(self.node_id, FailKind(f.kind), None if f.peer == NO_NODE else int(f.peer),
+                          None if f.page == NO_PAGE else int(f.page), ffi.string(f.what).decode(),
+                          ffi.string(f.text).decode(), int(f.awaited))
+
+    @property
+    def error(self) -> str | None:
+        """The failure's one line, or None."""
+        failure = self.failure
+        return None if failure is None else failure.line
 
     @property
     def failure_fd(self) -> int:

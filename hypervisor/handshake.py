@@ -183,13 +183,20 @@ def handshake(sock: socket.socket, *, self_id: int, shape: ClusterShape, secret:
             _send(sock, VERDICT_REFUSED, deadline, who)
         except HandshakeError:
             pass
-        raise HandshakeError(f"authentication failed: {who} does not know the cluster secret")
+        raise HandshakeError(secrets_differ(who, "its proof does not match this node's secret"))
     _send(sock, VERDICT_OK, deadline, who)
     verdict = _recv_exact(sock, 1, deadline, who, "verdict")
     if verdict != VERDICT_OK:
-        raise HandshakeError(f"authentication failed: {who} rejected this node's proof of the cluster secret")
+        raise HandshakeError(secrets_differ(who, "it refused this node's proof"))
     sock.settimeout(None)
     return theirs.sender
+
+
+def secrets_differ(who: str, evidence: str) -> str:
+    """The line for a failed proof. Either side may hold the wrong secret and neither can tell
+    which, so the line blames neither: it says what was seen and where to look."""
+    return (f"authentication failed: {who} and this node hold different cluster secrets ({evidence}); "
+            f"check IVYVM_SECRET or secret_file on both")
 
 
 def _peer_name(sock: socket.socket) -> str:

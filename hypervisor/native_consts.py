@@ -31,6 +31,9 @@ WireType = enum.IntEnum("WireType", {**enum_members(ffi, "enum ivy_msg_type", "I
                                      **enum_members(ffi, "enum ivy_wire_type", "IVY_WIRE_")})
 ENGINE_TYPES = tuple(WireType[name] for name in enum_members(ffi, "enum ivy_msg_type", "IVY_MSG_"))
 WireStatus = enum.IntEnum("WireStatus", enum_members(ffi, "enum ivy_wire_status", "IVY_WIRE_"))
+FailKind = enum.IntEnum("FailKind", enum_members(ffi, "enum ivy_rt_fail_kind", "IVY_FAIL_"))
+NO_NODE = int(lib.IVY_RT_NO_NODE)
+NO_PAGE = int(lib.IVY_RT_NO_PAGE)
 State = enum.IntEnum("State", enum_members(ffi, "enum ivy_state", "IVY_"))
 Pending = enum.IntEnum("Pending", enum_members(ffi, "enum ivy_pending", "IVY_"))
 READ_OWNERSHIP = lowercase(enum_members(ffi, "enum ivy_read_ownership", "IVY_READ_"))   # default first

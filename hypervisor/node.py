@@ -31,18 +31,17 @@ from .cli import StdoutConsole
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Frame, Msg
 from .devices import GuestIoError, describe_access
-from .dsm import DsmError, DsmNode, DsmOptions
+from .dsm import DsmError, DsmFailure, DsmNode, DsmOptions
 from .handshake import ClusterShape, HandshakeError, connect_mesh, handshake, listen
 from .loader import Image, LoaderError, load_image
 from .machine import Machine, MachineError, RunResult
-from .native_consts import HEARTBEAT_MS, TIMEOUT_MS
+from .native_consts import HEARTBEAT_MS, TIMEOUT_MS, FailKind
 from .status import Status
 
 # The control channel keeps the DSM links' liveness timing (native/runtime.h).
 HEARTBEAT_SECONDS = HEARTBEAT_MS / 1000
 SILENCE_SECONDS = TIMEOUT_MS / 1000    # a control peer quiet this long is taken for dead
 DSM_GRACE_SECONDS = HEARTBEAT_SECONDS * 1.6   # a DSM heartbeat tick and some: see _receive_loop
-DSM_IDLE = " while idle"        # how the DSM core's failure line ends when no page was awaited
 STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave before closing the DSM
 
 FLAG_UNHANDLED = control.FLAG_UNHANDLED
@@ -297,7 +296,7 @@ class Node:
         if self._stop_from_node0 is not None and not result.error:
             status, line = self._stop_from_node0
             # A lost node concerns every host's operator; a guest error is said once, by node 0.
-            if status == Status.CLUSTER and self._stop_was_failure:
+            if status in SAID_BY_EVERY_NODE and self._stop_was_failure:
                 _report(status, f"node {self.id}: stopped by node 0: {line}")
             return status
         # Node 0 reports guest errors once; a lost node is also said here,
@@ -306,12 +305,12 @@ class Node:
         message = result.message
         if result.status == Status.INTERRUPTED:
             message = f"node {self.id}: interrupted"
-        elif result.status == Status.CLUSTER and result.error:
+        elif result.status in SAID_BY_EVERY_NODE and result.error:
             _report(result.status, message)
         try:
             self.channels[0].send(control.encode_status(Msg.FAILED, result.status, message))
         except (OSError, KeyError):
-            if result.status not in (Status.CLUSTER, Status.INTERRUPTED):
+            if result.status not in (*SAID_BY_EVERY_NODE, Status.INTERRUPTED):
                 _report(result.status, message)
         return result.status
 
@@ -344,16 +343,16 @@ class Node:
         self._threads.append(thread)
         thread.start()
 
-    def _lost(self, line: str) -> None:
+    def _lost(self, line: str, status: int = Status.CLUSTER) -> None:
         assert self.machine is not None
         if not self._closing.is_set():
-            self.machine.stop(Status.CLUSTER, line, error=True)
+            self.machine.stop(status, line, error=True)
 
     def _watch_dsm(self) -> None:
         assert self.dsm is not None
         while not self._closing.is_set():
             if self.dsm.wait_failed(HEARTBEAT_SECONDS):
-                self._lost(self._dsm_failure())
+                self._lost(*self._dsm_failure())
                 return
 
     def _heartbeat(self) -> None:
@@ -373,7 +372,7 @@ class Node:
             # The DSM core times the same peer out with the same bound, checking once a
             # heartbeat; its line names the page that was awaited, so let it speak first.
             if not self._closing.is_set() and self.dsm is not None and self.dsm.wait_failed(DSM_GRACE_SECONDS):
-                self._lost(self._dsm_failure())
+                self._lost(*self._dsm_failure())
                 return
             self._lost(f"node {self.id}: node {channel.peer} silent for {SILENCE_SECONDS:.1f} s "
                        f"on the control connection, {self._waiting_for()}")
@@ -388,13 +387,13 @@ class Node:
                 self._lost(f"node {self.id}: a control frame from node {channel.peer} could not be handled "
                            f"({type(err).__name__}: {err}), {self._waiting_for()}")
 
-    def _dsm_failure(self) -> str:
-        """The DSM core's line, which names the page it awaited; when it awaited none, say what was."""
+    def _dsm_failure(self) -> tuple[str, int]:
+        """The DSM core's line (it names the page it awaited) and the status its kind of failure means."""
         assert self.dsm is not None
-        line = self.dsm.error or f"node {self.id}: the DSM core stopped"
-        if line.endswith(DSM_IDLE):
-            line = line[: -len(DSM_IDLE)] + " while waiting for its heartbeats only (no page was awaited)"
-        return line
+        failure = self.dsm.failure
+        if failure is None:
+            return f"node {self.id}: the DSM core stopped", Status.CLUSTER
+        return dsm_failure_line(failure), DSM_FAILURE_STATUS[failure.kind]
 
     def _waiting_for(self) -> str:
         """What this node was waiting for from the lost peer, for the user's one line."""
@@ -435,7 +434,7 @@ class Node:
             self._node_parked(peer)
         elif kind is Msg.FAILED and self.id == 0:
             status, line = control.decode_status(frame)
-            if status == Status.CLUSTER:
+            if status in SAID_BY_EVERY_NODE:
                 # Node k has said that line itself (see _finish); node 0 says its own.
                 line = f"node 0: stopped by node {peer}: {line}"
             self.machine.stop(status, line, error=True)
@@ -514,6 +513,27 @@ class Node:
             everyone = len(self._parked_nodes) == self.config.nnodes
         if everyone:
             self.machine.stop(0, "every vCPU parked")
+
+
+# How each kind of DSM core failure ends the run (native/runtime.h, enum ivy_rt_fail_kind).
+DSM_FAILURE_STATUS = {
+    FailKind.PEER_LOST: Status.CLUSTER,
+    FailKind.PEER_LEFT: Status.CLUSTER,
+    FailKind.PEER_GARBAGE: Status.CLUSTER,
+    FailKind.PROTOCOL: Status.INTERNAL,
+    FailKind.ENGINE: Status.INTERNAL,
+    FailKind.HOST: Status.HOST,
+}
+# Failures every node's operator must hear of on their own host, not only node 0's.
+SAID_BY_EVERY_NODE = (Status.CLUSTER, Status.INTERNAL)
+
+
+def dsm_failure_line(failure: DsmFailure) -> str:
+    """The user's line for a DSM core failure: an ivyvm bug is called one, naming the transition that refused."""
+    if failure.internal:
+        return (f"node {failure.node}: internal error (a bug in ivyvm, not a fault of the cluster): {failure.text}; "
+                f"refused by the transition {failure.what}")
+    return failure.line
 
 
 def dsm_summary(node: int, vcpus: tuple[int, ...], stats: dict) -> str:  # type: ignore[type-arg]

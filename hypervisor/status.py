@@ -10,4 +10,5 @@ class Status:
     HOST = 7               # /dev/kvm missing or refusing, out of resources
     CLUSTER = 8            # a node died, was cut off, or refused the handshake
     TIMEOUT = 9            # --timeout / [cluster] timeout reached: every node stopped
+    INTERNAL = 10          # a bug in ivyvm itself (the DSM engine refused an authenticated peer's message)
     INTERRUPTED = 130      # Ctrl-C or SIGTERM

@@ -56,7 +56,8 @@ void link_flush(struct ivy_rt *rt, struct conn *c)
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 break;
-            rt_fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
+            rt_fail_as(rt, IVY_FAIL_PEER_LOST, c->peer, IVY_RT_NO_PAGE, "send",
+                       "sending to node %u failed: %s", c->peer, strerror(errno));
             return;
         }
         c->out_off += (size_t)n;
@@ -78,8 +79,9 @@ void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy
     if (c->fd < 0) {
         char wait[128];
         rt_describe_wait(rt, wait, sizeof wait);
-        rt_fail(rt, "node %u has left (BYE) but a %s for page 0x%llx must go to it (%s)", c->peer,
-             rt_type_name(type), (unsigned long long)m->page, wait);
+        rt_fail_as(rt, IVY_FAIL_PEER_LEFT, c->peer, m->page, rt_type_name(type),
+                   "node %u has left (BYE) but a %s for page 0x%llx must go to it (%s)", c->peer,
+                   rt_type_name(type), (unsigned long long)m->page, wait);
         return;
     }
     /* Counted before the send: a peer may act on the frame, and the test
@@ -92,7 +94,8 @@ void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy
         ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
         PROF(rt, PROF_SENT);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            rt_fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
+            rt_fail_as(rt, IVY_FAIL_PEER_LOST, c->peer, m->page, "send",
+                       "sending to node %u failed: %s", c->peer, strerror(errno));
             return;
         }
         done = n < 0 ? 0 : (size_t)n;
@@ -130,22 +133,28 @@ void link_read(struct ivy_rt *rt, struct conn *c)
                 return;
             char wait[128];
             rt_describe_wait(rt, wait, sizeof wait);
-            rt_fail(rt, "connection to node %u failed: %s (%s)", c->peer, strerror(errno), wait);
+            rt_fail_as(rt, IVY_FAIL_PEER_LOST, c->peer, IVY_RT_NO_PAGE, "recv",
+                       "connection to node %u failed: %s (%s)", c->peer, strerror(errno), wait);
             return;
         }
         if (n == 0) {
             char wait[128];
+            uint64_t first;
+            uint8_t kind;
             if (c->bye) {
                 /* A clean leave is fine only if nothing here may still need that node:
                  * an answer to a request in flight would never come. */
                 link_close(rt, c);
-                rt_describe_wait(rt, wait, sizeof wait);
-                if (strcmp(wait, "while idle") != 0)
-                    rt_fail(rt, "node %u left the cluster (BYE) %s", c->peer, wait);
+                if (rt_awaited(rt, &first, &kind)) {
+                    rt_describe_wait(rt, wait, sizeof wait);
+                    rt_fail_as(rt, IVY_FAIL_PEER_LEFT, c->peer, first, "EOF after BYE",
+                               "node %u left the cluster (BYE) %s", c->peer, wait);
+                }
                 return;
             }
             rt_describe_wait(rt, wait, sizeof wait);
-            rt_fail(rt, "node %u closed the connection without BYE %s", c->peer, wait);
+            rt_fail_as(rt, IVY_FAIL_PEER_LOST, c->peer, IVY_RT_NO_PAGE, "EOF without BYE",
+                       "node %u closed the connection without BYE %s", c->peer, wait);
             return;
         }
         c->in_len += (size_t)n;
@@ -157,7 +166,8 @@ void link_read(struct ivy_rt *rt, struct conn *c)
             if (st == IVY_WIRE_SHORT)
                 break;
             if (st != IVY_WIRE_OK) {
-                rt_fail(rt, "node %u sent a bad frame: %s; dropping the link", c->peer, ivy_wire_status_name(st));
+                rt_fail_as(rt, IVY_FAIL_PEER_GARBAGE, c->peer, IVY_RT_NO_PAGE, ivy_wire_status_name(st),
+                           "node %u sent a bad frame: %s; dropping the link", c->peer, ivy_wire_status_name(st));
                 return;
             }
             rt_handle_frame(rt, c, &f);
@@ -187,7 +197,8 @@ void link_heartbeat(struct ivy_rt *rt)
         if (!c->bye && silent > (uint64_t)rt->cfg.timeout_ms * 1000000ull) {
             char wait[128];
             rt_describe_wait(rt, wait, sizeof wait);
-            rt_fail(rt, "node %u silent for %.1f s %s", i, silent / 1e9, wait);
+            rt_fail_as(rt, IVY_FAIL_PEER_LOST, (uint16_t)i, IVY_RT_NO_PAGE, "silence",
+                       "node %u silent for %.1f s %s", i, silent / 1e9, wait);
             return;
         }
         if (now - c->last_send_ns >= (uint64_t)rt->cfg.heartbeat_ms * 900000ull) {

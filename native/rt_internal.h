@@ -79,7 +79,7 @@ struct ivy_rt {
     bool started, stopped, registered;
     bool leaving;             /* clean stop in progress: send errors no longer matter */
     volatile int failed;
-    char error[IVY_RT_ERR_LEN];
+    struct ivy_rt_failure failure;
     struct ivy_rt_stats stats;
 #ifdef IVY_PROFILE
     uint64_t *prof;           /* (ns << 4 | event) per step */
@@ -115,7 +115,13 @@ void rt_prof(struct ivy_rt *rt, unsigned event);
 #endif
 
 /* runtime.c */
-void rt_fail(struct ivy_rt *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Record the first failure (kind, the peer and page concerned or IVY_RT_NO_*, what refused or failed,
+ * then the user's line), stop the loop and tell pollers. rt_fail: a system call failed here. */
+void rt_fail_as(struct ivy_rt *rt, enum ivy_rt_fail_kind kind, uint16_t peer, uint64_t page, const char *what,
+                const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+#define rt_fail(rt, ...) rt_fail_as(rt, IVY_FAIL_HOST, IVY_RT_NO_NODE, IVY_RT_NO_PAGE, "system call", __VA_ARGS__)
+/* How many pages this node waits for (first: the first of them, and what for). */
+uint64_t rt_awaited(const struct ivy_rt *rt, uint64_t *first, uint8_t *kind);
 void rt_describe_wait(struct ivy_rt *rt, char *buf, size_t len);
 const char *rt_type_name(uint8_t type);
 void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f);

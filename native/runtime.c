@@ -50,21 +50,29 @@ const char *rt_type_name(uint8_t type)
     return type == IVY_WIRE_PING ? "PING" : type == IVY_WIRE_BYE ? "BYE" : ivy_msg_name(type);
 }
 
+uint64_t rt_awaited(const struct ivy_rt *rt, uint64_t *first, uint8_t *kind)
+{
+    uint64_t waiting = 0;
+    *first = IVY_RT_NO_PAGE;
+    *kind = IVY_IDLE;
+    for (uint64_t p = 0; p < rt->npages; p++) {
+        if (rt->pages[p].pending != IVY_IDLE && waiting++ == 0) {
+            *first = p;
+            *kind = rt->pages[p].pending;
+        }
+    }
+    return waiting;
+}
+
 /* What this node is waiting for, for error messages. */
 void rt_describe_wait(struct ivy_rt *rt, char *buf, size_t len)
 {
-    uint64_t waiting = 0, first = 0;
-    uint8_t kind = IVY_IDLE;
-    for (uint64_t p = 0; p < rt->npages; p++) {
-        if (rt->pages[p].pending != IVY_IDLE) {
-            if (waiting++ == 0) {
-                first = p;
-                kind = rt->pages[p].pending;
-            }
-        }
-    }
+    uint64_t first;
+    uint8_t kind;
+    uint64_t waiting = rt_awaited(rt, &first, &kind);
     if (!waiting) {
-        snprintf(buf, len, "while idle");
+        /* Only a heartbeat was due, so the loss is found by liveness, not by a missing page. */
+        snprintf(buf, len, "while waiting for its heartbeats only (no page was awaited)");
         return;
     }
     const char *what = kind == IVY_WANT_WRITE ? "write" : kind == IVY_WAIT_ACKS ? "invalidation acks" : "read";
@@ -75,14 +83,20 @@ void rt_describe_wait(struct ivy_rt *rt, char *buf, size_t len)
                  (unsigned long long)first, what, (unsigned long long)(waiting - 1));
 }
 
-/* Record the first error, make the loop exit and tell pollers. */
-void rt_fail(struct ivy_rt *rt, const char *fmt, ...)
+void rt_fail_as(struct ivy_rt *rt, enum ivy_rt_fail_kind kind, uint16_t peer, uint64_t page, const char *what,
+                const char *fmt, ...)
 {
     if (rt->failed || rt->leaving)
         return;
+    struct ivy_rt_failure *f = &rt->failure;
+    f->kind = (uint8_t)kind;
+    f->peer = peer;
+    f->page = page;
+    f->awaited = rt_awaited(rt, &f->awaited_page, &f->awaited_kind);
+    snprintf(f->what, sizeof f->what, "%s", what);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(rt->error, sizeof rt->error, fmt, ap);
+    vsnprintf(f->text, sizeof f->text, fmt, ap);
     va_end(ap);
     __atomic_store_n(&rt->failed, 1, __ATOMIC_RELEASE);
     uint64_t one = 1;
@@ -450,7 +464,8 @@ static void send_action(struct ivy_rt *rt, const struct ivy_action *a)
         return;
     }
     if (a->to >= rt->cfg.nnodes) {
-        rt_fail(rt, "engine asked to send %s to node %u of %u", ivy_msg_name(m->type), a->to, rt->cfg.nnodes);
+        rt_fail_as(rt, IVY_FAIL_ENGINE, a->to, a->page, "SEND action", "engine asked to send %s to node %u of %u",
+                   ivy_msg_name(m->type), a->to, rt->cfg.nnodes);
         return;
     }
     bool data = m->type == IVY_MSG_REPLY && (m->flags & IVY_REPLY_DATA);
@@ -465,7 +480,8 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
     for (unsigned i = 0; i < acts->n && !rt->failed; i++) {
         const struct ivy_action *a = &acts->a[i];
         if (a->page >= rt->npages) {
-            rt_fail(rt, "engine action %u names page 0x%llx beyond RAM", a->kind, (unsigned long long)a->page);
+            rt_fail_as(rt, IVY_FAIL_ENGINE, IVY_RT_NO_NODE, a->page, "action page",
+                       "engine action %u names page 0x%llx beyond RAM", a->kind, (unsigned long long)a->page);
             return;
         }
         switch (a->kind) {
@@ -482,7 +498,10 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
         case IVY_ACT_PARK: park(rt, &a->msg); break;
         case IVY_ACT_UNPARK: unpark(rt, a->page); break;
         case IVY_ACT_DONE: fault_done(rt, a->page); break;
-        default: rt_fail(rt, "engine returned unknown action kind %u", a->kind); return;
+        default:
+            rt_fail_as(rt, IVY_FAIL_ENGINE, IVY_RT_NO_NODE, a->page, "action kind",
+                       "engine returned unknown action kind %u", a->kind);
+            return;
         }
     }
 }
@@ -549,14 +568,29 @@ static void read_faults(struct ivy_rt *rt)
     }
 }
 
+/* The row whose guard refused a message (and the guard), or the key no row matched. */
+static void rt_name_refusal(const struct ivy_rt *rt, const struct ivy_msg *m, const struct ivy_verdict *v,
+                            char *buf, size_t len)
+{
+    if (v->refused_by >= 0) {
+        const struct ivy_row *r = ivy_engine_row((unsigned)v->refused_by);
+        snprintf(buf, len, "%s (guard %s)", r->name, r->guard_name ? r->guard_name : "?");
+        return;
+    }
+    const struct ivy_page *p = &rt->pages[m->page];
+    snprintf(buf, len, "none for %s at %s/%s%s", ivy_msg_name(m->type), ivy_state_name(p->state),
+             ivy_pending_name(p->pending), p->owner ? " (owner)" : "");
+}
+
 void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f)
 {
     const struct ivy_msg *m = &f->msg;
     rt->stats.msgs_recv[m->type]++;
     rt->stats.bytes_recv[m->type] += f->frame_len;
     if (m->sender != c->peer) {
-        rt_fail(rt, "node %u sent a %s claiming to be node %u; dropping the link", c->peer, rt_type_name(m->type),
-             m->sender);
+        rt_fail_as(rt, IVY_FAIL_PEER_GARBAGE, c->peer, IVY_RT_NO_PAGE, "sender id",
+                   "node %u sent a %s claiming to be node %u; dropping the link", c->peer, rt_type_name(m->type),
+                   m->sender);
         return;
     }
     if (m->type == IVY_WIRE_PING)
@@ -569,13 +603,16 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
      * state (a reply answers our request, an ack one we wait for, ...)? The
      * engine's table answers, once per frame, before any byte is copied, so
      * a peer can neither trip an assert nor get bytes written into a page
-     * nobody asked for. */
+     * nobody asked for. An authenticated peer never sends such a message, so
+     * a refusal is a protocol bug: its kind says so and `what` names the row. */
     const struct ivy_verdict v = ivy_engine_check(&rt->engine, m);
     if (v.row < 0) {
-        rt_fail(rt, "node %u sent %s (%s page 0x%llx requester %u sender %u txid 0x%llx%s%s); dropping the link",
-             c->peer, v.why, ivy_msg_name(m->type), (unsigned long long)m->page, m->requester, m->sender,
-             (unsigned long long)m->txid, v.refused_by >= 0 ? ", refused by " : "",
-             v.refused_by >= 0 ? ivy_engine_row((unsigned)v.refused_by)->guard_name : "");
+        char row[IVY_RT_WHAT_LEN];
+        rt_name_refusal(rt, m, &v, row, sizeof row);
+        rt_fail_as(rt, IVY_FAIL_PROTOCOL, c->peer, m->page, row,
+                   "node %u sent %s (%s page 0x%llx requester %u sender %u txid 0x%llx); dropping the link",
+                   c->peer, v.why, ivy_msg_name(m->type), (unsigned long long)m->page, m->requester, m->sender,
+                   (unsigned long long)m->txid);
         return;
     }
     if ((m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE) && holding(rt, m->page)) {
@@ -957,9 +994,15 @@ void ivy_rt_destroy(struct ivy_rt *rt)
 
 const struct ivy_rt_stats *ivy_rt_stats(const struct ivy_rt *rt) { return &rt->stats; }
 
+const struct ivy_rt_failure *ivy_rt_failure(const struct ivy_rt *rt)
+{
+    return __atomic_load_n(&rt->failed, __ATOMIC_ACQUIRE) ? &rt->failure : NULL;
+}
+
 const char *ivy_rt_error(const struct ivy_rt *rt)
 {
-    return __atomic_load_n(&rt->failed, __ATOMIC_ACQUIRE) ? rt->error : NULL;
+    const struct ivy_rt_failure *f = ivy_rt_failure(rt);
+    return f ? f->text : NULL;
 }
 
 int ivy_rt_failure_fd(const struct ivy_rt *rt) { return rt->failfd; }

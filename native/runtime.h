@@ -78,6 +78,35 @@ struct ivy_rt_stats {
     uint64_t lat_hist[IVY_RT_LAT_BUCKETS];
 };
 
+/* Why a node stopped: callers decide on the kind, never on the text. */
+enum ivy_rt_fail_kind {
+    IVY_FAIL_NONE = 0,
+    IVY_FAIL_PEER_LOST = 1,    /* a peer went silent, closed without BYE, or its socket failed */
+    IVY_FAIL_PEER_LEFT = 2,    /* a peer left cleanly (BYE) while this node still needed it */
+    IVY_FAIL_PEER_GARBAGE = 3, /* a peer sent bytes the wire decoder refuses, or claimed another id */
+    IVY_FAIL_PROTOCOL = 4,     /* an authenticated peer's well-formed message that the engine refuses
+                                  for the page's state: a bug in ivyvm's protocol, not a cluster fault */
+    IVY_FAIL_ENGINE = 5,       /* the engine asked for an impossible action: a bug in ivyvm */
+    IVY_FAIL_HOST = 6          /* a system call failed here (userfaultfd, epoll, threads) */
+};
+
+#define IVY_RT_NO_NODE 0xFFFFu
+#define IVY_RT_NO_PAGE 0xFFFFFFFFFFFFFFFFull
+#define IVY_RT_WHAT_LEN 64
+
+/* The first failure, written once by the failing thread before `failed` is published. */
+struct ivy_rt_failure {
+    uint8_t kind;           /* enum ivy_rt_fail_kind */
+    uint8_t awaited_kind;   /* enum ivy_pending of the first awaited page (IVY_IDLE: none awaited) */
+    uint16_t peer;          /* the node concerned, or IVY_RT_NO_NODE */
+    uint32_t reserved;
+    uint64_t page;          /* the page concerned, or IVY_RT_NO_PAGE */
+    uint64_t awaited;       /* how many pages this node was waiting for when it failed */
+    uint64_t awaited_page;  /* the first of them */
+    char what[IVY_RT_WHAT_LEN]; /* the check or transition that refused, or the call that failed */
+    char text[IVY_RT_ERR_LEN];  /* the whole story in one line, for the user */
+};
+
 struct ivy_rt;
 
 /* Validate cfg, open and register userfaultfd, populate the page cache.
@@ -93,7 +122,8 @@ void ivy_rt_stop(struct ivy_rt *rt);
 void ivy_rt_destroy(struct ivy_rt *rt);
 
 const struct ivy_rt_stats *ivy_rt_stats(const struct ivy_rt *rt);
-/* The first error that stopped the node, or NULL while healthy. */
+/* The first error that stopped the node, or NULL while healthy: as a struct, and its text. */
+const struct ivy_rt_failure *ivy_rt_failure(const struct ivy_rt *rt);
 const char *ivy_rt_error(const struct ivy_rt *rt);
 /* An eventfd that becomes readable when the node fails (poll it). */
 int ivy_rt_failure_fd(const struct ivy_rt *rt);

@@ -23,11 +23,12 @@ import pytest
 from tests.cluster.common import (DETECTION_BOUND, IVYVM, SECRET, START_BOUND, Exit, await_exits, free_port_pairs,
                                   guest_elf, lines_of, processes_mentioning, run_cli, start_node, wait_for_output,
                                   write_cluster)
+from hypervisor.status import Status
 from tests.conftest import ROOT, requires_kvm
 
-STATUS_GUEST_IO = 4
-STATUS_CLUSTER = 8
-STATUS_INTERRUPTED = 130
+STATUS_GUEST_IO = Status.GUEST_IO
+STATUS_CLUSTER = Status.CLUSTER
+STATUS_INTERRUPTED = Status.INTERRUPTED
 SETUP_TIMEOUT = 3.0        # [cluster] setup_timeout for the refused-handshake tests
 STOP_BOUND = 5.0           # Ctrl-C, SIGTERM: "within a few seconds"
 
@@ -241,6 +242,8 @@ def test_wrong_secret_is_refused(tmp_path: Path) -> None:
     # Node 0 connects, so it checks node 1's proof at once; node 1 accepts, and keeps
     # accepting until setup_timeout in case the real node 0 is yet to come.
     assert "node 1" in exit0.stderr and exit0.after < SETUP_TIMEOUT, exit0
+    # Neither node can tell which secret is wrong: neither blames the other for not knowing it.
+    assert "does not know" not in exit0.stderr + exit1.stderr, (exit0.stderr, exit1.stderr)
     assert not exit0.stdout and not exit1.stdout, "the guest ran although the handshake failed"
     _show(exit0, exit1)
     assert_nothing_left(str(config0), str(config1))

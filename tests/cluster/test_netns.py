@@ -23,6 +23,7 @@ from typing import Iterator
 
 import pytest
 
+from hypervisor.status import Status
 from tests.cluster.common import (DETECTION_BOUND, IVYVM, START_BOUND, await_exits, finish, guest_elf, lines_of,
                                   processes_mentioning, start_node, verdict, wait_for_output, write_cluster)
 from tests.conftest import ROOT, requires_kvm, requires_netns
@@ -149,7 +150,7 @@ def test_dropped_link_stops_both_nodes(tmp_path: Path, side: int, how: str) -> N
                 proc.wait()
         for node, exit in enumerate(exits):
             other = 1 - node
-            assert exit.status == 8, f"node {node}: status {exit.status}\n{exit.stderr}"
+            assert exit.status == Status.CLUSTER, f"node {node}: status {exit.status}\n{exit.stderr}"
             lines = lines_of(exit.stderr)
             assert len(lines) == 1, f"node {node} should say one line, said:\n{exit.stderr}"
             said = lines[0].split(":", 2)[2]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hypervisor.status import Status
 from tests.cluster.common import (PROGRESS_PREFIX, await_exits, free_port_pairs, guest_elf, lines_of, start_node,
                                   write_cluster)
 from tests.cluster.test_failures import node_pids, start_run
@@ -81,7 +82,7 @@ def test_node_0_names_the_nodes_it_waits_for_once_a_second(tmp_path: Path) -> No
     assert 2 <= len(progress) <= 4, exit0.stderr
     assert progress[0] == (f"ivyvm: node 0: waiting for node 1 at 127.0.0.1:{ports[1]}, "
                            f"node 2 at 127.0.0.1:{ports[2]}"), progress
-    assert exit0.status == 8 and len(lines_of(exit0.stderr)) == 1, exit0.stderr
+    assert exit0.status == Status.CLUSTER and len(lines_of(exit0.stderr)) == 1, exit0.stderr
 
 
 @requires_kvm

@@ -13,6 +13,9 @@ from hypervisor._ivy_testkit import lib as kit
 from hypervisor.memory import GuestRam
 from hypervisor.dsm import DsmError, DsmNode, DsmOptions, RamRegion
 from hypervisor.native_consts import PAGE_SIZE, WIRE_HDR_SIZE, WireType
+from hypervisor.native_consts import FailKind
+from hypervisor.node import DSM_FAILURE_STATUS, dsm_failure_line
+from hypervisor.status import Status
 from tests.dsm import frames
 
 READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = (WireType[name] for name in (
@@ -238,6 +241,9 @@ def test_peer_leaving_while_a_fault_waits_on_it_is_an_error(scripted) -> None:
     peer.shutdown(socket.SHUT_WR)
     assert node.wait_failed(5.0)
     assert "node 0 left the cluster (BYE) while waiting for page 0x7 (read)" in node.error, node.error
+    failure = node.failure
+    assert failure is not None and failure.kind == FailKind.PEER_LEFT and not failure.internal
+    assert (failure.peer, failure.page, failure.awaited) == (0, 7, 1)
     t.join(5)
     assert not t.is_alive()
 
@@ -422,3 +428,33 @@ def test_invalidate_is_never_held(holding) -> None:
     assert (ack["type"], ack["txid"]) == (INV_ACK, 0x1AB)
     assert time.monotonic() - t0 < HOLD_S
     assert node.access(4) == 0 and node.stats()["held"] == 0
+
+
+def test_a_message_the_engine_refuses_is_an_internal_error_naming_the_transition(scripted) -> None:
+    """Page bytes for a page still readable here: no correct peer sends that, so it is an ivyvm bug."""
+    node, peer, ram = scripted
+    reader = toucher(ram.guest_addr + 5 * PAGE_SIZE)
+    req = recv_frame(peer)
+    peer.sendall(frame(REPLY, 5, 1, 0, version=1, copyset=0b11, txid=req["txid"], flags=lib.IVY_REPLY_DATA,
+                       payload=b"\x05" * PAGE_SIZE))
+    reader.join(5)
+    assert node.access(5) == 1
+    writer = toucher(ram.guest_addr + 5 * PAGE_SIZE, write=True)
+    upgrade = recv_frame(peer)
+    assert upgrade["type"] == WRITE
+    peer.sendall(frame(REPLY, 5, 1, 0, version=2, copyset=0b10, txid=upgrade["txid"],
+                       flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=b"\x06" * PAGE_SIZE))
+    assert node.wait_failed(5.0)
+    failure = node.failure
+    assert failure is not None and failure.kind == FailKind.PROTOCOL and failure.internal
+    assert (failure.peer, failure.page) == (0, 5)
+    assert "page bytes for a page that is still readable here" in failure.text
+    rows = {ffi.string(lib.ivy_engine_row(i).name).decode() for i in range(lib.ivy_engine_nrows())}
+    assert failure.what.split(" (guard ")[0] in rows, failure.what   # the engine table's row that refused
+    line = dsm_failure_line(failure)
+    assert line.startswith("node 1: internal error") and "not a fault of the cluster" in line, line
+    assert line.endswith(f"refused by the transition {failure.what}"), line
+    assert DSM_FAILURE_STATUS[failure.kind] == Status.INTERNAL
+    node.close()   # releases the writer, which must be gone before its RAM is
+    writer.join(5)
+    assert not writer.is_alive()
