@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["run_guest", "GuestResult", "RunError", "UsageError", "ImageRefused", "GuestError", "HostError",
-           "ClusterError", "GuestTimeout", "Interrupted"]
+           "ClusterError", "GuestTimeout", "InternalError", "Interrupted"]
 
 
 def __getattr__(name: str) -> Any:

@@ -77,6 +77,10 @@ class GuestTimeout(RunError, TimeoutError):
     """The guest was still running when `timeout` seconds were up; every node was stopped."""
 
 
+class InternalError(RunError):
+    """A bug in ivyvm itself: its DSM engine refused a node's message; the line names the transition (10)."""
+
+
 class Interrupted(RunError):
     """The run was interrupted (Ctrl-C or SIGTERM of the supervisor, 130)."""
 
@@ -84,7 +88,8 @@ class Interrupted(RunError):
 _CLASSES: dict[int, type[RunError]] = {
     Status.USAGE: UsageError, Status.IMAGE: ImageRefused, Status.GUEST_IO: GuestError,
     Status.TRIPLE_FAULT: GuestError, Status.ENTRY_FAILURE: GuestError, Status.HOST: HostError,
-    Status.CLUSTER: ClusterError, Status.TIMEOUT: GuestTimeout, Status.INTERRUPTED: Interrupted,
+    Status.CLUSTER: ClusterError, Status.TIMEOUT: GuestTimeout, Status.INTERNAL: InternalError,
+    Status.INTERRUPTED: Interrupted,
 }
 
 
@@ -137,7 +142,7 @@ def run_guest(image: str | os.PathLike[str], vcpus: int = 1, nodes: int = 1, mem
     verbose=True, ...). `timeout` is ``--timeout``: the whole run's limit in
     seconds, after which every node is stopped. Raises
     UsageError, ImageRefused, GuestError, HostError, ClusterError,
-    GuestTimeout or Interrupted; each carries the status and the lines
+    GuestTimeout, InternalError or Interrupted; each carries the status and the lines
     ``ivyvm run`` would print.
     """
     argv = command_line(image, vcpus, nodes, mem, dict(options, timeout=timeout))
