@@ -38,7 +38,7 @@ class Msg(enum.IntEnum):
     PARKED = 6    # k -> 0: a vCPU parked for good
     FAILED = 7    # k -> 0: a guest or host error on node k, status and line
     STOP = 8      # 0 -> k: stop now (guest exit, error elsewhere, all parked)
-    PING = 9      # either way: heartbeat while idle
+    PING = 9      # either way: heartbeat while idle, with clock stamps
     BYE = 10      # either way: clean close follows
 
 
@@ -48,10 +48,11 @@ IO_DONE = struct.Struct("<IHxxI")  # seq, vcpu, value
 IRQ = struct.Struct("<HH")         # target vcpu, vector
 PARKED = struct.Struct("<H")       # vcpu
 STATUS = struct.Struct("<i")       # FAILED/STOP: status, then a UTF-8 line
+PING = struct.Struct("<QQQ")       # CLOCK_MONOTONIC ns: sent, echoed peer's sent, its arrival (clocksync.py)
 
 _FIXED_SIZE = {
     Msg.JOIN: JOIN.size, Msg.GO: 0, Msg.IO: IO.size, Msg.IO_DONE: IO_DONE.size,
-    Msg.IRQ: IRQ.size, Msg.PARKED: PARKED.size, Msg.PING: 0, Msg.BYE: 0,
+    Msg.IRQ: IRQ.size, Msg.PARKED: PARKED.size, Msg.PING: PING.size, Msg.BYE: 0,
 }
 
 

@@ -67,6 +67,10 @@ class DsmOptions:
     # (20-35 us on the development hosts). 0 serves them at once. Measured:
     # docs/dsm.md, bench --hold-us.
     hold_us: int = HOLD_US_DEFAULT
+    # Keep a trace ring of this many records (native/trace.h; 64 bytes each, touched only
+    # as written); 0: tracing off, which costs the fault path one predicted branch per hook.
+    # Node-local: peers need not agree.
+    trace_records: int = 0
 
     def __post_init__(self) -> None:
         if self.read_ownership not in READ_OWNERSHIP:
@@ -77,6 +81,8 @@ class DsmOptions:
             raise DsmError(f"poll_us {self.poll_us} must be between 0 and 1000000")
         if not 0 <= self.hold_us <= 1_000_000:
             raise DsmError(f"hold_us {self.hold_us} must be between 0 and 1000000")
+        if not 0 <= self.trace_records <= lib.IVY_TRACE_MAX_RECORDS:
+            raise DsmError(f"trace_records {self.trace_records} must be between 0 and {lib.IVY_TRACE_MAX_RECORDS}")
         if not 1 <= self.heartbeat_ms < self.timeout_ms:
             raise DsmError(f"heartbeat_ms {self.heartbeat_ms} must be >= 1 and below timeout_ms {self.timeout_ms}")
 
@@ -130,6 +136,8 @@ class DsmNode:
         self.ram = RamRegion.of(ram)
         self._rt: Any = ffi.NULL
         self._started = False
+        self._trace = bytearray()     # records drained so far (trace_records())
+        self._trace_dropped = 0
         if not 1 <= nnodes <= MAX_NODES or not 0 <= node_id < nnodes:
             raise DsmError(f"node {node_id} of {nnodes}: need 1 <= nnodes <= {MAX_NODES} and 0 <= node < nnodes")
         expected = set(range(nnodes)) - {node_id}
@@ -148,6 +156,7 @@ class DsmNode:
         cfg.timeout_ms = self.options.timeout_ms
         cfg.poll_us = self.options.poll_us
         cfg.hold_us = self.options.hold_us
+        cfg.trace_records = self.options.trace_records
         for i in range(MAX_NODES):
             cfg.peer_fds[i] = -1
         for peer, sock in peers.items():
@@ -179,8 +188,10 @@ class DsmNode:
             lib.ivy_rt_stop(self._rt)
 
     def close(self) -> None:
-        """stop() and free the runtime; statistics are gone afterwards."""
+        """stop() and free the runtime; statistics are gone afterwards, trace records are kept."""
         if self._rt != ffi.NULL:
+            lib.ivy_rt_stop(self._rt)
+            self._drain_trace()
             lib.ivy_rt_destroy(self._rt)
             self._rt = ffi.NULL
 
@@ -231,6 +242,29 @@ class DsmNode:
         poller.register(self.failure_fd, select.POLLIN)
         poller.poll(None if timeout is None else int(timeout * 1000))
         return self.error is not None
+
+    @property
+    def tracing(self) -> bool:
+        return self.options.trace_records > 0
+
+    def _drain_trace(self) -> None:
+        if self._rt != ffi.NULL and self.tracing:
+            from hypervisor import trace
+            self._trace += trace.drain(self._rt)
+            self._trace_dropped = int(lib.ivy_rt_trace_dropped(self._rt))
+
+    def trace_records(self) -> list[Any]:
+        """Every trace record so far, oldest first (hypervisor.trace.Record); callable while
+        running (drains the ring, which makes room) and after close()."""
+        from hypervisor import trace
+        self._drain_trace()
+        return trace.decode(bytes(self._trace))
+
+    @property
+    def trace_dropped(self) -> int:
+        """Records a full ring could not take (the ring keeps the oldest; trace.h)."""
+        self._drain_trace()
+        return self._trace_dropped
 
     def access(self, page: int) -> int:
         """This node's access to a page right now: 0 none, 1 read, 2 read-write."""

@@ -26,8 +26,8 @@ from cffi import FFI
 NATIVE = Path(__file__).resolve().parent
 ROOT = NATIVE.parent
 PACKAGE = ROOT / "hypervisor"
-RUNTIME_SOURCES = ["engine.c", "runtime.c", "link.c"]
-RUNTIME_HEADERS = ["engine.h", "wire.h", "runtime.h"]
+RUNTIME_SOURCES = ["engine.c", "runtime.c", "link.c", "trace.c"]
+RUNTIME_HEADERS = ["engine.h", "wire.h", "runtime.h", "trace.h"]
 NETEM_SOURCES = ["netem.c"]
 NETEM_HEADERS = ["netem.h"]
 TESTKIT_SOURCES = ["testkit.c"]

@@ -88,6 +88,7 @@ void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy
      * reading both nodes' counters, before sendmsg returns here. */
     rt->stats.msgs_sent[type]++;
     rt->stats.bytes_sent[type] += total;
+    TRACE(rt, trace_send, c, type, m, total);
     if (!c->out_len) {
         struct iovec iov[2] = {{hdr, IVY_WIRE_HDR_SIZE}, {(void *)data, data ? IVY_PAGE_SIZE : 0}};
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = data ? 2 : 1};

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "runtime.h"
+#include "trace_hooks.h"
 #include "wire.h"
 
 #define EP_UFFD 1000u  /* epoll tags 0..63 are peer ids */
@@ -81,6 +82,7 @@ struct ivy_rt {
     volatile int failed;
     struct ivy_rt_failure failure;
     struct ivy_rt_stats stats;
+    struct ivy_trace *trace;  /* NULL: tracing off (trace.c) */
 #ifdef IVY_PROFILE
     uint64_t *prof;           /* (ns << 4 | event) per step */
     size_t nprof;

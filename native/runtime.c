@@ -379,6 +379,7 @@ static void hold_request(struct ivy_rt *rt, const struct ivy_msg *m)
     }
     list_append(&rt->held[m->page], m);
     rt->stats.held++;
+    TRACE(rt, trace_hold, IVY_TR_HOLD_BEGIN, m->page, m);
 }
 
 /*
@@ -392,6 +393,7 @@ static uint64_t hold_release_expired(struct ivy_rt *rt)
     for (size_t i = 0; i < rt->nheld;) {
         uint64_t page = rt->held_pages[i], until = rt->hold_until[page];
         if (hold_over(rt, page, now)) {
+            TRACE(rt, trace_hold, IVY_TR_HOLD_END, page, NULL);
             list_to_fifo(rt, &rt->held[page]);
             rt->held_pages[i] = rt->held_pages[--rt->nheld];
             continue;
@@ -484,6 +486,7 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
                        "engine action %u names page 0x%llx beyond RAM", a->kind, (unsigned long long)a->page);
             return;
         }
+        TRACE(rt, trace_action, a);
         switch (a->kind) {
         case IVY_ACT_SEND: send_action(rt, a); break;
         case IVY_ACT_MAP_RO: grant(rt, a->page, false, false); PROF(rt, PROF_GRANTED); break;
@@ -526,6 +529,7 @@ static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
     uint64_t page = (addr - rt->cfg.guest_addr) / IVY_PAGE_SIZE;
     bool wp = flags & UFFD_PAGEFAULT_FLAG_WP;
     bool write = wp || (flags & UFFD_PAGEFAULT_FLAG_WRITE);
+    TRACE(rt, trace_fault, page, wp ? IVY_TR_ACCESS_WP : write, um->arg.pagefault.feat.ptid);
     if (wp)
         rt->stats.faults_wp++;
     else if (write)
@@ -585,6 +589,7 @@ static void rt_name_refusal(const struct ivy_rt *rt, const struct ivy_msg *m, co
 void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f)
 {
     const struct ivy_msg *m = &f->msg;
+    TRACE(rt, trace_recv, c, f);
     rt->stats.msgs_recv[m->type]++;
     rt->stats.bytes_recv[m->type] += f->frame_len;
     if (m->sender != c->peer) {
@@ -753,7 +758,8 @@ static int setup_uffd(struct ivy_rt *rt, char *err, size_t errlen)
     }
     struct uffdio_api api = {.api = UFFD_API,
                              .features = UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
-                                         UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EXACT_ADDRESS};
+                                         UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EXACT_ADDRESS |
+                                         UFFD_FEATURE_THREAD_ID /* ties a traced fault to its vCPU */};
     if (ioctl(rt->uffd, UFFDIO_API, &api)) {
         snprintf(err, errlen, "UFFDIO_API with MINOR_SHMEM|WP_SHMEM|EXACT_ADDRESS: %s (kernel too old?)", strerror(errno));
         return -1;
@@ -889,7 +895,7 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     struct ivy_config ec = {.self = cfg->self, .nnodes = cfg->nnodes, .read_ownership = cfg->read_ownership,
                             .manager = cfg->manager, .npages = rt->npages};
     ivy_engine_init(&rt->engine, &ec, rt->pages);
-    if (setup_uffd(rt, err, errlen) || setup_loop(rt, err, errlen)) {
+    if (trace_create(rt, err, errlen) || setup_uffd(rt, err, errlen) || setup_loop(rt, err, errlen)) {
         ivy_rt_destroy(rt);
         return NULL;
     }
@@ -989,6 +995,7 @@ void ivy_rt_destroy(struct ivy_rt *rt)
     free(rt->write_off);
     free(rt->watch_off);
     free(rt->watch_val);
+    trace_destroy(rt);
     free(rt);
 }
 

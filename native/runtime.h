@@ -38,6 +38,7 @@ struct ivy_rt_config {
     uint32_t poll_us;       /* busy-poll this long for an expected reply before sleeping (0: never) */
     uint32_t hold_us;       /* after a local fault on a page completes, requests that could take the
                                page away wait this long (Mirage's delta; 0: serve at once) */
+    uint32_t trace_records; /* keep a trace ring of this many records (trace.h); 0: tracing off */
 };
 
 /*
