@@ -173,6 +173,9 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     run.add_argument("--stall-warn", type=seconds, default=config.DEFAULT_STALL_WARN, metavar="SECONDS",
                      help="with --nodes: name a page fault outstanding this long, with every node's state "
                           f"for its page, on stderr (default {config.DEFAULT_STALL_WARN:g})")
+    run.add_argument("--trace", type=Path, metavar="FILE",
+                     help="with --nodes: record every node's DSM events and write one Chrome JSON trace "
+                          "(ui.perfetto.dev, chrome://tracing; see docs/trace.md)")
     network = run.add_argument_group("emulated network (with --nodes; needs root, ip and /dev/net/tun)")
     network.add_argument("--netns", action="store_true",
                          help="each node in a network namespace of its own, switched like separate hosts "
@@ -202,9 +205,22 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
                       help="print a commented cluster.toml to start from, and exit")
     node.add_argument("--stats", action="store_true",
                       help="print one line of DSM statistics (faults, messages, latency, hottest pages) at the end")
+    node.add_argument("--trace", type=Path, metavar="FILE",
+                      help="record this node's DSM events to FILE (default: [cluster] trace with .nodeID "
+                           "before its suffix); join the nodes' files with `ivyvm trace merge`")
     node.add_argument("-v", "--verbose", action="store_true",
                       help="on a guest error, also print the vCPU's registers")
     node.set_defaults(handler=cmd_node, node_parser=node)
+
+    traces = commands.add_parser("trace", help="work with DSM trace files (docs/trace.md)",
+                                 description="Work with the DSM trace files `ivyvm node --trace` writes.")
+    actions = traces.add_subparsers(dest="action", metavar="ACTION", required=True)
+    merge = actions.add_parser("merge", help="join the nodes' trace files into one Chrome JSON trace",
+                               description="Join node trace files (one per node, any hosts) into one Chrome "
+                                           "JSON trace, clocks aligned so no message arrow points backwards.")
+    merge.add_argument("inputs", nargs="+", type=Path, metavar="NODE_TRACE", help="a file `ivyvm node` wrote")
+    merge.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.json", help="the merged trace")
+    merge.set_defaults(handler=cmd_trace_merge)
     return parser
 
 
@@ -265,11 +281,20 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         image = load_image(args.guest, args.mem, args.vcpus)
     except LoaderError as e:
         return RunOutcome(Status.IMAGE, str(e), True)
+    trace_file = getattr(args, "trace", None)
+    if trace_file is not None:
+        from hypervisor.trace import check_output_path
+        problem = check_output_path(trace_file)
+        if problem:
+            return RunOutcome(Status.USAGE, f"--trace {trace_file}: {problem}", True)
+        if args.nodes == 1:
+            sys.stderr.write("ivyvm: --trace records the DSM, which a single-node run does not use "
+                             "(add --nodes 2 or more); no trace written\n")
     if args.nodes > 1:
         from hypervisor.cluster import launch_local
         return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                                        args.read_ownership, args.manager, args.stats, args.poll_us,
-                                       args.hold_us, args.timeout, args.stall_warn, shaping))
+                                       args.hold_us, args.timeout, args.stall_warn, shaping, trace_file))
     from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
     from hypervisor.runlimit import TimeLimit, timeout_line
     try:
@@ -300,13 +325,33 @@ def cmd_node(args: argparse.Namespace) -> int:
         args.node_parser.error(f"the following arguments are required: {', '.join(missing)} "
                                "(or --example-config)")
     from hypervisor.node import run_node
+    from hypervisor.trace import check_output_path, part_path
     try:
         cluster = config.load_config(Path(args.config))
     except ConfigError as e:
         return usage_error(str(e))
     if not 0 <= args.id < cluster.nnodes:
         return usage_error(f"--id {args.id}: {args.config} describes nodes 0..{cluster.nnodes - 1}")
-    return run_node(cluster, args.id, args.verbose, args.stats)
+    trace_file = args.trace or (part_path(cluster.trace, args.id) if cluster.trace else None)
+    if trace_file is not None:
+        problem = check_output_path(trace_file)
+        if problem:
+            return usage_error(f"trace {trace_file}: {problem}")
+    return run_node(cluster, args.id, args.verbose, args.stats, trace_file)
+
+
+def cmd_trace_merge(args: argparse.Namespace) -> int:
+    from hypervisor.trace import TraceError, merge_files
+    try:
+        merged = merge_files(args.inputs, args.output)
+    except TraceError as e:
+        return usage_error(str(e))
+    except OSError as e:
+        return usage_error(f"cannot write {args.output}: {e.strerror or e}")
+    info = merged["otherData"]["ivyvm"]
+    sys.stderr.write(f"ivyvm: {info['faults']} faults and {info['messages']} messages of nodes "
+                     f"{', '.join(map(str, info['nodes']))} written to {args.output}\n")
+    return 0
 
 
 def usage_error(message: str) -> int:

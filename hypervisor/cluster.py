@@ -27,6 +27,7 @@ from .handshake import listen
 from .netns import CONTROL_PORT, DSM_PORT, EmulatedNetwork, NetnsError, Shaping
 from .node import LISTEN_FDS_ENV, interrupt_on_signal, say
 from .status import Status
+from . import trace
 
 # After node 0 has finished, the others get this long to leave by themselves.
 GRACE_SECONDS = 5.0
@@ -85,7 +86,8 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
 def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool = False,
                  read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False,
                  poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
-                 stall_warn: float = DEFAULT_STALL_WARN, shaping: Shaping | None = None) -> int:
+                 stall_warn: float = DEFAULT_STALL_WARN, shaping: Shaping | None = None,
+                 trace_file: Path | None = None) -> int:
     """`shaping` given: every node in a namespace of its own (hypervisor.netns), links shaped so."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with ExitStack() as stack:
@@ -97,12 +99,12 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
                 say(str(err))
                 return err.status
         return _launch(image, vcpus, mem, nnodes, verbose, read_ownership, manager, stats, poll_us, hold_us,
-                       timeout, stall_warn, deadline, network)
+                       timeout, stall_warn, deadline, network, trace_file)
 
 
 def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_ownership: str, manager: str,
             stats: bool, poll_us: int | None, hold_us: int | None, timeout: float | None, stall_warn: float,
-            deadline: float | None, network: EmulatedNetwork | None) -> int:
+            deadline: float | None, network: EmulatedNetwork | None, trace_file: Path | None) -> int:
     # On loopback the supervisor binds every node's ports and hands them over; in
     # namespaces each node binds its own address, which no other process shares.
     listeners = bind_listeners(nnodes) if network is None else []
@@ -127,6 +129,8 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
             for node in config.nodes:
                 argv = [sys.executable, "-m", "hypervisor.cli", "node", "--config", str(path),
                         "--id", str(node.id)] + (["-v"] if verbose else []) + (["--stats"] if stats else [])
+                if trace_file is not None:
+                    argv += ["--trace", str(trace.part_path(Path(scratch) / "trace.json", node.id))]
                 if network is not None:
                     children.append(subprocess.Popen(
                         argv, env=env, preexec_fn=lambda k=node.id: _into_namespace(network, k),
@@ -140,13 +144,36 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
                     stdout=None if node.id == 0 else subprocess.DEVNULL))
                 dsm.close()
                 ctl.close()
-            return _supervise(children, deadline, timeout)
+            status = _supervise(children, deadline, timeout)
         except KeyboardInterrupt:
             say("interrupted, stopping every node")
-            return Status.INTERRUPTED
+            status = Status.INTERRUPTED
         finally:
             _close_all(listeners)
             _reap(children)
+        if trace_file is not None:
+            collect_trace(Path(scratch) / "trace.json", nnodes, trace_file)
+        return status
+
+
+def collect_trace(parts_of: Path, nnodes: int, output: Path) -> None:
+    """Merge the nodes' own trace files (written as each stopped) into one, saying what is missing."""
+    parts = [trace.part_path(parts_of, k) for k in range(nnodes)]
+    present = [p for p in parts if p.exists()]
+    missing = [k for k, p in enumerate(parts) if not p.exists()]
+    if missing:
+        say(f"trace: node{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} wrote no trace "
+            f"(stopped before the end?)")
+    if not present:
+        say(f"trace: no node wrote a trace; {output} not written")
+        return
+    try:
+        merged = trace.merge_files(present, output)
+    except (trace.TraceError, OSError) as err:
+        say(f"trace: {err}")
+        return
+    info = merged["otherData"]["ivyvm"]
+    say(f"trace: {info['faults']} faults and {info['messages']} messages of {len(present)} nodes written to {output}")
 
 
 def _into_namespace(network: EmulatedNetwork, node: int) -> None:

@@ -40,7 +40,7 @@ MAX_SECONDS = 86400.0
 # Every key a config may hold; anything else is refused with its name (a typo
 # such as `memory = "128M"` must not leave RAM at its default unnoticed).
 CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "secret_file", "setup_timeout",
-                "timeout", "stall_warn") + DSM_TUNING
+                "timeout", "stall_warn", "trace") + DSM_TUNING
 NODE_KEYS = ("id", "address", "vcpus", "control_port")
 MAX_CONFIG_BYTES = 1 << 20     # a 64-node config is a few KiB
 MAX_SECRET_BYTES = 4096
@@ -85,6 +85,7 @@ class ClusterConfig:
     hold_us: int | None = None
     timeout: float | None = None           # seconds the run may take; None: no limit
     stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
+    trace: Path | None = None    # each node writes its DSM trace to this path with .nodeK before the suffix
 
     @property
     def nnodes(self) -> int:
@@ -194,6 +195,15 @@ def _microseconds(cluster: dict, key: str, path: Path) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{path}: [cluster] {key} must be a whole number of microseconds, not {value!r}")
     return value
+
+
+def _trace_path(cluster: dict, path: Path) -> Path | None:  # type: ignore[type-arg]
+    value = cluster.get("trace")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: [cluster] trace must be a file name, not {_shown(value)}")
+    return base_path(path, _text(value, f"{path}: [cluster] trace"))
 
 
 def _seconds(path: Path, key: str, value: object) -> float:
@@ -323,6 +333,7 @@ def load_config(path: Path) -> ClusterConfig:
         timeout=None if cluster.get("timeout") is None else
         _seconds(path, "timeout", cluster["timeout"]),
         stall_warn=_seconds(path, "stall_warn", cluster.get("stall_warn", DEFAULT_STALL_WARN)),
+        trace=_trace_path(cluster, path),
     )
     return _checked(config)
 

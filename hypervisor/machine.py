@@ -155,6 +155,7 @@ class _Slot:
         self.state = State.RUNNING
         self.thread: threading.Thread | None = None
         self.thread_id: int | None = None
+        self.native_id: int | None = None     # the kernel's id of the thread: what userfaultfd reports
         self.in_run = False
         self.exited = False
         self.kick_lock = threading.Lock()
@@ -315,6 +316,10 @@ class Machine:
     def states(self) -> dict[int, State]:
         return {i: s.state for i, s in self._slots.items()}
 
+    def vcpu_threads(self) -> dict[int, int]:
+        """Kernel thread id -> vCPU index of every local vCPU thread started so far."""
+        return {slot.native_id: slot.index for slot in self._slots.values() if slot.native_id is not None}
+
     def close(self) -> None:
         for slot in self._slots.values():
             if slot.thread is not None and slot.thread.is_alive():
@@ -344,6 +349,7 @@ class Machine:
 
     def _vcpu_main(self, slot: _Slot) -> None:
         slot.thread_id = threading.get_ident()
+        slot.native_id = threading.get_native_id()
         try:
             while slot.state is not State.DONE:
                 if self._stopping.is_set():

@@ -24,9 +24,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from . import control, control_decode, runlimit
+from . import control, control_decode, runlimit, trace
 from .api import write_node_stats
+from .clocksync import ClockSync
 from .cli import StdoutConsole
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Frame, Msg
@@ -43,6 +45,10 @@ HEARTBEAT_SECONDS = HEARTBEAT_MS / 1000
 SILENCE_SECONDS = TIMEOUT_MS / 1000    # a control peer quiet this long is taken for dead
 DSM_GRACE_SECONDS = HEARTBEAT_SECONDS * 1.6   # a DSM heartbeat tick and some: see _receive_loop
 STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave before closing the DSM
+
+# A traced node's ring (native/trace.h): 64 bytes a record, memory touched only as written.
+# A remote fault makes about ten records, so this covers some 100 000 of them.
+TRACE_RECORDS = 1 << 20
 
 FLAG_UNHANDLED = control.FLAG_UNHANDLED
 
@@ -72,7 +78,7 @@ class _Pending:
 
 class Node:
     def __init__(self, config: ClusterConfig, node_id: int, secret: bytes, verbose: bool = False,
-                 stats: bool = False):
+                 stats: bool = False, trace_file: Path | None = None):
         if not 0 <= node_id < config.nnodes:
             raise NodeError(2, f"--id {node_id}: the config has nodes 0..{config.nnodes - 1}")
         self.config = config
@@ -81,10 +87,13 @@ class Node:
         self.secret = secret
         self.verbose = verbose
         self.show_stats = stats
+        # This node's own trace file: --trace, else [cluster] trace with the node's id in its name.
+        self.trace_file = trace_file or (trace.part_path(config.trace, node_id) if config.trace else None)
         self.options = DsmOptions(read_ownership=config.read_ownership, manager=config.manager,
-                                  **config.dsm_tuning())
+                                  trace_records=TRACE_RECORDS if self.trace_file else 0, **config.dsm_tuning())
         self.shape = ClusterShape.of(config.nnodes, config.mem, self.options)
         self.channels: dict[int, Channel] = {}
+        self._clocks: dict[int, ClockSync] = {}   # per control channel, from its heartbeats
         self.machine: Machine | None = None
         self.dsm: DsmNode | None = None
         self._pending: dict[int, _Pending] = {}
@@ -265,6 +274,7 @@ class Node:
                 else:
                     self.dsm = self._connect_dsm(machine, dsm_listener)
                     self._join_as_member(digest)
+                self._clocks = {peer: ClockSync() for peer in self.channels}
                 self._spawn(self._watch_dsm, "dsm-watch")
                 for peer, channel in self.channels.items():
                     self._spawn(lambda c=channel: self._receive_loop(c), f"control-rx-{peer}")
@@ -329,6 +339,7 @@ class Node:
             channel.close()
         for thread in self._threads:
             thread.join(1.0)
+        vcpu_threads = self.machine.vcpu_threads() if self.machine is not None else {}
         if self.machine is not None:
             self.machine.close()
         if self.dsm is not None:
@@ -336,7 +347,24 @@ class Node:
             if self.show_stats:
                 say(dsm_summary(self.id, self.spec.vcpus, figures))
             write_node_stats(self.id, self.spec.vcpus, figures)
+            if self.trace_file is not None:
+                self._write_trace(vcpu_threads)
             self.dsm.close()
+
+    def _write_trace(self, vcpu_threads: dict[int, int]) -> None:
+        """This node's records, its vCPU threads and its clock against node 0's, to its own file."""
+        assert self.dsm is not None and self.trace_file is not None
+        self.dsm.stop()        # every record is in, none is being written
+        clock = self._clocks[0].estimate() if 0 in self._clocks else None
+        part = trace.NodeTrace(self.id, self.config.nnodes, self.dsm.trace_records(), vcpu_threads, clock,
+                               trace.boot_id(), self.dsm.trace_dropped)
+        if part.dropped:
+            say(f"node {self.id}: the trace ring was full: {part.dropped} records dropped after the first "
+                f"{len(part.records)}")
+        try:
+            trace.write_node_trace(self.trace_file, part)
+        except OSError as err:
+            say(f"node {self.id}: cannot write the trace to {self.trace_file}: {err.strerror or err}")
 
     def _spawn(self, target, name: str) -> None:  # type: ignore[no-untyped-def]
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -356,11 +384,10 @@ class Node:
                 return
 
     def _heartbeat(self) -> None:
-        ping = control.encode(Msg.PING)
         while not self._closing.wait(HEARTBEAT_SECONDS):
-            for channel in list(self.channels.values()):
+            for peer, channel in list(self.channels.items()):
                 try:
-                    channel.send(ping)
+                    channel.send(control.encode(Msg.PING, self._clocks[peer].stamp()))
                 except (OSError, ControlError):
                     pass   # the receiving side reports the loss, with more detail
 
@@ -411,6 +438,7 @@ class Node:
         kind, peer = frame.type, channel.peer
         control_decode.check_flags(frame, peer)
         if kind is Msg.PING:
+            self._clocks[channel.peer].received(frame.payload)
             return
         if kind is Msg.IO and self.id == 0:
             self._serve_io(channel, frame)
@@ -571,11 +599,12 @@ def interrupt_on_signal(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: bool = False) -> int:
+def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: bool = False,
+             trace_file: Path | None = None) -> int:
     """Entry point of ``ivyvm node``: SIGTERM behaves as Ctrl-C (stop, status 130)."""
     signal.signal(signal.SIGTERM, interrupt_on_signal)
     try:
         secret = config.read_secret()
     except ConfigError as err:
         return _report(2, str(err))
-    return Node(config, node_id, secret, verbose, stats).run()
+    return Node(config, node_id, secret, verbose, stats, trace_file).run()

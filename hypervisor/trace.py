@@ -308,9 +308,9 @@ def merge(traces: list[NodeTrace]) -> dict[str, Any]:
             end = min(ts[i] + SLICE_NS, ts[i + 1] if i + 1 < len(ts) else ts[i] + SLICE_NS)
             step_end[(t.node, i)] = end
             name, args = _step(r)
-            b.slice(t.node, DSM_TID, name, ts[i], end - ts[i], KIND_NAMES.get(r.kind, "?"), args)
+            b.slice(t.node, DSM_TID, name, ts[i], end - ts[i], f"dsm.{KIND_NAMES.get(r.kind, '?')}", args)
 
-    clamped = 0
+    clamped = messages = 0
     unpaired_sends = unpaired_recvs = 0
     for key, (a, ia) in sends.items():
         r = by_node[a].records[ia]
@@ -326,6 +326,7 @@ def merge(traces: list[NodeTrace]) -> dict[str, Any]:
             clamped += 1
             dst = (dst[0], dst[1], src[2])
         b.flow("message", MESSAGE_TYPES.get(r.type, "?"), src, dst)
+        messages += 1
     for key, (node_b, ib) in recvs.items():
         if key not in sends and key[0] in by_node and \
                 MESSAGE_TYPES.get(by_node[node_b].records[ib].type) not in HEARTBEATS:
@@ -338,7 +339,7 @@ def merge(traces: list[NodeTrace]) -> dict[str, Any]:
                 "clock_offsets_ns": {str(n): o for n, (o, _) in offsets.items()},
                 "clock_sources": {str(n): s for n, (_, s) in offsets.items()},
                 "causality_shifts_ns": {str(n): round(s, 1) for n, s in shifts.items()},
-                "clamped_arrows": clamped, "unpaired_sends": unpaired_sends, "unpaired_receives": unpaired_recvs,
+                "messages": messages, "clamped_arrows": clamped, "unpaired_sends": unpaired_sends, "unpaired_receives": unpaired_recvs,
                 "dropped_records": {str(t.node): t.dropped for t in traces}, "faults": faults}}}
 
 
@@ -388,7 +389,7 @@ def _fault_slices(b: _Builder, traces: list[NodeTrace], times: dict[int, list[fl
                 if remote:
                     args["txid"] = f"{r.txid:#x}"
                 b.slice(t.node, tid, f"{how} {ACCESS.get(f.type, f.type)} fault {args['guest_physical']}",
-                        start, end - start, "fault", args)
+                        start, end - start, "vcpu", args)
                 mid_start = (start + step_end[(t.node, fi)]) / 2
                 b.flow("fault", "fault", (t.node, tid, mid_start), anchor(t.node, fi))
                 b.flow("fault", "resume", anchor(t.node, i), (t.node, tid, (times[t.node][i] + end) / 2))

@@ -137,8 +137,9 @@ void trace_action(struct ivy_rt *rt, const struct ivy_action *a)
         [IVY_ACT_UNPARK] = IVY_TR_UNPARK, [IVY_ACT_DONE] = IVY_TR_DONE,
     };
     uint8_t kind = a->kind < sizeof kinds ? kinds[a->kind] : 0;
-    if (!kind)
-        return; /* SEND: link_send records the frame, or it went to this node's own queue */
+    if (!kind || (a->kind == IVY_ACT_UNPARK && !rt->parked[a->page]))
+        return; /* SEND: link_send records the frame (or it went to this node's own queue);
+                   the engine unparks after every grant, usually with nothing parked */
     struct ivy_trace_record *r = trace_slot(rt->trace, kind, a->page);
     if (!r)
         return;
