@@ -211,6 +211,19 @@ def causal_shifts(times: dict[int, list[float]], traces: list[NodeTrace], pairs:
     return {n: s - ref for n, s in shift.items()}
 
 
+def _heartbeat(r: Record) -> bool:
+    return r.kind in (KIND["send"], KIND["recv"]) and MESSAGE_TYPES.get(r.type) in HEARTBEATS
+
+
+def _durations(t: NodeTrace, ts: list[float]) -> list[float]:
+    """A step lasts until the next one, SLICE_NS at most; heartbeats (not drawn) 1 ns."""
+    out = []
+    for i, r in enumerate(t.records):
+        nxt = ts[i + 1] if i + 1 < len(ts) else ts[i] + SLICE_NS
+        out.append(1.0 if _heartbeat(r) else min(float(SLICE_NS), nxt - ts[i]))
+    return out
+
+
 def _spread(times: list[float]) -> list[float]:
     """Strictly increasing by >= 2 ns, so every DSM step has room for its arrows."""
     out, last = [], float("-inf")
@@ -280,9 +293,12 @@ def merge(traces: list[NodeTrace]) -> dict[str, Any]:
     offsets = clock_offsets(traces)
     by_node = {t.node: t for t in traces}
     times = {t.node: _spread([r.ns + offsets[t.node][0] for r in t.records]) for t in traces}
+    # How long each DSM step is drawn; arrows attach at the middle of a step.
+    durations = {t.node: _durations(t, times[t.node]) for t in traces}
+    anchors = {n: [t + d / 2 for t, d in zip(times[n], durations[n])] for n in times}
     sends, recvs = _links(traces)
     pairs = [(sends[k], recvs[k]) for k in sends.keys() & recvs.keys()]
-    shifts = causal_shifts(times, traces, pairs)
+    shifts = causal_shifts(anchors, traces, pairs)
     origin = min((ts[0] + shifts[n] for n, ts in times.items() if ts), default=0.0)
     for n, ts in times.items():
         times[n] = [t + shifts[n] - origin for t in ts]
@@ -302,11 +318,9 @@ def merge(traces: list[NodeTrace]) -> dict[str, Any]:
                          "args": {"sort_index": 0}})
         ts = times[t.node]
         for i, r in enumerate(t.records):
-            if r.kind in (KIND["send"], KIND["recv"]) and MESSAGE_TYPES.get(r.type) in HEARTBEATS:
-                step_end[(t.node, i)] = ts[i] + 1
+            end = step_end[(t.node, i)] = ts[i] + durations[t.node][i]
+            if _heartbeat(r):
                 continue
-            end = min(ts[i] + SLICE_NS, ts[i + 1] if i + 1 < len(ts) else ts[i] + SLICE_NS)
-            step_end[(t.node, i)] = end
             name, args = _step(r)
             b.slice(t.node, DSM_TID, name, ts[i], end - ts[i], f"dsm.{KIND_NAMES.get(r.kind, '?')}", args)
 
@@ -352,6 +366,7 @@ def _fault_slices(b: _Builder, traces: list[NodeTrace], times: dict[int, list[fl
         named: set[int] = set()
         open_faults: dict[int, list[int]] = defaultdict(list)  # page -> FAULT record indexes
         cause: int | None = None                                # the input record being handled
+        by_txid: dict[int, int] = {}                            # txid -> last frame received with it
         def track(tid: int) -> int:
             vcpu = t.vcpu_threads.get(tid)
             track_id = VCPU_TID0 + vcpu if vcpu is not None else OTHER_TID0 + tid
@@ -364,14 +379,20 @@ def _fault_slices(b: _Builder, traces: list[NodeTrace], times: dict[int, list[fl
                                  "args": {"sort_index": 1 + (vcpu if vcpu is not None else 1000)}})
             return track_id
         for i, r in enumerate(t.records):
-            heartbeat = r.kind in (KIND["send"], KIND["recv"]) and MESSAGE_TYPES.get(r.type) in HEARTBEATS
+            heartbeat = _heartbeat(r)
             if heartbeat:
                 continue
             if r.kind in INPUTS:
                 cause = i
-            elif cause is not None and r.kind in (KIND["send"], KIND["done"], KIND["grant"]):
-                # The loop does one thing at a time: this step is the consequence of that input.
-                b.flow("cause", "then", anchor(t.node, cause), anchor(t.node, i))
+                if r.kind == KIND["recv"] and r.txid:
+                    by_txid[r.txid] = i
+            elif r.kind in (KIND["send"], KIND["done"], KIND["grant"]):
+                # A reply, forward, invalidation or completion answers the frame of its
+                # transaction (possibly after it was parked or held); anything else is the
+                # consequence of the input being handled: the loop does one thing at a time.
+                source = by_txid.get(r.txid, cause) if r.kind != KIND["grant"] and r.txid else cause
+                if source is not None:
+                    b.flow("cause", "then", anchor(t.node, source), anchor(t.node, i))
             if r.kind == KIND["fault"]:
                 open_faults[r.page].append(i)
                 continue
