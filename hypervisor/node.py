@@ -438,7 +438,9 @@ class Node:
         kind, peer = frame.type, channel.peer
         control_decode.check_flags(frame, peer)
         if kind is Msg.PING:
-            self._clocks[channel.peer].received(frame.payload)
+            clock = self._clocks.get(peer)
+            if clock is not None:     # None only before the join completed
+                clock.received(frame.payload)
             return
         if kind is Msg.IO and self.id == 0:
             self._serve_io(channel, frame)

@@ -187,7 +187,7 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     (frame(Msg.PARKED, control.PARKED.pack(9)), "node 1 said 9 vCPUs parked; it runs 2"),
     (frame(Msg.FAILED, control.STATUS.pack(-7) + b"x"), "FAILED carries status -7"),
     (frame(Msg.GO), "node 1 sent GO, which node 0 never expects"),
-    (frame(Msg.PING, flags=0x80), "node 1 sent PING with unknown flags 0x80"),
+    (frame(Msg.PING, control.PING.pack(1, 0, 0), flags=0x80), "node 1 sent PING with unknown flags 0x80"),
 ])
 def test_a_forged_frame_to_node_0_loses_the_peer_in_one_line(forged: Frame, needle: str,
                                                              thread_errors: list[object]) -> None:
