@@ -202,6 +202,7 @@ class Worker:
         self.node.stop()
         stats = self.node.stats()
         stats["threads_after_stop"] = threading.active_count()
+        stats["trace_records"] = len(self.node.trace_records())
         self.node.close()
         return {"stats": stats, "error": stats["error"]}
 

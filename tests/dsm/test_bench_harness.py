@@ -37,6 +37,9 @@ def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> No
         for key in ("read_fault", "write_fault", "write_after_read"):
             assert run[key]["messages_per_fault"] == 2.0, (name, key)
         assert placement["ratios"]["read_fault_vs_floor"] > 0
+        # The same read faults with every node tracing: the records were really taken.
+        assert run["read_fault_traced"]["messages_per_fault"] == 2.0 and placement["ratios"]["traced_read_fault_vs_untraced"] > 0
+        assert all(r["trace_records"] > 0 for r in run["traced_runs"]) and all(r["trace_records"] == 0 for r in run["all_runs"])
     assert list(results["placements"]["shared"]["mechanisms"]) == list(MECHANISMS)
     assert all(m["median_us"] > 0 for m in results["placements"]["shared"]["mechanisms"].values())
 
