@@ -19,20 +19,20 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 from hypervisor._ivy_native import ffi, lib
+from hypervisor.cenum import enum_members, lowercase
+from hypervisor.native_consts import PAGE_SIZE, WireType
 
 FORMAT = "ivyvm-node-trace"
 FORMAT_VERSION = 1
-PAGE_SIZE = 4096
-MESSAGE_TYPES = {1: "READ", 2: "WRITE", 3: "REPLY", 4: "INVALIDATE", 5: "INV_ACK", 6: "PING", 7: "BYE"}
+MESSAGE_TYPES = {int(t): t.name for t in WireType}
 HEARTBEATS = ("PING", "BYE")     # link liveness: used to align clocks, not drawn
-ACCESS = {0: "read", 1: "write", 2: "write-protect"}
+ACCESS = {code: name.replace("wp", "write-protect")
+          for name, code in lowercase(enum_members(ffi, "enum ivy_trace_access", "IVY_TR_ACCESS_")).items()}
 DSM_TID, VCPU_TID0, OTHER_TID0 = 1, 10, 1_000_000
 SLICE_NS = 1000                  # a DSM step is drawn this long at most (its real cost is not recorded)
 
-KIND_NAMES = {int(getattr(lib, name)): name[len("IVY_TR_"):].lower()
-              for name in dir(lib) if name.startswith("IVY_TR_") and not name.startswith("IVY_TR_ACCESS")
-              and name != "IVY_TR_KIND_MAX"}
-KIND = {name: code for code, name in KIND_NAMES.items()}
+KIND = lowercase(enum_members(ffi, "enum ivy_trace_kind", "IVY_TR_"))
+KIND_NAMES = {code: name for name, code in KIND.items()}
 # Records that start the event loop's work (a fault read, a frame received, a
 # hold window over): everything recorded after one and before the next is its
 # consequence, since the loop does one thing at a time.
@@ -251,7 +251,7 @@ def _step(r: Record) -> tuple[str, dict[str, Any]]:
     if r.kind == KIND["fault"]:
         return f"fault {ACCESS.get(r.type, r.type)} {gpa}", {**args, "thread": r.tid}
     if r.kind == KIND["grant"]:
-        return f"grant {'rw' if r.type == 2 else 'ro'} {gpa}", args
+        return f"grant {'rw' if ACCESS.get(r.type) == 'write' else 'ro'} {gpa}", args
     if r.kind in (KIND["park"], KIND["hold_begin"]):
         mtype = MESSAGE_TYPES.get(r.type, f"type {r.type}")
         verb = "park" if r.kind == KIND["park"] else "hold"

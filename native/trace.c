@@ -144,7 +144,7 @@ void trace_action(struct ivy_rt *rt, const struct ivy_action *a)
     if (!r)
         return;
     if (a->kind == IVY_ACT_MAP_RO || a->kind == IVY_ACT_MAP_RW) {
-        r->type = a->kind == IVY_ACT_MAP_RW ? 2 : 1;
+        r->type = a->kind == IVY_ACT_MAP_RW ? IVY_TR_ACCESS_WRITE : IVY_TR_ACCESS_READ;
     } else if (a->kind == IVY_ACT_PARK) {
         fill_msg(r, a->msg.type, &a->msg);
         r->peer = a->msg.requester;

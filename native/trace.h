@@ -26,7 +26,7 @@ enum ivy_trace_kind {
     IVY_TR_FAULT = 1,      /* userfaultfd fault read: page, access (IVY_TR_ACCESS_*), tid */
     IVY_TR_SEND = 2,       /* frame sent: type, page, peer (to), txid, version, bytes, seq */
     IVY_TR_RECV = 3,       /* frame received: the same, peer is the sender */
-    IVY_TR_GRANT = 4,      /* guest view made readable (access 1) or writable (access 2) */
+    IVY_TR_GRANT = 4,      /* guest view made readable (access READ) or writable (access WRITE) */
     IVY_TR_ZAP = 5,        /* guest view of page unmapped */
     IVY_TR_WRPROTECT = 6,  /* guest view of page write-protected */
     IVY_TR_WAKE = 7,       /* faulters woken: the access already sufficed (spurious fault) */
@@ -52,7 +52,7 @@ struct ivy_trace_record {
     uint16_t requester; /* messages */
     uint16_t hops;      /* messages */
     uint8_t kind;       /* enum ivy_trace_kind */
-    uint8_t type;       /* messages, PARK, HOLD_BEGIN: wire type; FAULT, GRANT: access; DONE: remote */
+    uint8_t type;       /* messages, PARK, HOLD_BEGIN: wire type; FAULT, GRANT: IVY_TR_ACCESS_*; DONE: remote 1, local 0 */
     uint8_t flags;      /* messages: IVY_REPLY_* */
     uint8_t reserved[7];
 };

@@ -16,13 +16,16 @@ import pytest
 
 from hypervisor import trace
 from hypervisor._ivy_native import lib
+from hypervisor._ivy_testkit import lib as kit
 from hypervisor.clocksync import ClockSync
-from hypervisor.dsm import PAGE_SIZE, DsmError, DsmNode, DsmOptions
+from hypervisor.dsm import DsmError, DsmNode, DsmOptions
 from hypervisor.memory import GuestRam
+from hypervisor.native_consts import ENGINE_TYPES, PAGE_SIZE, REPLY_DATA, WIRE_HDR_SIZE, WireType
 from tests.trace_check import Graph, check_messages, check_remote_faults
 
 K = trace.KIND
-READ, WRITE, REPLY, INVALIDATE, INV_ACK = 1, 2, 3, 4, 5
+READ, WRITE, REPLY, INVALIDATE, INV_ACK = (WireType[n] for n in ("READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK"))
+ACCESS = {name: code for code, name in trace.ACCESS.items()}
 PAGE = 3
 
 
@@ -48,9 +51,9 @@ class Mesh:
         def run() -> None:
             tid.append(threading.get_native_id())
             if write:
-                lib.ivy_test_store64(addr, 0x1234)
+                kit.ivy_test_store64(addr, 0x1234)
             else:
-                lib.ivy_test_load64(addr)
+                kit.ivy_test_load64(addr)
         t = threading.Thread(target=run)
         t.start()
         t.join(10)
@@ -86,13 +89,15 @@ def mesh():
 
 def engine_records(records: list[trace.Record]) -> list[trace.Record]:
     """Without link heartbeats (PING, BYE), which come whenever the timer says."""
-    return [r for r in records if not (r.kind in (K["send"], K["recv"]) and r.type > INV_ACK)]
+    return [r for r in records if not (r.kind in (K["send"], K["recv"]) and r.type not in ENGINE_TYPES)]
 
 
 Want = Callable[[trace.Record], bool]
 
 
 def step(kind: str, **fields: int) -> Want:
+    """A record of `kind` with these fields (`remote`: a DONE's type, 1 when a request was sent)."""
+    fields = {("type" if f == "remote" else f): v for f, v in fields.items()}
     def match(r: trace.Record) -> bool:
         return r.kind == K[kind] and all(getattr(r, f) == v for f, v in fields.items())
     match.__name__ = f"{kind}{fields}"
@@ -120,21 +125,21 @@ def test_two_nodes_read_then_write_in_protocol_order(mesh) -> None:
     node0, node1 = map(engine_records, m.stop())
     # Node 1 reads: a fault of its thread, a READ to the owner, the REPLY, the grant, done.
     fault, read, reply, _, done = in_order(node1, [
-        step("fault", page=PAGE, type=0, tid=reader), step("send", type=READ, peer=0, page=PAGE),
-        step("recv", type=REPLY, peer=0, page=PAGE), step("grant", page=PAGE, type=1),
-        step("done", page=PAGE, type=1)])
+        step("fault", page=PAGE, type=ACCESS["read"], tid=reader), step("send", type=READ, peer=0, page=PAGE),
+        step("recv", type=REPLY, peer=0, page=PAGE), step("grant", page=PAGE, type=ACCESS["read"]),
+        step("done", page=PAGE, remote=1)])
     txid = read.txid
     assert txid and reply.txid == txid == done.txid and read.requester == 1
     assert fault.ns <= read.ns <= reply.ns <= done.ns and done.version > 0   # DONE carries the latency
     got, sent = in_order(node0, [step("recv", type=READ, peer=1, txid=txid),
                                  step("send", type=REPLY, peer=1, txid=txid)])
-    assert sent.bytes == reply.bytes == lib.IVY_WIRE_HDR_SIZE + PAGE_SIZE   # the page travelled
-    assert reply.flags & lib.IVY_REPLY_DATA and reply.version == sent.version >= 1
+    assert sent.bytes == reply.bytes == WIRE_HDR_SIZE + PAGE_SIZE   # the page travelled
+    assert reply.flags & REPLY_DATA and reply.version == sent.version >= 1
     assert got.seq == read.seq and sent.seq == reply.seq                     # per-link sequence pairs them
     # Node 0 writes: GiantVM gave ownership to the reader, so the WRITE goes to node 1, which drops its copy.
     write, back, _, done0 = in_order([r for r in node0 if r.ns > sent.ns], [
         step("send", type=WRITE, peer=1, page=PAGE), step("recv", type=REPLY, peer=1, page=PAGE),
-        step("grant", page=PAGE, type=2), step("done", page=PAGE, type=1)])
+        step("grant", page=PAGE, type=ACCESS["write"]), step("done", page=PAGE, remote=1)])
     assert write.ns > sent.ns and write.txid == back.txid == done0.txid != txid
     in_order(node1, [step("recv", type=WRITE, peer=0, txid=write.txid), step("zap", page=PAGE),
                      step("send", type=REPLY, peer=0, txid=write.txid)])
@@ -146,8 +151,8 @@ def test_three_nodes_forwarded_read_and_invalidation(mesh) -> None:
     m.touch(2, write=False)     # node 2 asks node 0 (its probable owner), which forwards to node 1
     m.touch(0, write=True)      # node 0 takes it from node 2 and invalidates node 1's copy
     node0, node1, node2 = map(engine_records, m.stop())
-    read, reply, done = in_order(node2, [step("fault", page=PAGE, type=0), step("send", type=READ, peer=0),
-                                         step("recv", type=REPLY, peer=1), step("done", type=1)])[1:]
+    read, reply, done = in_order(node2, [step("fault", page=PAGE, type=ACCESS["read"]), step("send", type=READ, peer=0),
+                                         step("recv", type=REPLY, peer=1), step("done", remote=1)])[1:]
     t = read.txid
     assert reply.txid == done.txid == t and reply.hops == 1
     in_order(node0, [step("recv", type=READ, peer=2, txid=t), step("send", type=READ, peer=1, txid=t)])
@@ -155,8 +160,8 @@ def test_three_nodes_forwarded_read_and_invalidation(mesh) -> None:
                      step("send", type=REPLY, peer=2, txid=t)])
     _, write, _, inval, ack, _, _ = in_order(node0, [
         step("fault", page=PAGE), step("send", type=WRITE, peer=2), step("recv", type=REPLY, peer=2),
-        step("send", type=INVALIDATE, peer=1), step("recv", type=INV_ACK, peer=1), step("grant", type=2),
-        step("done", type=1)])
+        step("send", type=INVALIDATE, peer=1), step("recv", type=INV_ACK, peer=1), step("grant", type=ACCESS["write"]),
+        step("done", remote=1)])
     u = write.txid
     assert inval.txid == ack.txid == u != t
     in_order(node1, [step("recv", type=INVALIDATE, peer=0, txid=u), step("zap", page=PAGE),
