@@ -160,15 +160,19 @@ def check_output_path(path: Path) -> str | None:
 
 def clock_offsets(traces: list[NodeTrace]) -> dict[int, tuple[int, str]]:
     """Each node's offset onto the reference node's clock, and where it came from."""
-    ref = traces[0]
+    ref = traces[0]     # node 0 when present: every estimate is against node 0's clock
+    def to_node0(t: NodeTrace) -> int | None:
+        return 0 if t.node == 0 else t.clock["offset_ns"] if t.clock is not None else None
     out = {}
     for t in traces:
+        mine, theirs = to_node0(t), to_node0(ref)
         if t is ref:
             out[t.node] = (0, "reference")
         elif t.boot_id and t.boot_id == ref.boot_id:
             out[t.node] = (0, "same host")
-        elif t.clock is not None and ref.node == 0:
-            out[t.node] = (t.clock["offset_ns"], f"heartbeats, best round trip {t.clock['rtt_ns'] / 1000:.0f} us")
+        elif mine is not None and theirs is not None:
+            rtt = t.clock["rtt_ns"] if t.clock else 0
+            out[t.node] = (mine - theirs, f"heartbeats, best round trip {rtt / 1000:.0f} us")
         else:
             out[t.node] = (0, "unknown: no estimate")
     return out
