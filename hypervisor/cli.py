@@ -5,16 +5,24 @@ subcommands so that cluster commands (`node`, `--nodes N`) slot in beside `run`.
 """
 from __future__ import annotations
 
-import argparse
-import errno
-import os
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, NoReturn, Sequence
 
-from hypervisor import config
+if __name__ == "__main__":
+    # `python -m hypervisor.cli` (how nodes are started) takes the console script's path, whose
+    # signal handlers and guard are in place before the imports below, as they must be for a
+    # Ctrl-C or SIGTERM then to be one line rather than a traceback or a silent death.
+    from hypervisor.entry import main as _guarded_main
+    sys.exit(_guarded_main())
+
+import argparse  # noqa: E402
+import errno  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable, NoReturn, Sequence  # noqa: E402
+
+from hypervisor import config, stopsignals  # noqa: E402
 from hypervisor.config import MANAGERS, MIB, READ_OWNERSHIP, SECRET_ENV, ConfigError
 from hypervisor.dsm import HOLD_US_DEFAULT
 from hypervisor.loader import STACK_SIZE, LoaderError, load_image
@@ -35,7 +43,7 @@ exit statuses:
   8      cluster error: a node died, was cut off, or refused the handshake
   9      time limit (--timeout) reached: every node was stopped
   10     internal error: a bug in ivyvm (the line names what refused)
-  130    interrupted (Ctrl-C)
+  130    interrupted: SIGINT (Ctrl-C) or SIGTERM
 A guest that wants an unambiguous status exits with 0 or 1 (or a value above 10).
 The guest ABI is docs/guest-abi.md."""
 
@@ -311,8 +319,9 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         if limit is not None:
             limit.cancel()
         machine.close()
-    shown = result.error or result.status == Status.INTERRUPTED
-    return RunOutcome(result.status, result.message if shown else "", result.error)
+    if result.status == Status.INTERRUPTED and not result.error:
+        return RunOutcome(result.status, stopsignals.interrupted_line(), False)
+    return RunOutcome(result.status, result.message if result.error else "", result.error)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -369,8 +378,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except KeyboardInterrupt:
-        return fail(Status.INTERRUPTED, "interrupted")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return stopsignals.report_interrupted()

@@ -21,7 +21,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import runlimit
+from . import runlimit, stopsignals
 from .config import DEFAULT_STALL_WARN, SECRET_ENV, ClusterConfig, loopback_cluster
 from .handshake import listen
 from .netns import CONTROL_PORT, DSM_PORT, EmulatedNetwork, NetnsError, Shaping
@@ -120,6 +120,7 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
         raise
     env = dict(os.environ)
     env[SECRET_ENV] = secrets.token_hex(32)
+    env[stopsignals.SUPERVISED_ENV] = "1"
     if deadline is not None:
         env[runlimit.DEADLINE_ENV] = repr(deadline)   # the nodes' limit counts from this command's start
     with tempfile.TemporaryDirectory(prefix="ivyvm-") as scratch:
@@ -146,7 +147,7 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
                 ctl.close()
             status = _supervise(children, deadline, timeout)
         except KeyboardInterrupt:
-            say("interrupted, stopping every node")
+            say(f"{stopsignals.interrupted_line()}, stopping every node")
             status = Status.INTERRUPTED
         finally:
             _close_all(listeners)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 
+from hypervisor import stopsignals
+
 
 def main() -> int:
+    stopsignals.install()      # before the slow import: SIGTERM too must find its handler
     try:
         from hypervisor.cli import main as cli_main
         return cli_main()
     except KeyboardInterrupt:
-        from hypervisor.status import Status
-        sys.stderr.write("ivyvm: interrupted\n")
-        return Status.INTERRUPTED
+        return stopsignals.report_interrupted()

@@ -290,7 +290,8 @@ class Machine:
         if not self._stopping.wait(timeout):
             return None
         for slot in self._slots.values():
-            assert slot.thread is not None
+            if slot.thread is None:      # start() was interrupted before making this vCPU's thread
+                continue
             while slot.thread.is_alive():
                 self._kick(slot)   # belt and braces: a vCPU must never keep the VM alive
                 slot.thread.join(0.05)
@@ -299,8 +300,10 @@ class Machine:
 
     def run(self) -> RunResult:
         """Start, wait until the VM stops (Ctrl-C stops it with 130) and return the result."""
-        self.start()
         try:
+            # start() is inside: vCPU 0 may already print while vCPU 1's thread starts, and a
+            # Ctrl-C then must stop the started ones, not escape past them.
+            self.start()
             while (result := self.wait(0.25)) is None:
                 pass
         except KeyboardInterrupt:

@@ -18,7 +18,6 @@ A guest error on node k is sent to node 0, which reports it once.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 import threading
@@ -26,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import control, control_decode, runlimit, trace
+from . import control, control_decode, runlimit, stopsignals, trace
 from .api import write_node_stats
 from .clocksync import ClockSync
 from .cli import StdoutConsole
@@ -288,19 +287,29 @@ class Node:
         except NodeError as err:
             return _report(err.status, str(err))
         except KeyboardInterrupt:
+            self._say_interrupted(f"node {self.id}: {stopsignals.interrupted_line()}")
             return Status.INTERRUPTED
+
+    @staticmethod
+    def _say_interrupted(line: str) -> None:
+        if not stopsignals.supervised():
+            say(line)
 
     def _finish(self, result: RunResult) -> int:
         """Turn the local machine's end into the cluster's: report once, stop the others."""
+        interrupted = result.status == Status.INTERRUPTED and not result.error   # a signal to this node
         if self.id == 0:
+            message = stopsignals.interrupted_line() if interrupted else result.message
             for channel in self.channels.values():
                 try:
-                    channel.send(control.encode_status(Msg.STOP, result.status, result.message,
+                    channel.send(control.encode_status(Msg.STOP, result.status, message,
                                                        control.FLAG_FAILURE if result.error else 0))
-                except OSError:
+                except (OSError, ControlError):
                     pass
             if result.error:
                 _report(result.status, result.message)
+            elif interrupted:
+                self._say_interrupted(f"node 0: {message}")
             self._linger()
             return result.status
         if self._stop_from_node0 is not None and not result.error:
@@ -308,13 +317,16 @@ class Node:
             # A lost node concerns every host's operator; a guest error is said once, by node 0.
             if status in SAID_BY_EVERY_NODE and self._stop_was_failure:
                 _report(status, f"node {self.id}: stopped by node 0: {line}")
+            elif status == Status.INTERRUPTED:
+                self._say_interrupted(f"node {self.id}: stopped by node 0: {line}")
             return status
         # Node 0 reports guest errors once; a lost node is also said here,
-        # since this node's operator may be on another host. Ctrl-C here is
-        # said by node 0 only: this node's operator knows.
+        # since this node's operator may be on another host, and so is a
+        # signal to this node (node 0 says it too, for its own operator).
         message = result.message
         if result.status == Status.INTERRUPTED:
-            message = f"node {self.id}: interrupted"
+            message = f"node {self.id}: {stopsignals.interrupted_line()}"
+            self._say_interrupted(message)
         elif result.status in SAID_BY_EVERY_NODE and result.error:
             _report(result.status, message)
         try:
@@ -596,15 +608,13 @@ def say(line: str) -> None:
         pass      # nobody reads stderr any more; the exit status still tells
 
 
-def interrupt_on_signal(signum: int, frame: object) -> None:
-    """Signal handler: SIGTERM takes the same clean path as Ctrl-C."""
-    raise KeyboardInterrupt
+interrupt_on_signal = stopsignals.interrupt_on_signal
 
 
 def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: bool = False,
              trace_file: Path | None = None) -> int:
-    """Entry point of ``ivyvm node``: SIGTERM behaves as Ctrl-C (stop, status 130)."""
-    signal.signal(signal.SIGTERM, interrupt_on_signal)
+    """Entry point of ``ivyvm node``: SIGINT and SIGTERM stop the node (one line, status 130)."""
+    stopsignals.install()
     try:
         secret = config.read_secret()
     except ConfigError as err:

@@ -213,7 +213,7 @@ def test_cli_ctrl_c_exits_130(tmp_path: Path) -> None:
         proc.kill()
         raise
     assert proc.returncode == 130
-    assert err.decode().strip() == "ivyvm: interrupted"
+    assert err.decode().strip() == "ivyvm: interrupted by SIGINT"
 
 
 def test_image_pages_are_reported_for_the_dsm() -> None:
