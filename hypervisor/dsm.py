@@ -12,6 +12,7 @@ import select
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from hypervisor import trace
 from hypervisor._ivy_native import ffi, lib
 from hypervisor.native_consts import (ERR_LEN, HEARTBEAT_MS, MANAGERS, MAX_NODES, NO_NODE, NO_PAGE, PAGE_SIZE,
                                       READ_OWNERSHIP, TIMEOUT_MS, WIRE_PROTO, FailKind, WireType)
@@ -249,14 +250,12 @@ class DsmNode:
 
     def _drain_trace(self) -> None:
         if self._rt != ffi.NULL and self.tracing:
-            from hypervisor import trace
             self._trace += trace.drain(self._rt)
             self._trace_dropped = int(lib.ivy_rt_trace_dropped(self._rt))
 
     def trace_records(self) -> list[Any]:
         """Every trace record so far, oldest first (hypervisor.trace.Record); callable while
         running (drains the ring, which makes room) and after close()."""
-        from hypervisor import trace
         self._drain_trace()
         return trace.decode(bytes(self._trace))
 
