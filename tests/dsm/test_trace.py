@@ -287,3 +287,22 @@ def test_node_trace_files_round_trip_and_bad_ones_say_why(mesh, tmp_path) -> Non
             trace.read_node_trace(bad)
     with pytest.raises(trace.TraceError, match="appears twice"):
         trace.merge([t, t])
+
+
+def test_a_request_in_the_hold_window_is_recorded_held_then_served(mesh) -> None:
+    hold_s = 0.5
+    m = mesh(2, hold_us=int(hold_s * 1e6))
+    m.touch(0, write=True)          # version 1 at node 0
+    m.touch(1, write=False)         # node 1 reads (and becomes the owner): its hold window opens
+    m.touch(0, write=True)          # node 0's WRITE reaches node 1 inside the window and waits there
+    node0, node1 = map(engine_records, m.stop())
+    write = in_order(node0, [step("fault", page=PAGE), step("send", type=WRITE, peer=1)])[1]
+    got, held, released, _, sent = in_order(node1, [
+        step("recv", type=WRITE, peer=0, txid=write.txid), step("hold_begin", page=PAGE, txid=write.txid),
+        step("hold_end", page=PAGE), step("zap", page=PAGE), step("send", type=REPLY, peer=0, txid=write.txid)])
+    assert held.type == WRITE and held.peer == 0       # the request held, and whose it is
+    assert released.ns - got.ns > hold_s / 4 * 1e9, "the request was not held for the window"
+    g = Graph(trace.merge(m.node_traces()))
+    check_messages(g)
+    # The reply came after the hold, yet node 0's write fault still chains through node 1 and back.
+    assert any(p[0][0] == 0 for p in check_remote_faults(g))
