@@ -175,7 +175,11 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
                      help="with --nodes: after a fault completes, requests that would take the page away wait "
                           f"this long so the woken vCPU gets its access in (default {HOLD_US_DEFAULT})")
     run.add_argument("--stats", action="store_true",
-                     help="with --nodes: each node prints one line of DSM statistics to stderr at the end")
+                     help="with --nodes: print every node's DSM profile to stderr at the end (faults, latency, "
+                          "messages, vCPU blocked time, hottest pages; docs/profile.md)")
+    run.add_argument("--stats-json", type=Path, default=None, metavar="FILE",
+                     help="with --nodes: write the same profile as JSON, one object per node (docs/profile.md); "
+                          "`ivyvm report FILE` draws it")
     run.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                      help="stop every node after this long (counted from this command's start) with status 9")
     run.add_argument("--stall-warn", type=seconds, default=config.DEFAULT_STALL_WARN, metavar="SECONDS",
@@ -212,7 +216,10 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     node.add_argument("--example-config", action="store_true",
                       help="print a commented cluster.toml to start from, and exit")
     node.add_argument("--stats", action="store_true",
-                      help="print one line of DSM statistics (faults, messages, latency, hottest pages) at the end")
+                      help="print this node's DSM profile (faults, latency, messages, vCPU blocked time, "
+                           "hottest pages) at the end")
+    node.add_argument("--stats-json", type=Path, default=None, metavar="FILE",
+                      help="write this node's DSM profile as JSON (docs/profile.md)")
     node.add_argument("--trace", type=Path, metavar="FILE",
                       help="record this node's DSM events to FILE (default: [cluster] trace with .nodeID "
                            "before its suffix); join the nodes' files with `ivyvm trace merge`")
@@ -290,6 +297,7 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
     except LoaderError as e:
         return RunOutcome(Status.IMAGE, str(e), True)
     trace_file = getattr(args, "trace", None)
+    stats_json = getattr(args, "stats_json", None)
     if trace_file is not None:
         from hypervisor.trace import check_output_path
         problem = check_output_path(trace_file)
@@ -302,7 +310,12 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         from hypervisor.cluster import launch_local
         return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                                        args.read_ownership, args.manager, args.stats, args.poll_us,
-                                       args.hold_us, args.timeout, args.stall_warn, shaping, trace_file))
+                                       args.hold_us, args.timeout, args.stall_warn, shaping, trace_file,
+                                       stats_json))
+    if args.stats or stats_json is not None:
+        problem = no_dsm_profile(stats_json)
+        if problem:
+            return RunOutcome(Status.USAGE, problem, True)
     from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
     from hypervisor.runlimit import TimeLimit, timeout_line
     try:
@@ -346,7 +359,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         problem = check_output_path(trace_file)
         if problem:
             return usage_error(f"trace {trace_file}: {problem}")
-    return run_node(cluster, args.id, args.verbose, args.stats, trace_file)
+    return run_node(cluster, args.id, args.verbose, args.stats, trace_file, args.stats_json)
 
 
 def cmd_trace_merge(args: argparse.Namespace) -> int:
@@ -361,6 +374,20 @@ def cmd_trace_merge(args: argparse.Namespace) -> int:
     sys.stderr.write(f"ivyvm: {info['faults']} faults and {info['messages']} messages of nodes "
                      f"{', '.join(map(str, info['nodes']))} written to {args.output}\n")
     return 0
+
+
+def no_dsm_profile(stats_json: Path | None) -> str | None:
+    """One node: say why there is no profile; a --stats-json file still gets a valid, empty document.
+    Returns why that file could not be written, if it could not."""
+    from hypervisor import profile
+    sys.stderr.write(f"ivyvm: {profile.NO_DSM_LINE}\n")
+    if stats_json is None:
+        return None
+    try:
+        profile.write_json(stats_json, profile.document([], note=profile.NO_DSM_LINE))
+    except OSError as e:
+        return f"cannot write --stats-json {stats_json}: {e.strerror or e}"
+    return None
 
 
 def usage_error(message: str) -> int:

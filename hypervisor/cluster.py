@@ -21,11 +21,11 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import runlimit, stopsignals
+from . import profile, runlimit, stopsignals
 from .config import DEFAULT_STALL_WARN, SECRET_ENV, ClusterConfig, loopback_cluster
 from .handshake import listen
 from .netns import CONTROL_PORT, DSM_PORT, EmulatedNetwork, NetnsError, Shaping
-from .node import LISTEN_FDS_ENV, interrupt_on_signal, say
+from .node import LISTEN_FDS_ENV, interrupt_on_signal, say, write_stderr
 from .status import Status
 from . import trace
 
@@ -87,7 +87,7 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
                  read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False,
                  poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
                  stall_warn: float = DEFAULT_STALL_WARN, shaping: Shaping | None = None,
-                 trace_file: Path | None = None) -> int:
+                 trace_file: Path | None = None, stats_json: Path | None = None) -> int:
     """`shaping` given: every node in a namespace of its own (hypervisor.netns), links shaped so."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with ExitStack() as stack:
@@ -99,12 +99,13 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
                 say(str(err))
                 return err.status
         return _launch(image, vcpus, mem, nnodes, verbose, read_ownership, manager, stats, poll_us, hold_us,
-                       timeout, stall_warn, deadline, network, trace_file)
+                       timeout, stall_warn, deadline, network, trace_file, stats_json)
 
 
 def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_ownership: str, manager: str,
             stats: bool, poll_us: int | None, hold_us: int | None, timeout: float | None, stall_warn: float,
-            deadline: float | None, network: EmulatedNetwork | None, trace_file: Path | None) -> int:
+            deadline: float | None, network: EmulatedNetwork | None, trace_file: Path | None,
+            stats_json: Path | None) -> int:
     # On loopback the supervisor binds every node's ports and hands them over; in
     # namespaces each node binds its own address, which no other process shares.
     listeners = bind_listeners(nnodes) if network is None else []
@@ -129,7 +130,9 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
         try:
             for node in config.nodes:
                 argv = [sys.executable, "-m", "hypervisor.cli", "node", "--config", str(path),
-                        "--id", str(node.id)] + (["-v"] if verbose else []) + (["--stats"] if stats else [])
+                        "--id", str(node.id)] + (["-v"] if verbose else [])
+                if stats or stats_json is not None:
+                    argv += ["--stats-json", str(_node_stats(Path(scratch), node.id))]
                 if trace_file is not None:
                     argv += ["--trace", str(trace.part_path(Path(scratch) / "trace.json", node.id))]
                 if network is not None:
@@ -154,6 +157,8 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
             _reap(children)
         if trace_file is not None:
             collect_trace(Path(scratch) / "trace.json", nnodes, trace_file)
+        if stats or stats_json is not None:
+            _gather_stats(Path(scratch), nnodes, stats, stats_json)
         return status
 
 
@@ -181,6 +186,28 @@ def _into_namespace(network: EmulatedNetwork, node: int) -> None:
     """Between fork and exec: follow the supervisor's death, and live in the node's own namespace."""
     _die_with_parent()
     network.enter(node)
+
+
+def _node_stats(scratch: Path, node: int) -> Path:
+    return scratch / f"stats-{node}.json"
+
+
+def _gather_stats(scratch: Path, nnodes: int, show: bool, stats_json: Path | None) -> None:
+    """Every node wrote its profile when it stopped: print them in node order, join them into one file."""
+    reports, missing = [], []
+    for node in range(nnodes):
+        try:
+            reports += profile.load(_node_stats(scratch, node))["nodes"]
+        except (OSError, ValueError):
+            missing.append(node)
+    if show:
+        write_stderr(profile.format_table(reports, missing))
+    if stats_json is not None:
+        note = f"nodes {missing} left no statistics (they did not stop cleanly)" if missing else None
+        try:
+            profile.write_json(stats_json, profile.document(reports, note))
+        except OSError as err:
+            say(f"cannot write --stats-json {stats_json}: {err.strerror or err}")
 
 
 def _close_all(listeners: list[tuple[socket.socket, socket.socket]]) -> None:

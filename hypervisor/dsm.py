@@ -276,6 +276,43 @@ class DsmNode:
         filled = lib.ivy_rt_top_pages(self._rt, pages, counts, n)
         return [(int(pages[i]), int(counts[i])) for i in range(filled)]
 
+    def faults_read(self) -> int:
+        """Faults read from userfaultfd so far (read, write and write-protect): cheap, for sampling."""
+        s = lib.ivy_rt_stats(self._rt)
+        return int(s.faults_read) + int(s.faults_write) + int(s.faults_wp)
+
+    # --- probes (native/probe.c): racy snapshots for the profile and the watchdog ---
+    def register_vcpu(self, vcpu: int, thread_id: int) -> None:
+        """Tie thread `thread_id`'s faults to vCPU `vcpu`; call from that thread before it runs the guest."""
+        self._require(started=self._started)
+        if lib.ivy_rt_register_vcpu(self._rt, vcpu, thread_id) != 0:
+            raise DsmError(f"node {self.node_id}: cannot register vCPU {vcpu} (thread {thread_id}): "
+                           f"at most {int(lib.IVY_RT_MAX_VCPUS)} per node")
+
+    def vcpus(self) -> list[dict[str, int | bool]]:
+        """Each registered vCPU's faults and time blocked in them (ns), in registration order."""
+        out = ffi.new("struct ivy_rt_vcpu_info[]", int(lib.IVY_RT_MAX_VCPUS))
+        filled = lib.ivy_rt_vcpus(self._rt, out, int(lib.IVY_RT_MAX_VCPUS))
+        return [{"vcpu": int(v.vcpu), "faults": int(v.faults), "blocked_ns": int(v.blocked_ns),
+                 "max_ns": int(v.max_ns), "waiting": bool(v.waiting), "page": int(v.page),
+                 "waiting_ns": int(v.waiting_ns)} for v in out[0:filled]]
+
+    def outstanding(self, min_age_s: float = 0.0, limit: int = 64) -> list[dict[str, int]]:
+        """Faults waiting at least `min_age_s`: page, age_ns, vcpu (-1: not a vCPU's)."""
+        out = ffi.new("struct ivy_rt_stall[]", limit)
+        filled = lib.ivy_rt_outstanding(self._rt, out, limit, int(min_age_s * 1e9))
+        return [{"page": int(f.page), "age_ns": int(f.age_ns), "vcpu": int(f.vcpu)} for f in out[0:filled]]
+
+    def page_info(self, page: int) -> dict[str, Any]:
+        """The engine's entry for `page` and the last message sent and received for it."""
+        info = ffi.new("struct ivy_rt_page_info *")
+        if lib.ivy_rt_page_info(self._rt, page, info) != 0:
+            raise DsmError(f"node {self.node_id}: page {page:#x} is beyond RAM")
+        fields = ("state", "owner", "pending", "access", "mapped", "parked", "held", "probowner", "copyset",
+                  "version", "acks_missing", "fault_age_ns", "sent_type", "sent_peer", "sent_age_ns",
+                  "recv_type", "recv_peer", "recv_age_ns")
+        return {name: int(getattr(info, name)) for name in fields}
+
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters (GiantVM's KVM_DSM_PF_PROFILE, and more)."""
         if self._rt == ffi.NULL:

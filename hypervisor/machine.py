@@ -180,7 +180,8 @@ class Machine:
                  write_memory: bool = True, ram: GuestRam | None = None, io: PortIo | None = None,
                  router: InterruptRouter | None = None, console: Callable[[bytes], None] | None = None,
                  verbose: bool = False, node: int | None = None,
-                 on_all_parked: Callable[[], None] | None = None, kvm_path: str = "/dev/kvm") -> None:
+                 on_all_parked: Callable[[], None] | None = None, kvm_path: str = "/dev/kvm",
+                 on_vcpu_thread: Callable[[int, int], None] | None = None) -> None:
         self.vcpus = vcpus
         self.mem = mem
         self.local_vcpus = sorted(set(range(vcpus) if local_vcpus is None else local_vcpus))
@@ -196,6 +197,8 @@ class Machine:
         self._console = console or _stdout_console
         self.io: PortIo = io or build_bus(self._console, self.stop, self.router, vcpus)
         self._on_all_parked = on_all_parked or (lambda: self.stop(0, "every vCPU parked"))
+        # Called in each vCPU thread before its first KVM_RUN with (vCPU, native thread id).
+        self._on_vcpu_thread = on_vcpu_thread
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._result: RunResult | None = None
@@ -354,6 +357,8 @@ class Machine:
         slot.thread_id = threading.get_ident()
         slot.native_id = threading.get_native_id()
         try:
+            if self._on_vcpu_thread is not None:
+                self._on_vcpu_thread(slot.index, threading.get_native_id())
             while slot.state is not State.DONE:
                 if self._stopping.is_set():
                     slot.state = State.DONE

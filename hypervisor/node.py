@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import control, control_decode, runlimit, stopsignals, trace
+from . import control, control_decode, profile, runlimit, stopsignals, trace
 from .api import write_node_stats
 from .clocksync import ClockSync
 from .cli import StdoutConsole
@@ -77,7 +77,8 @@ class _Pending:
 
 class Node:
     def __init__(self, config: ClusterConfig, node_id: int, secret: bytes, verbose: bool = False,
-                 stats: bool = False, trace_file: Path | None = None):
+                 stats: bool = False, trace_file: Path | None = None,
+                 stats_json: Path | None = None):
         if not 0 <= node_id < config.nnodes:
             raise NodeError(2, f"--id {node_id}: the config has nodes 0..{config.nnodes - 1}")
         self.config = config
@@ -88,6 +89,9 @@ class Node:
         self.show_stats = stats
         # This node's own trace file: --trace, else [cluster] trace with the node's id in its name.
         self.trace_file = trace_file or (trace.part_path(config.trace, node_id) if config.trace else None)
+        self.stats_json = stats_json
+        self._sampler: profile.FaultSampler | None = None
+        self._run_started = 0.0
         self.options = DsmOptions(read_ownership=config.read_ownership, manager=config.manager,
                                   trace_records=TRACE_RECORDS if self.trace_file else 0, **config.dsm_tuning())
         self.shape = ClusterShape.of(config.nnodes, config.mem, self.options)
@@ -121,7 +125,7 @@ class Node:
             return Machine(image, vcpus=self.config.vcpus, mem=self.config.mem, local_vcpus=self.spec.vcpus,
                            write_memory=is_head, io=None if is_head else self, router=self,
                            console=StdoutConsole(), verbose=self.verbose, node=self.id,
-                           on_all_parked=self._local_all_parked)
+                           on_all_parked=self._local_all_parked, on_vcpu_thread=self._vcpu_thread)
         except MachineError as err:
             raise NodeError(Status.HOST, f"node {self.id}: {err}") from None
 
@@ -278,6 +282,9 @@ class Node:
                 for peer, channel in self.channels.items():
                     self._spawn(lambda c=channel: self._receive_loop(c), f"control-rx-{peer}")
                 self._spawn(self._heartbeat, "control-ping")
+                if self.show_stats or self.stats_json is not None:
+                    self._sampler = profile.FaultSampler(self.dsm).start()
+                self._run_started = time.monotonic()
                 result = machine.run()
                 return self._finish(result)
             finally:
@@ -356,8 +363,7 @@ class Node:
             self.machine.close()
         if self.dsm is not None:
             figures = self.dsm.stats()
-            if self.show_stats:
-                say(dsm_summary(self.id, self.spec.vcpus, figures))
+            self._report_profile(self.dsm)
             write_node_stats(self.id, self.spec.vcpus, figures)
             if self.trace_file is not None:
                 self._write_trace(vcpu_threads)
@@ -377,6 +383,24 @@ class Node:
             trace.write_node_trace(self.trace_file, part)
         except OSError as err:
             say(f"node {self.id}: cannot write the trace to {self.trace_file}: {err.strerror or err}")
+
+    def _vcpu_thread(self, vcpu: int, thread_id: int) -> None:
+        """In each vCPU thread before it runs: its faults are then counted as this vCPU's blocked time."""
+        if self.dsm is not None:
+            self.dsm.register_vcpu(vcpu, thread_id)
+
+    def _report_profile(self, dsm: DsmNode) -> None:
+        if self._sampler is None:
+            return
+        run_seconds = time.monotonic() - self._run_started
+        report = profile.node_report(self.id, self.spec.vcpus, dsm, run_seconds, self._sampler.stop())
+        if self.stats_json is not None:
+            try:
+                profile.write_json(self.stats_json, profile.document([report]))
+            except OSError as err:
+                say(f"node {self.id}: cannot write --stats-json {self.stats_json}: {err.strerror or err}")
+        if self.show_stats:
+            write_stderr(profile.format_table([report]))
 
     def _spawn(self, target, name: str) -> None:  # type: ignore[no-untyped-def]
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -578,19 +602,6 @@ def dsm_failure_line(failure: DsmFailure) -> str:
     return failure.line
 
 
-def dsm_summary(node: int, vcpus: tuple[int, ...], stats: dict) -> str:  # type: ignore[type-arg]
-    """One line of GiantVM-style fault profile for `--stats`."""
-    faults = stats["faults"]
-    latency = stats["latency"]
-    sent = sum(stats["messages_sent"].values())
-    moved = sum(stats["bytes_sent"].values())
-    hot = ", ".join(f"{page:#x} ({count})" for page, count in stats["top_pages"][:3]) or "none"
-    return (f"node {node} (vCPUs {', '.join(map(str, vcpus))}): {faults['remote']} remote and "
-            f"{faults['local']} local faults, mean fault {latency['mean_ns'] / 1000:.1f} us "
-            f"(max {latency['max_ns'] / 1000:.0f} us), {sent} messages and {moved / 1024:.0f} KiB sent, "
-            f"{stats['replies_elided']} page transfers elided by version, hottest pages {hot}")
-
-
 def _report(status: int, line: str) -> int:
     say(line)
     return status
@@ -599,7 +610,12 @@ def _report(status: int, line: str) -> int:
 def say(line: str) -> None:
     """One line to stderr in one write(2): every node of `ivyvm run --nodes` shares that pipe,
     and print() writes the text and its newline separately, so lines said at once could mix."""
-    data = f"ivyvm: {line}\n".encode("utf-8", "replace")
+    write_stderr(f"ivyvm: {line}")
+
+
+def write_stderr(text: str) -> None:
+    """Text and its newline to stderr in one write(2) (see say)."""
+    data = f"{text}\n".encode("utf-8", "replace")
     sys.stderr.flush()
     try:
         while data:
@@ -612,11 +628,11 @@ interrupt_on_signal = stopsignals.interrupt_on_signal
 
 
 def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: bool = False,
-             trace_file: Path | None = None) -> int:
+             trace_file: Path | None = None, stats_json: Path | None = None) -> int:
     """Entry point of ``ivyvm node``: SIGINT and SIGTERM stop the node (one line, status 130)."""
     stopsignals.install()
     try:
         secret = config.read_secret()
     except ConfigError as err:
         return _report(2, str(err))
-    return Node(config, node_id, secret, verbose, stats, trace_file).run()
+    return Node(config, node_id, secret, verbose, stats, trace_file, stats_json).run()

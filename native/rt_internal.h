@@ -37,6 +37,22 @@ struct conn {
     uint64_t last_recv_ns, last_send_ns;
 };
 
+/* The last DSM message sent or received for a page (probe.c). */
+struct page_msg {
+    uint64_t ns;   /* CLOCK_MONOTONIC; 0: none yet */
+    uint8_t type;
+    uint16_t peer;
+};
+
+/* A registered vCPU thread and its time blocked in faults (probe.c). */
+struct vcpu_slot {
+    uint32_t tid;      /* 0 until published */
+    uint16_t vcpu;
+    uint64_t page;     /* the page it waits for, while since != 0 */
+    uint64_t since;    /* its current fault was read at (0: not blocked) */
+    uint64_t faults, blocked_ns, max_ns;
+};
+
 struct parked {
     struct parked *next;
     struct ivy_msg msg;
@@ -83,6 +99,14 @@ struct ivy_rt {
     struct ivy_rt_failure failure;
     struct ivy_rt_stats stats;
     struct ivy_trace *trace;  /* NULL: tracing off (trace.c) */
+    struct vcpu_slot vcpu_slots[IVY_RT_MAX_VCPUS];
+    unsigned vcpu_claims, nvcpu_slots;  /* slots claimed, slots published (probe.c) */
+    struct page_msg *last_sent, *last_recv;
+    /* Test kit only (ivy_test_drop_sends): the next `test_drops` messages of
+     * type test_drop_type are not sent, as if lost by a buggy engine. */
+    uint8_t test_drop_type;
+    uint32_t test_drops;
+    uint64_t test_dropped_page;         /* page + 1 of the last message dropped; 0: none */
 #ifdef IVY_PROFILE
     uint64_t *prof;           /* (ns << 4 | event) per step */
     size_t nprof;
@@ -127,6 +151,15 @@ uint64_t rt_awaited(const struct ivy_rt *rt, uint64_t *first, uint8_t *kind);
 void rt_describe_wait(struct ivy_rt *rt, char *buf, size_t len);
 const char *rt_type_name(uint8_t type);
 void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f);
+
+/* probe.c */
+int probe_init(struct ivy_rt *rt);
+void probe_free(struct ivy_rt *rt);
+void probe_fault_read(struct ivy_rt *rt, uint64_t page, uint32_t tid, uint64_t now);
+void probe_fault_end(struct ivy_rt *rt, uint64_t page, uint64_t now);
+void probe_all_released(struct ivy_rt *rt);
+void probe_message(struct page_msg *record, uint8_t type, uint16_t peer);
+bool probe_test_drop(struct ivy_rt *rt, const struct ivy_action *a);
 
 /* link.c */
 void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy_msg *m, const uint8_t *data);

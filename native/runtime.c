@@ -231,6 +231,7 @@ static void wake_spurious(struct ivy_rt *rt, uint64_t page, bool minor)
     rt->stats.faults_spurious++;
     rt->fault_t0[page] = 0; /* nothing is being acquired: no latency to record */
     rt->write_off[page] = NO_WATCH;
+    probe_fault_end(rt, page, now_ns());
     if (access == 0)
         uffd_wake(rt, page); /* it will fault again and be handled then */
     else
@@ -435,6 +436,7 @@ static void fault_done(struct ivy_rt *rt, uint64_t page)
     rt->remote[page] = 0;
     uint64_t now = now_ns();
     hold_begin(rt, page, now);
+    probe_fault_end(rt, page, now);
     if (!rt->fault_t0[page])
         return;
     uint64_t ns = now - rt->fault_t0[page];
@@ -470,6 +472,9 @@ static void send_action(struct ivy_rt *rt, const struct ivy_action *a)
                    ivy_msg_name(m->type), a->to, rt->cfg.nnodes);
         return;
     }
+    probe_message(&rt->last_sent[a->page], m->type, a->to);
+    if (__builtin_expect(rt->test_drops != 0, 0) && probe_test_drop(rt, a))
+        return;
     bool data = m->type == IVY_MSG_REPLY && (m->flags & IVY_REPLY_DATA);
     link_send(rt, &rt->conns[a->to], m->type, m, data ? vmm_page(rt, a->page) : NULL);
     if ((request && m->requester == rt->cfg.self) || m->type == IVY_MSG_INVALIDATE)
@@ -538,8 +543,10 @@ static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
         rt->stats.faults_read++;
     if (rt->fault_count[page] != UINT32_MAX)
         rt->fault_count[page]++;
+    uint64_t now = now_ns();
     if (!rt->fault_t0[page])
-        rt->fault_t0[page] = now_ns();
+        rt->fault_t0[page] = now;
+    probe_fault_read(rt, page, um->arg.pagefault.feat.ptid, now);
     if (write && rt->write_off[page] == NO_WATCH)
         rt->write_off[page] = (uint16_t)(addr % IVY_PAGE_SIZE & ~7u);
     struct ivy_actions acts;
@@ -620,6 +627,7 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
                    (unsigned long long)m->txid);
         return;
     }
+    probe_message(&rt->last_recv[m->page], m->type, c->peer);
     if ((m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE) && holding(rt, m->page)) {
         hold_request(rt, m);
         return;
@@ -653,6 +661,7 @@ static void release_faulters(struct ivy_rt *rt)
     if (ioctl(rt->uffd, UFFDIO_UNREGISTER, &r) == 0)
         rt->registered = false;
     ioctl(rt->uffd, UFFDIO_WAKE, &r);
+    probe_all_released(rt);
 }
 
 /*
@@ -759,9 +768,10 @@ static int setup_uffd(struct ivy_rt *rt, char *err, size_t errlen)
     struct uffdio_api api = {.api = UFFD_API,
                              .features = UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
                                          UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EXACT_ADDRESS |
-                                         UFFD_FEATURE_THREAD_ID /* ties a traced fault to its vCPU */};
+                                         UFFD_FEATURE_THREAD_ID /* ties a fault to its vCPU (trace, profile) */};
     if (ioctl(rt->uffd, UFFDIO_API, &api)) {
-        snprintf(err, errlen, "UFFDIO_API with MINOR_SHMEM|WP_SHMEM|EXACT_ADDRESS: %s (kernel too old?)", strerror(errno));
+        snprintf(err, errlen, "UFFDIO_API with MINOR_SHMEM|WP_SHMEM|EXACT_ADDRESS|THREAD_ID: %s (kernel too old?)",
+                 strerror(errno));
         return -1;
     }
     /* Drop any mapping made before we manage the view, so every page starts faulting. */
@@ -887,7 +897,7 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     for (uint64_t p = 0; rt->write_off && rt->watch_off && p < rt->npages; p++)
         rt->write_off[p] = rt->watch_off[p] = NO_WATCH;
     if (!rt->pages || !rt->mapped || !rt->remote || !rt->fault_t0 || !rt->fault_count || !rt->parked ||
-        !rt->held || !rt->hold_until || !rt->write_off || !rt->watch_off || !rt->watch_val) {
+        !rt->held || !rt->hold_until || !rt->write_off || !rt->watch_off || !rt->watch_val || probe_init(rt)) {
         snprintf(err, errlen, "out of memory for %llu pages", (unsigned long long)rt->npages);
         ivy_rt_destroy(rt);
         return NULL;
@@ -996,6 +1006,7 @@ void ivy_rt_destroy(struct ivy_rt *rt)
     free(rt->watch_off);
     free(rt->watch_val);
     trace_destroy(rt);
+    probe_free(rt);
     free(rt);
 }
 

@@ -22,6 +22,7 @@
 /* Link liveness when the config gives 0; the control channel (hypervisor/node.py) uses the same. */
 #define IVY_RT_HEARTBEAT_MS 250  /* PING period per link */
 #define IVY_RT_TIMEOUT_MS 2000   /* a peer silent this long fails the node */
+#define IVY_RT_MAX_VCPUS 64   /* vCPU threads one node can register */
 
 struct ivy_rt_config {
     uint16_t self;
@@ -132,5 +133,50 @@ int ivy_rt_failure_fd(const struct ivy_rt *rt);
 unsigned ivy_rt_top_pages(const struct ivy_rt *rt, uint64_t *pages, uint32_t *counts, unsigned n);
 /* Engine access right now (0 none, 1 read, 2 write); racy, for tests. */
 int ivy_rt_access(const struct ivy_rt *rt, uint64_t page);
+
+/* ---- probes (probe.c): the profile's and the watchdog's view ----------- */
+
+/* One vCPU thread's time blocked in page faults (QEMU's postcopy blocktime). */
+struct ivy_rt_vcpu_info {
+    uint16_t vcpu;
+    uint32_t tid;         /* the thread id it registered */
+    uint8_t waiting;      /* blocked in a fault right now (page, waiting_ns) */
+    uint64_t faults;      /* faults read from userfaultfd for this thread */
+    uint64_t blocked_ns;  /* completed waits, fault read to grant */
+    uint64_t max_ns;      /* the longest completed wait */
+    uint64_t page;
+    uint64_t waiting_ns;
+};
+
+/* A fault outstanding now: vcpu -1 when no registered vCPU raised it. */
+struct ivy_rt_stall {
+    uint64_t page;
+    uint64_t age_ns;
+    uint32_t tid;
+    int32_t vcpu;
+};
+
+/* The engine's entry for a page and what last travelled for it. */
+struct ivy_rt_page_info {
+    uint8_t state, owner, pending, access, mapped, parked, held;
+    uint16_t probowner;
+    uint64_t copyset, version, acks_missing;
+    uint64_t fault_age_ns;   /* a local fault waits on it since (0: none) */
+    uint8_t sent_type;       /* last message sent for it (0: none) */
+    uint16_t sent_peer;
+    uint64_t sent_age_ns;
+    uint8_t recv_type;       /* last message received for it (0: none) */
+    uint16_t recv_peer;
+    uint64_t recv_age_ns;
+};
+
+/* Any thread, before it touches guest RAM: faults of thread `tid` are vCPU `vcpu`'s. 0 or -1 (full). */
+int ivy_rt_register_vcpu(struct ivy_rt *rt, uint16_t vcpu, uint32_t tid);
+/* Registered vCPUs in registration order; returns how many were filled. */
+unsigned ivy_rt_vcpus(const struct ivy_rt *rt, struct ivy_rt_vcpu_info *out, unsigned n);
+/* Faults outstanding for at least min_age_ns: vCPUs' first, then other threads' pages. */
+unsigned ivy_rt_outstanding(const struct ivy_rt *rt, struct ivy_rt_stall *out, unsigned n, uint64_t min_age_ns);
+/* A racy snapshot of one page, for diagnostics. 0, or -1 beyond RAM. */
+int ivy_rt_page_info(const struct ivy_rt *rt, uint64_t page, struct ivy_rt_page_info *out);
 
 #endif

@@ -23,14 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rt_internal.h" /* the lost-message hook below sets two fields of a node */
 #include "wire.h"
 
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
 
 uint64_t ivy_test_atomic_add(uint64_t addr, uint64_t delta, uint64_t count)
 {
@@ -517,4 +512,27 @@ int ivy_bench_mechanisms(unsigned npages, uint64_t *out_ns)
 out:
     bench_region_close(&p);
     return rc;
+}
+
+/* ---- a lost message, for the watchdog's tests ---------------------------
+ * The next `count` DSM messages of `type` this node's engine sends are
+ * dropped (the engine's state moves on as if they went out), so a peer's
+ * fault is never answered. Set before the node serves anything (the event
+ * loop reads the fields unlocked). `node` is the address of a struct ivy_rt
+ * of hypervisor._ivy_native (this module is built apart from it). */
+int ivy_test_drop_sends(uintptr_t node, uint8_t type, uint32_t count)
+{
+    struct ivy_rt *rt = (struct ivy_rt *)node;
+    if (type < IVY_MSG_READ || type > IVY_MSG_TYPE_MAX)
+        return -1;
+    rt->test_drop_type = type;
+    __atomic_store_n(&rt->test_drops, count, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* page + 1 of the last message dropped; 0 while none was. */
+uint64_t ivy_test_dropped_page(uintptr_t node)
+{
+    const struct ivy_rt *rt = (const struct ivy_rt *)node;
+    return __atomic_load_n(&rt->test_dropped_page, __ATOMIC_ACQUIRE);
 }

@@ -25,4 +25,8 @@ int ivy_bench_bound_owner(int fd);
 enum { IVY_MECH_WP_SET, IVY_MECH_WP_CLEAR, IVY_MECH_ZAP, IVY_MECH_CONTINUE, IVY_MECH_COPY, IVY_MECH_COUNT };
 int ivy_bench_mechanisms(unsigned npages, uint64_t *out_ns);
 
+/* A lost message (the watchdog's tests): `node` is a struct ivy_rt's address. */
+int ivy_test_drop_sends(uintptr_t node, uint8_t type, uint32_t count);
+uint64_t ivy_test_dropped_page(uintptr_t node);
+
 #endif
