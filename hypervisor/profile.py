@@ -16,13 +16,15 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from .dsm import MESSAGE_TYPES, PAGE_SIZE, DsmNode
+from .dsm import DsmNode
+from .native_consts import PAGE_SIZE, WireType
 
 SCHEMA_NAME = "ivyvm-stats/1"
 SAMPLE_SECONDS = 0.1           # the fault time series' first interval
 MAX_SAMPLES = 3000             # then pairs merge and the interval doubles: bounded memory
 HOT_PAGES = 64                 # pages per node in the report (the table shows the first few)
 PERCENTILES = (50, 90, 99)
+MESSAGE_NAMES = tuple(t.name for t in WireType)
 NO_DSM_LINE = ("--stats: nothing to report: with one node the guest's RAM is plain local memory, "
                "no page fault goes through the DSM (use --nodes 2 or more)")
 
@@ -103,7 +105,7 @@ def node_report(node: int, vcpus: Iterable[int], dsm: DsmNode, run_seconds: floa
         "messages": {name: {"sent": stats["messages_sent"][name], "received": stats["messages_received"][name],
                             "bytes_sent": stats["bytes_sent"][name],
                             "bytes_received": stats["bytes_received"][name]}
-                     for name in MESSAGE_TYPES.values()},
+                     for name in MESSAGE_NAMES},
         "forwards": stats["forwards"],
         "reply_hops": stats["reply_hops"],
         "replies_with_data": stats["replies_with_data"],
@@ -198,7 +200,7 @@ NODE_SCHEMA: dict[str, Any] = {
     "latency": {"count": "int", "mean_ns": "int", "max_ns": "int", "p50_ns": "int", "p90_ns": "int",
                 "p99_ns": "int", "histogram": [["int"]]},
     "messages": {name: {"sent": "int", "received": "int", "bytes_sent": "int", "bytes_received": "int"}
-                 for name in MESSAGE_TYPES.values()},
+                 for name in MESSAGE_NAMES},
     "forwards": "int", "reply_hops": "int", "replies_with_data": "int", "replies_elided": "int",
     "parked": "int", "held": "int",
     "vcpu_blocked": [{"vcpu": "int", "faults": "int", "blocked_ns": "int", "max_ns": "int", "share": "number"}],
