@@ -62,7 +62,7 @@ def test_a_blocked_vcpu_is_named_with_its_page_and_counted_once_granted(scripted
     thread.join(5)
     assert not thread.is_alive()
     (vcpu,) = node.vcpus()
-    assert not vcpu["waiting"] and vcpu["faults"] == 1
+    assert not vcpu["waiting"] and vcpu["faults"] >= 1, vcpu
     assert 0.3e9 <= vcpu["blocked_ns"] == vcpu["max_ns"] < 5e9
     assert node.outstanding() == []
     info = node.page_info(5)
