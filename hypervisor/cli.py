@@ -28,6 +28,8 @@ from hypervisor.dsm import HOLD_US_DEFAULT
 from hypervisor.loader import STACK_SIZE, LoaderError, load_image
 from hypervisor.status import Status
 
+# --timeout counts from here, as near the command's start as this process can see.
+PROCESS_STARTED = time.monotonic()
 MIN_VCPUS, MAX_VCPUS = 1, 64
 DEFAULT_MEM, DEFAULT_VCPUS = 64 * MIB, 1
 
@@ -268,6 +270,7 @@ class RunOutcome:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    args.started = PROCESS_STARTED
     outcome = execute_run(args, StdoutConsole())
     if outcome.message:
         sys.stderr.write(f"ivyvm: {outcome.message}\n")
@@ -281,7 +284,7 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
     nodes say their lines on fd 2 themselves, so the outcome carries only
     the status; one node runs here, its console going to `console`.
     """
-    started = time.monotonic()
+    started = getattr(args, "started", None) or time.monotonic()
     if args.nodes > args.vcpus:
         return RunOutcome(Status.USAGE, f"--nodes {args.nodes} is more than --vcpus {args.vcpus}: "
                                         "every node runs a vCPU", True)
@@ -311,7 +314,7 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                                        args.read_ownership, args.manager, args.stats, args.poll_us,
                                        args.hold_us, args.timeout, args.stall_warn, shaping, trace_file,
-                                       stats_json))
+                                       stats_json, started))
     if args.stats or stats_json is not None:
         problem = no_dsm_profile(stats_json)
         if problem:

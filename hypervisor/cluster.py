@@ -87,9 +87,10 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
                  read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False,
                  poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
                  stall_warn: float = DEFAULT_STALL_WARN, shaping: Shaping | None = None,
-                 trace_file: Path | None = None, stats_json: Path | None = None) -> int:
+                 trace_file: Path | None = None, stats_json: Path | None = None,
+                 started: float | None = None) -> int:
     """`shaping` given: every node in a namespace of its own (hypervisor.netns), links shaped so."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if timeout is None else (started or time.monotonic()) + timeout
     with ExitStack() as stack:
         network = None
         if shaping is not None:

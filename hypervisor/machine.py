@@ -358,7 +358,7 @@ class Machine:
         slot.native_id = threading.get_native_id()
         try:
             if self._on_vcpu_thread is not None:
-                self._on_vcpu_thread(slot.index, threading.get_native_id())
+                self._on_vcpu_thread(slot.index, slot.native_id)
             while slot.state is not State.DONE:
                 if self._stopping.is_set():
                     slot.state = State.DONE

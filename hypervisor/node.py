@@ -415,7 +415,8 @@ class Node:
     def _watch_dsm(self) -> None:
         assert self.dsm is not None
         while not self._closing.is_set():
-            if self.dsm.wait_failed(HEARTBEAT_SECONDS):
+            # A short wait: _shutdown joins this thread before closing the DSM, and a stop must be quick.
+            if self.dsm.wait_failed(0.05):
                 self._lost(*self._dsm_failure())
                 return
 
