@@ -103,9 +103,9 @@ class ClusterConfig:
 
     def read_secret(self) -> bytes:
         """The cluster secret, from the environment or from secret_file (see read_secret_file)."""
-        env = os.environ.get(SECRET_ENV)
+        env = os.environb.get(SECRET_ENV.encode())   # bytes: any value, UTF-8 or not
         if env:
-            secret = env.encode()
+            secret = env
             if len(secret) < MIN_SECRET_BYTES:
                 raise ConfigError(f"{SECRET_ENV} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are needed")
             return secret

@@ -188,6 +188,12 @@ def test_short_environment_secret_is_refused(tmp_path: Path) -> None:
                     "IVYVM_SECRET is 1 bytes; at least 16 are needed")
 
 
+def test_a_non_utf8_environment_secret_is_taken_as_bytes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = b"\xff\xfe" + b"k" * 20
+    monkeypatch.setitem(os.environb, b"IVYVM_SECRET", secret)
+    assert load_config(write(tmp_path, config_text())).read_secret() == secret
+
+
 def test_fuzzed_configs_never_escape_as_tracebacks_hangs_or_memory_blow_ups() -> None:
     result = run_fuzz("config")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
