@@ -21,7 +21,6 @@ details and a pytest example.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -33,11 +32,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import cli
+from .base import STATS_DIR_ENV
+from .nodestats import collect_node_stats
 from .status import Status
 
-# Each node of `ivyvm run --nodes N` writes its statistics as DIR/node-K.json
-# when this names a directory (set by run_guest for its supervisor).
-STATS_DIR_ENV = "IVYVM_STATS_DIR"
 # `ivyvm run --timeout` stops every node itself; should the supervisor still
 # run this long past the limit, it is stopped (SIGTERM, then SIGKILL).
 BACKSTOP_SECONDS = 15.0
@@ -190,7 +188,7 @@ def _run_supervised(argv: list[str], timeout: float | None) -> GuestResult:
             proc.wait()
             raise
         seconds = time.monotonic() - started
-        stats = _collect_stats(Path(scratch))
+        stats = collect_node_stats(Path(scratch))
     console, said = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     status = proc.returncode
     if timed_out:
@@ -205,27 +203,3 @@ def _run_supervised(argv: list[str], timeout: float | None) -> GuestResult:
     if status in _CLASSES and lines:
         raise _CLASSES[status](status, said.rstrip(), console)
     return GuestResult(status, console, stats, seconds, said)
-
-
-def _collect_stats(directory: Path) -> list[dict[str, Any]]:
-    found = []
-    for path in sorted(directory.glob("node-*.json"), key=lambda p: int(p.stem.split("-")[1])):
-        try:
-            found.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue       # a node killed mid-write: its figures are simply absent
-    return found
-
-
-def write_node_stats(node: int, vcpus: tuple[int, ...], dsm_stats: dict[str, Any]) -> None:
-    """Called by each node at its end: its figures for run_guest, when run_guest started it."""
-    directory = os.environ.get(STATS_DIR_ENV)
-    if not directory:
-        return
-    path = Path(directory) / f"node-{node}.json"
-    temporary = path.with_suffix(".part")
-    try:
-        temporary.write_text(json.dumps({"node": node, "vcpus": list(vcpus), "dsm": dsm_stats}))
-        temporary.replace(path)       # whole or absent, never half
-    except OSError:
-        pass                          # the figures are a courtesy; the run's outcome stands

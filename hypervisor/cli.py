@@ -15,18 +15,24 @@ if __name__ == "__main__":
     sys.exit(_guarded_main())
 
 import argparse  # noqa: E402
-import errno  # noqa: E402
-import os  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, NoReturn, Sequence  # noqa: E402
 
-from hypervisor import config, stopsignals  # noqa: E402
-from hypervisor.config import MANAGERS, MIB, READ_OWNERSHIP, SECRET_ENV, ConfigError
-from hypervisor.dsm import HOLD_US_DEFAULT
-from hypervisor.loader import STACK_SIZE, LoaderError, load_image
-from hypervisor.status import Status
+from hypervisor import config, netns, profile, stopsignals  # noqa: E402
+from hypervisor.base import SECRET_ENV, StdoutConsole  # noqa: E402
+from hypervisor.cluster import launch_local  # noqa: E402
+from hypervisor.config import MANAGERS, MIB, READ_OWNERSHIP, ConfigError  # noqa: E402
+from hypervisor.dsm import HOLD_US_DEFAULT  # noqa: E402
+from hypervisor.example_config import EXAMPLE_CONFIG  # noqa: E402
+from hypervisor.loader import STACK_SIZE, LoaderError, load_image  # noqa: E402
+from hypervisor.machine import Machine, MachineError  # noqa: E402
+from hypervisor.node import run_node  # noqa: E402
+from hypervisor.runlimit import TimeLimit, timeout_line  # noqa: E402
+from hypervisor.status import Status  # noqa: E402
+from hypervisor.trace import TraceError, check_output_path, merge_files, part_path  # noqa: E402
 
 # --timeout counts from here, as near the command's start as this process can see.
 PROCESS_STARTED = time.monotonic()
@@ -103,7 +109,6 @@ def microseconds(text: str) -> int:
 
 def package_version() -> str:
     """The installed distribution's version (pyproject.toml is its one source)."""
-    from importlib import metadata
     try:
         return metadata.version("ivyvm")
     except metadata.PackageNotFoundError:
@@ -122,9 +127,8 @@ def seconds(text: str) -> float:
 
 
 def _netns_value(parser_name: str) -> Callable[[str], int]:
-    """An argparse type from hypervisor.netns's parsers (imported only when used)."""
+    """An argparse type from hypervisor.netns's parsers."""
     def parse(text: str) -> int:
-        from hypervisor import netns
         try:
             return getattr(netns, parser_name)(text)
         except ValueError as e:
@@ -142,8 +146,7 @@ def shaping_of(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         return None
     if args.nodes < 2:
         raise ValueError("--netns needs --nodes 2 or more: it puts each node in a namespace of its own")
-    from hypervisor.netns import Shaping
-    return Shaping(args.delay or 0, args.jitter or 0, args.loss or 0, args.rate or 0)
+    return netns.Shaping(args.delay or 0, args.jitter or 0, args.loss or 0, args.rate or 0)
 
 
 def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
@@ -241,25 +244,6 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     return parser
 
 
-class StdoutConsole:
-    """Console bytes to fd 1 as they come; a closed reader must not stop the guest."""
-
-    def __init__(self, fd: int = 1) -> None:
-        self.fd = fd
-        self.broken = False
-
-    def __call__(self, data: bytes) -> None:
-        if self.broken:
-            return
-        try:
-            while data:
-                data = data[os.write(self.fd, data):]
-        except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.EBADF):
-                raise
-            self.broken = True
-
-
 @dataclass
 class RunOutcome:
     """How a run ended: what `ivyvm run` exits with and the one line it says, if any."""
@@ -302,7 +286,6 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
     trace_file = getattr(args, "trace", None)
     stats_json = getattr(args, "stats_json", None)
     if trace_file is not None:
-        from hypervisor.trace import check_output_path
         problem = check_output_path(trace_file)
         if problem:
             return RunOutcome(Status.USAGE, f"--trace {trace_file}: {problem}", True)
@@ -310,7 +293,6 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
             sys.stderr.write("ivyvm: --trace records the DSM, which a single-node run does not use "
                              "(add --nodes 2 or more); no trace written\n")
     if args.nodes > 1:
-        from hypervisor.cluster import launch_local
         return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                                        args.read_ownership, args.manager, args.stats, args.poll_us,
                                        args.hold_us, args.timeout, args.stall_warn, shaping, trace_file,
@@ -319,8 +301,6 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         problem = no_dsm_profile(stats_json)
         if problem:
             return RunOutcome(Status.USAGE, problem, True)
-    from hypervisor.machine import Machine, MachineError   # after validation: a refused image never touches KVM
-    from hypervisor.runlimit import TimeLimit, timeout_line
     try:
         machine = Machine(image, vcpus=args.vcpus, mem=args.mem, console=console, verbose=args.verbose)
     except MachineError as e:
@@ -342,15 +322,12 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
 
 def cmd_node(args: argparse.Namespace) -> int:
     if args.example_config:
-        from hypervisor.example_config import EXAMPLE_CONFIG
         sys.stdout.write(EXAMPLE_CONFIG)
         return 0
     missing = [flag for flag, value in (("--config", args.config), ("--id", args.id)) if value is None]
     if missing:   # argparse cannot say "required unless --example-config"
         args.node_parser.error(f"the following arguments are required: {', '.join(missing)} "
                                "(or --example-config)")
-    from hypervisor.node import run_node
-    from hypervisor.trace import check_output_path, part_path
     try:
         cluster = config.load_config(Path(args.config))
     except ConfigError as e:
@@ -366,7 +343,6 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_trace_merge(args: argparse.Namespace) -> int:
-    from hypervisor.trace import TraceError, merge_files
     try:
         merged = merge_files(args.inputs, args.output)
     except TraceError as e:
@@ -382,7 +358,6 @@ def cmd_trace_merge(args: argparse.Namespace) -> int:
 def no_dsm_profile(stats_json: Path | None) -> str | None:
     """One node: say why there is no profile; a --stats-json file still gets a valid, empty document.
     Returns why that file could not be written, if it could not."""
-    from hypervisor import profile
     sys.stderr.write(f"ivyvm: {profile.NO_DSM_LINE}\n")
     if stats_json is None:
         return None

@@ -22,10 +22,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import profile, runlimit, stopsignals
+from .base import LISTEN_FDS_ENV, say, write_stderr
 from .config import DEFAULT_STALL_WARN, SECRET_ENV, ClusterConfig, loopback_cluster
 from .handshake import listen
 from .netns import CONTROL_PORT, DSM_PORT, EmulatedNetwork, NetnsError, Shaping
-from .node import LISTEN_FDS_ENV, interrupt_on_signal, say, write_stderr
 from .status import Status
 from . import trace
 
@@ -226,7 +226,7 @@ def _supervise(children: list[subprocess.Popen[bytes]], deadline: float | None =
     Likewise node 0 ends the run at the time limit; if it has not within
     LIMIT_GRACE_SECONDS, the supervisor ends it.
     """
-    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)
+    previous = signal.signal(signal.SIGTERM, stopsignals.interrupt_on_signal)
     try:
         head = children[0]
         failed_at: float | None = None

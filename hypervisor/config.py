@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import InputFileError, read_regular
+from hypervisor.base import SECRET_ENV
 from hypervisor.native_consts import MANAGERS, MAX_NODES, READ_OWNERSHIP
 
-SECRET_ENV = "IVYVM_SECRET"
 MAX_VCPUS = 64
 MIB = 1 << 20
 MIN_MEM, MAX_MEM, MEM_ALIGN = 4 * MIB, 4 << 30, 2 * MIB

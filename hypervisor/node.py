@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import control, control_decode, profile, runlimit, stopsignals, trace
-from .api import write_node_stats
+from .base import LISTEN_FDS_ENV, StdoutConsole, say, write_stderr
 from .clocksync import ClockSync
-from .cli import StdoutConsole
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Frame, Msg
 from .devices import GuestIoError, describe_access
@@ -36,6 +35,7 @@ from .dsm import DsmError, DsmFailure, DsmNode, DsmOptions
 from .handshake import ClusterShape, HandshakeError, connect_mesh, handshake, listen
 from .loader import Image, LoaderError, load_image
 from .machine import Machine, MachineError, RunResult
+from .nodestats import write_node_stats
 from .native_consts import HEARTBEAT_MS, TIMEOUT_MS, FailKind
 from .status import Status
 
@@ -50,10 +50,6 @@ STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave befor
 TRACE_RECORDS = 1 << 20
 
 FLAG_UNHANDLED = control.FLAG_UNHANDLED
-
-# "DSM_FD,CONTROL_FD": listening sockets bound by `ivyvm run --nodes` and
-# inherited, so no other process can take the ports between choice and use.
-LISTEN_FDS_ENV = "IVYVM_LISTEN_FDS"
 
 
 class NodeError(Exception):
@@ -606,26 +602,6 @@ def dsm_failure_line(failure: DsmFailure) -> str:
 def _report(status: int, line: str) -> int:
     say(line)
     return status
-
-
-def say(line: str) -> None:
-    """One line to stderr in one write(2): every node of `ivyvm run --nodes` shares that pipe,
-    and print() writes the text and its newline separately, so lines said at once could mix."""
-    write_stderr(f"ivyvm: {line}")
-
-
-def write_stderr(text: str) -> None:
-    """Text and its newline to stderr in one write(2) (see say)."""
-    data = f"{text}\n".encode("utf-8", "replace")
-    sys.stderr.flush()
-    try:
-        while data:
-            data = data[os.write(2, data):]
-    except OSError:
-        pass      # nobody reads stderr any more; the exit status still tells
-
-
-interrupt_on_signal = stopsignals.interrupt_on_signal
 
 
 def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: bool = False,

@@ -15,7 +15,8 @@ import threading
 import time
 from typing import Callable
 
-DEADLINE_ENV = "IVYVM_DEADLINE"
+from .base import DEADLINE_ENV
+
 PROGRESS_SECONDS = 1.0         # node 0 says who it still waits for this often while nodes join
 
 
