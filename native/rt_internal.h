@@ -56,6 +56,7 @@ struct vcpu_slot {
 struct parked {
     struct parked *next;
     struct ivy_msg msg;
+    bool held;                /* parked by a hold window (stats.held), not by an acquisition */
 };
 
 /* Messages waiting to be fed to the engine (unparked, or sent to self). */
@@ -76,13 +77,13 @@ struct ivy_rt {
     uint64_t *fault_t0;       /* when the outstanding fault on this page was read */
     uint32_t *fault_count;
     struct parked **parked;   /* per page, arrival order: held by the engine (PARK) */
-    /* The hold window (cfg.hold_us): after a local fault on page p completes,
-     * requests for p wait in held[p] until hold_until[p], so the woken thread
-     * gets to run its access before the page can be taken away again. */
+    /* The hold window (cfg.hold_us) is the engine's IVY_HOLDING state; the
+     * runtime keeps its clock: HOLD sets hold_until[p], and the engine is told
+     * once it has passed (or the writer stored) while a request waits. */
     uint64_t hold_ns;
-    uint64_t *hold_until;     /* per page, CLOCK_MONOTONIC ns; 0: never granted here */
-    struct parked **held;     /* per page, arrival order */
-    uint64_t *held_pages;     /* pages whose held[] list is non-empty */
+    uint64_t *hold_until;     /* per page, CLOCK_MONOTONIC ns, of the last window started */
+    uint64_t done_ns;         /* when the last local fault completed (DONE) */
+    uint64_t *held_pages;     /* holding pages with requests parked: looked at when the loop wakes */
     size_t nheld, held_cap;
     /* A write grant's window ends early once the faulting thread's word
      * changed: its access demonstrably ran (offsets 8-aligned, NO_WATCH: none). */

@@ -56,7 +56,9 @@ uint64_t rt_awaited(const struct ivy_rt *rt, uint64_t *first, uint8_t *kind)
     *first = IVY_RT_NO_PAGE;
     *kind = IVY_IDLE;
     for (uint64_t p = 0; p < rt->npages; p++) {
-        if (rt->pages[p].pending != IVY_IDLE && waiting++ == 0) {
+        /* A hold window awaits nothing from a peer. */
+        const uint8_t pending = rt->pages[p].pending;
+        if (pending != IVY_IDLE && pending != IVY_HOLDING && waiting++ == 0) {
             *first = p;
             *kind = rt->pages[p].pending;
         }
@@ -268,16 +270,18 @@ static bool fifo_pop(struct fifo *f, struct ivy_msg *m)
     return true;
 }
 
-static void list_append(struct parked **head, const struct ivy_msg *m)
+static struct parked *list_append(struct parked **head, const struct ivy_msg *m)
 {
     struct parked *p = malloc(sizeof *p), **tail = head;
     if (!p)
         abort();
     p->next = NULL;
     p->msg = *m;
+    p->held = false;
     while (*tail)
         tail = &(*tail)->next;
     *tail = p;
+    return p;
 }
 
 /* Move every message of a list to the delivery queue, in arrival order. */
@@ -293,25 +297,21 @@ static void list_to_fifo(struct ivy_rt *rt, struct parked **head)
     }
 }
 
-static void park(struct ivy_rt *rt, const struct ivy_msg *m)
-{
-    list_append(&rt->parked[m->page], m);
-    rt->stats.parked++;
-}
-
 /* ---- the hold window ----------------------------------------------------
  *
- * The engine unparks right after MAP_*: served at once, a parked request
- * could take the page away before the woken thread executed one access, and
- * a hot page could then circle the nodes forever with no access completing.
- * So after a local fault on page p completes (DONE), every request for p
- * (the unparked ones, and new ones) waits until hold_until[p], then all are
- * served in arrival order. Only requests wait: INVALIDATE, replies and acks
- * never do, so an owner collecting acks never waits on a hold. A write
- * grant's window ends early once the woken writer's word changed. Cost when
- * no request is waiting: one clock read per completed fault (vDSO, no
- * syscall) and one 8-byte load per write grant.
+ * The engine decides (docs/protocol.md, "The hold window"): after an owner's
+ * local fault completes, the page is IVY_HOLDING and the engine parks every
+ * request for it, so the woken thread runs its access before the page can
+ * be taken away again. The runtime only supplies the clock and the watched
+ * word: HOLD starts the clock (hold_until[p]), and once the window has run
+ * out, or the woken writer's word changed, it feeds the engine
+ * IVY_EV_HOLD_EXPIRED or IVY_EV_STORE_SEEN, which unparks. It looks only
+ * when a request waits (held_pages) or arrives: cost when nobody waits, one
+ * clock read per completed fault (shared with the latency figure, vDSO) and
+ * one 8-byte load per write grant.
  */
+
+static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool minor);
 
 static uint64_t watched_word(struct ivy_rt *rt, uint64_t page)
 {
@@ -335,67 +335,76 @@ static bool hold_progressed(struct ivy_rt *rt, uint64_t page)
     return rt->watch_off[page] != NO_WATCH && watched_word(rt, page) != rt->watch_val[page];
 }
 
-/* idle --local fault completed--> holding until now + hold_ns (or the writer's store) */
-static void hold_begin(struct ivy_rt *rt, uint64_t page, uint64_t now)
+static bool page_holding(const struct ivy_rt *rt, uint64_t page)
 {
-    if (rt->hold_ns)
-        rt->hold_until[page] = now + rt->hold_ns;
+    return rt->pages[page].pending == IVY_HOLDING;
 }
 
-/* holding --window over, or the writer stored--> idle */
-static bool hold_over(struct ivy_rt *rt, uint64_t page, uint64_t now)
+/* A request waits for page's window: look at the page when the loop wakes. */
+static void hold_watch(struct ivy_rt *rt, uint64_t page)
 {
-    if (!rt->hold_until[page])
-        return true;
-    if (now < rt->hold_until[page]) {
-        if (!hold_progressed(rt, page))
-            return false;
-        rt->stats.holds_cut++;
+    for (size_t i = 0; i < rt->nheld; i++)
+        if (rt->held_pages[i] == page)
+            return;
+    if (rt->nheld == rt->held_cap) {
+        size_t cap = rt->held_cap ? rt->held_cap * 2 : 16;
+        uint64_t *n = realloc(rt->held_pages, cap * sizeof *n);
+        if (!n)
+            abort();
+        rt->held_pages = n;
+        rt->held_cap = cap;
     }
-    rt->hold_until[page] = 0;
+    rt->held_pages[rt->nheld++] = page;
+}
+
+/* HOLD: the engine started page's window, now (the DONE just before read the clock). */
+static void hold_start(struct ivy_rt *rt, uint64_t page)
+{
+    rt->hold_until[page] = rt->done_ns + rt->hold_ns;
+    if (!rt->parked[page])
+        return;
+    for (struct parked *p = rt->parked[page]; p; p = p->next) {
+        rt->stats.held++; /* parked while acquiring, now waiting for the window too */
+        TRACE(rt, trace_hold, IVY_TR_HOLD_BEGIN, page, &p->msg);
+    }
+    hold_watch(rt, page);
+}
+
+/* If page's window is over (clock, or the writer's store), tell the engine,
+ * which unparks what waited. Returns whether it was over. */
+static bool hold_check(struct ivy_rt *rt, uint64_t page, uint64_t now)
+{
+    unsigned event;
+    if (now >= rt->hold_until[page]) {
+        event = IVY_EV_HOLD_EXPIRED;
+    } else if (hold_progressed(rt, page)) {
+        event = IVY_EV_STORE_SEEN;
+        rt->stats.holds_cut++;
+    } else {
+        return false;
+    }
     rt->watch_off[page] = NO_WATCH;
+    struct ivy_actions acts;
+    acts.n = 0;
+    ivy_engine_hold_event(&rt->engine, page, event, &acts);
+    run_actions(rt, &acts, false);
     return true;
 }
 
-/* Must a request for `page` wait? Yes inside the window, and behind any
- * request already waiting (arrival order). */
-static bool holding(struct ivy_rt *rt, uint64_t page)
-{
-    return rt->held[page] || (rt->hold_until[page] && !hold_over(rt, page, now_ns()));
-}
-
-/* holding --request--> holding, request appended to held[page] */
-static void hold_request(struct ivy_rt *rt, const struct ivy_msg *m)
-{
-    if (!rt->held[m->page]) {
-        if (rt->nheld == rt->held_cap) {
-            size_t cap = rt->held_cap ? rt->held_cap * 2 : 16;
-            uint64_t *n = realloc(rt->held_pages, cap * sizeof *n);
-            if (!n)
-                abort();
-            rt->held_pages = n;
-            rt->held_cap = cap;
-        }
-        rt->held_pages[rt->nheld++] = m->page;
-    }
-    list_append(&rt->held[m->page], m);
-    rt->stats.held++;
-    TRACE(rt, trace_hold, IVY_TR_HOLD_BEGIN, m->page, m);
-}
-
 /*
- * holding --window over--> idle: queue every held request whose window has
- * passed. Returns the earliest deadline still pending (0: none), which
- * bounds the next epoll wait.
+ * Tell the engine about every watched window that is over. Returns the
+ * earliest deadline still pending (0: none), which bounds the next epoll
+ * wait. A page that left HOLDING by itself (a new acquisition) is dropped:
+ * the engine unparks at that acquisition's end, or holds again.
  */
 static uint64_t hold_release_expired(struct ivy_rt *rt)
 {
     uint64_t now = now_ns(), next = 0;
     for (size_t i = 0; i < rt->nheld;) {
         uint64_t page = rt->held_pages[i], until = rt->hold_until[page];
-        if (hold_over(rt, page, now)) {
-            TRACE(rt, trace_hold, IVY_TR_HOLD_END, page, NULL);
-            list_to_fifo(rt, &rt->held[page]);
+        if (!page_holding(rt, page) || !rt->parked[page] || hold_check(rt, page, now)) {
+            if (!page_holding(rt, page))
+                TRACE(rt, trace_hold, IVY_TR_HOLD_END, page, NULL);
             rt->held_pages[i] = rt->held_pages[--rt->nheld];
             continue;
         }
@@ -406,22 +415,25 @@ static uint64_t hold_release_expired(struct ivy_rt *rt)
     return next;
 }
 
-/* Re-deliver what the engine held for `page`: at once, or after the window. */
+static void park(struct ivy_rt *rt, const struct ivy_msg *m)
+{
+    struct parked *p = list_append(&rt->parked[m->page], m);
+    if (page_holding(rt, m->page)) {
+        p->held = true; /* by the window, not by an acquisition: counted apart */
+        rt->stats.held++;
+        TRACE(rt, trace_hold, IVY_TR_HOLD_BEGIN, m->page, m);
+        hold_watch(rt, m->page);
+    } else {
+        rt->stats.parked++;
+    }
+}
+
+/* Re-deliver, in arrival order, what the engine parked for `page`. */
 static void unpark(struct ivy_rt *rt, uint64_t page)
 {
     for (struct parked *p = rt->parked[page]; p; p = p->next)
-        rt->stats.unparked++;
-    if (!rt->parked[page])
-        return;
-    if (holding(rt, page)) {
-        while (rt->parked[page]) {
-            struct parked *p = rt->parked[page];
-            rt->parked[page] = p->next;
-            hold_request(rt, &p->msg);
-            free(p);
-        }
-        return;
-    }
+        if (!p->held)
+            rt->stats.unparked++;
     list_to_fifo(rt, &rt->parked[page]);
 }
 
@@ -435,7 +447,7 @@ static void fault_done(struct ivy_rt *rt, uint64_t page)
     }
     rt->remote[page] = 0;
     uint64_t now = now_ns();
-    hold_begin(rt, page, now);
+    rt->done_ns = now; /* a HOLD that follows starts its window here */
     probe_fault_end(rt, page, now);
     if (!rt->fault_t0[page])
         return;
@@ -491,7 +503,8 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
                        "engine action %u names page 0x%llx beyond RAM", a->kind, (unsigned long long)a->page);
             return;
         }
-        TRACE(rt, trace_action, a);
+        if (a->kind != IVY_ACT_PARK || !page_holding(rt, a->page)) /* a hold's PARK: HOLD_BEGIN */
+            TRACE(rt, trace_action, a);
         switch (a->kind) {
         case IVY_ACT_SEND: send_action(rt, a); break;
         case IVY_ACT_MAP_RO: grant(rt, a->page, false, false); PROF(rt, PROF_GRANTED); break;
@@ -506,6 +519,7 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
         case IVY_ACT_PARK: park(rt, &a->msg); break;
         case IVY_ACT_UNPARK: unpark(rt, a->page); break;
         case IVY_ACT_DONE: fault_done(rt, a->page); break;
+        case IVY_ACT_HOLD: hold_start(rt, a->page); break;
         default:
             rt_fail_as(rt, IVY_FAIL_ENGINE, IVY_RT_NO_NODE, a->page, "action kind",
                        "engine returned unknown action kind %u", a->kind);
@@ -611,6 +625,12 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
         c->bye = true;
         return;
     }
+    /* A window that ran out with nobody waiting ends now, so this request
+     * is served at once; one that others wait behind keeps it, parked behind
+     * them until the loop's next pass releases them all (arrival order). */
+    if ((m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE) && page_holding(rt, m->page) &&
+        !rt->parked[m->page])
+        hold_check(rt, m->page, now_ns());
     /* What the pure decoder cannot check: does the message fit the page's
      * state (a reply answers our request, an ack one we wait for, ...)? The
      * engine's table answers, once per frame, before any byte is copied, so
@@ -628,10 +648,6 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
         return;
     }
     probe_message(&rt->last_recv[m->page], m->type, c->peer);
-    if ((m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE) && holding(rt, m->page)) {
-        hold_request(rt, m);
-        return;
-    }
     if (m->type == IVY_MSG_REPLY) {
         rt->stats.reply_hops += m->hops;
         if (f->data) {
@@ -695,7 +711,7 @@ static void *event_loop(void *arg)
             next_release = hold_release_expired(rt);
             if (!rt->fifo.len)
                 break;
-            drain_fifo(rt); /* may hold new requests: look again */
+            drain_fifo(rt); /* may park new requests behind a window: look again */
         }
         PROF(rt, PROF_EPOLL_IN);
         if (rt->waiting_remote && rt->cfg.poll_us) {
@@ -888,7 +904,6 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     rt->fault_t0 = calloc(rt->npages, sizeof *rt->fault_t0);
     rt->fault_count = calloc(rt->npages, sizeof *rt->fault_count);
     rt->parked = calloc(rt->npages, sizeof *rt->parked);
-    rt->held = calloc(rt->npages, sizeof *rt->held);
     rt->hold_until = calloc(rt->npages, sizeof *rt->hold_until);
     rt->hold_ns = (uint64_t)cfg->hold_us * 1000u;
     rt->write_off = malloc(rt->npages * sizeof *rt->write_off);
@@ -897,13 +912,13 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     for (uint64_t p = 0; rt->write_off && rt->watch_off && p < rt->npages; p++)
         rt->write_off[p] = rt->watch_off[p] = NO_WATCH;
     if (!rt->pages || !rt->mapped || !rt->remote || !rt->fault_t0 || !rt->fault_count || !rt->parked ||
-        !rt->held || !rt->hold_until || !rt->write_off || !rt->watch_off || !rt->watch_val || probe_init(rt)) {
+        !rt->hold_until || !rt->write_off || !rt->watch_off || !rt->watch_val || probe_init(rt)) {
         snprintf(err, errlen, "out of memory for %llu pages", (unsigned long long)rt->npages);
         ivy_rt_destroy(rt);
         return NULL;
     }
     struct ivy_config ec = {.self = cfg->self, .nnodes = cfg->nnodes, .read_ownership = cfg->read_ownership,
-                            .manager = cfg->manager, .npages = rt->npages};
+                            .manager = cfg->manager, .hold = cfg->hold_us != 0, .npages = rt->npages};
     ivy_engine_init(&rt->engine, &ec, rt->pages);
     if (trace_create(rt, err, errlen) || setup_uffd(rt, err, errlen) || setup_loop(rt, err, errlen)) {
         ivy_rt_destroy(rt);
@@ -982,14 +997,11 @@ void ivy_rt_destroy(struct ivy_rt *rt)
         free(rt->conns[i].in);
         free(rt->conns[i].out);
     }
-    struct parked **lists[] = {rt->parked, rt->held};
-    for (unsigned l = 0; l < 2; l++) {
-        for (uint64_t p = 0; lists[l] && p < rt->npages; p++) {
-            while (lists[l][p]) {
-                struct parked *next = lists[l][p]->next;
-                free(lists[l][p]);
-                lists[l][p] = next;
-            }
+    for (uint64_t p = 0; rt->parked && p < rt->npages; p++) {
+        while (rt->parked[p]) {
+            struct parked *next = rt->parked[p]->next;
+            free(rt->parked[p]);
+            rt->parked[p] = next;
         }
     }
     free(rt->fifo.q);
@@ -999,7 +1011,6 @@ void ivy_rt_destroy(struct ivy_rt *rt)
     free(rt->fault_t0);
     free(rt->fault_count);
     free(rt->parked);
-    free(rt->held);
     free(rt->hold_until);
     free(rt->held_pages);
     free(rt->write_off);

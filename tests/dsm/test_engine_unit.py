@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.dsm.engine_ffi import (
-    ACT_DONE, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE, ACT_WRPROTECT,
+    ACT_DONE, ACT_HOLD, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE, ACT_WRPROTECT,
     ACT_ZAP, IDLE, INITIAL, INVALID, MGR_CENTRAL, MGR_DYNAMIC, MGR_FIXED, MODIFIED,
     MSG_INV_ACK, MSG_INVALIDATE, MSG_READ, MSG_REPLY, MSG_WRITE, READ_STALE,
     REPLY_DATA, REPLY_OWNERSHIP, SHARED, WAIT_ACKS, WANT_READ, WANT_WRITE, Action, CEngine,
-    EngineAssertion, Msg,
+    EngineAssertion, HOLDING, Msg,
 )
 from tests.dsm.sim import ALL_OPTIONS, Simulation, SimFailure
 
@@ -489,3 +489,42 @@ def test_cli_replays_a_seed() -> None:
          "ivy,fixed"], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok:")
+
+
+# ------------------------------------------------------------ the hold window
+
+
+def test_requests_arriving_during_a_hold_wait_for_its_end() -> None:
+    """A new request reaching an owner inside its window is parked by the engine and
+    served, in arrival order, once the window is over."""
+    sim = net(3, "giantvm,dynamic,hold")
+    writer = sim.access_now(1, 0, True)
+    sim.deliver_one(1, 0)
+    sim.deliver_one(0, 1)
+    assert kinds(last_actions(sim, 1)) == [ACT_MAP_RW, ACT_DONE, ACT_HOLD]
+    assert sim.engines[1].page(0).pending == HOLDING
+    sim.access_now(2, 0, False)  # READ 2 -> 0 -> 1, arriving inside node 1's window
+    sim.deliver_one(2, 0)
+    sim.deliver_one(0, 1)
+    assert kinds(last_actions(sim, 1)) == [ACT_PARK]
+    sim.retry_ready()  # the woken writer stores: the runtime's watched word changes
+    assert not sim.blocked(writer) and (1, 0) in sim.stored
+    sim.end_holds()
+    assert kinds(last_actions(sim, 1)) == [ACT_UNPARK]
+    sim.redeliver_unparked()
+    assert kinds(last_actions(sim, 1)) == [ACT_WRPROTECT, ACT_SEND]
+    assert sim.coverage["request_hold"] == 1 and sim.coverage["hold_cut_by_store"] == 1
+    sim.settle()
+
+
+def test_a_hold_that_ran_out_unparks_even_without_a_store() -> None:
+    sim = net(2, "giantvm,dynamic,hold")
+    sim.access_now(0, 0, False)  # node 0's first read: a local grant, held too
+    assert kinds(last_actions(sim, 0)) == [ACT_MAP_RO, ACT_DONE, ACT_HOLD]
+    sim.access_now(1, 0, True)
+    sim.deliver_one(1, 0)
+    assert kinds(last_actions(sim, 0)) == [ACT_PARK]
+    sim.end_holds()
+    assert sim.coverage["hold_expired"] == 1 and sim.coverage["hold_cut_by_store"] == 0
+    sim.settle()
+    assert sim.engines[1].page(0).state == MODIFIED
