@@ -166,11 +166,14 @@ int ivy_rt_page_info(const struct ivy_rt *rt, uint64_t page, struct ivy_rt_page_
     const struct ivy_page *p = &rt->pages[page];
     uint64_t t = now_ns(), t0 = __atomic_load_n(&rt->fault_t0[page], __ATOMIC_RELAXED);
     const struct page_msg *s = &rt->last_sent[page], *r = &rt->last_recv[page];
+    bool parked = false, held = false; /* one list: the hold window's entries are marked */
+    for (const struct parked *q = rt->parked[page]; q; q = q->next)
+        *(q->held ? &held : &parked) = true;
     *out = (struct ivy_rt_page_info){
         .state = p->state, .owner = p->owner, .pending = p->pending, .probowner = p->probowner,
         .copyset = p->copyset, .version = p->version, .acks_missing = p->acks_missing,
         .access = (uint8_t)ivy_engine_access(&rt->engine, page), .mapped = rt->mapped[page],
-        .parked = rt->parked[page] != NULL, .held = rt->held[page] != NULL,
+        .parked = parked, .held = held,
         .fault_age_ns = t0 && t > t0 ? t - t0 : 0,
         .sent_type = s->type, .sent_peer = s->peer, .sent_age_ns = s->ns && t > s->ns ? t - s->ns : 0,
         .recv_type = r->type, .recv_peer = r->peer, .recv_age_ns = r->ns && t > r->ns ? t - r->ns : 0};

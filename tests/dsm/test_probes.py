@@ -17,8 +17,8 @@ from hypervisor._ivy_testkit import lib as kit
 from hypervisor.dsm import PAGE_SIZE, DsmNode
 from tests.dsm.test_runtime import READ, REPLY, frame, owner_node, ram, recv_frame, scripted  # noqa: F401
 
-STATE_INITIAL, STATE_SHARED = 0, 2
-WANT_READ = 1
+STATE_INITIAL, STATE_SHARED = lib.IVY_INITIAL, lib.IVY_SHARED
+WANT_READ, HOLDING = lib.IVY_WANT_READ, lib.IVY_HOLDING
 
 
 def address(node: DsmNode) -> int:
@@ -66,7 +66,8 @@ def test_a_blocked_vcpu_is_named_with_its_page_and_counted_once_granted(scripted
     assert 0.3e9 <= vcpu["blocked_ns"] == vcpu["max_ns"] < 5e9
     assert node.outstanding() == []
     info = node.page_info(5)
-    assert (info["state"], info["owner"], info["pending"], info["fault_age_ns"]) == (STATE_SHARED, 1, 0, 0)
+    # The new owner holds the page for its woken reader (the hold window is engine state).
+    assert (info["state"], info["owner"], info["pending"], info["fault_age_ns"]) == (STATE_SHARED, 1, HOLDING, 0)
     assert (info["recv_type"], info["recv_peer"]) == (REPLY, 0)
 
 
