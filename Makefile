@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 NATIVE_SOURCES := $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: all setup guests demo demo-single test check-engine protocol-doc bench clean distclean
+.PHONY: all setup libssl guests demo demo-single test check-engine protocol-doc bench clean distclean
 
 all: setup guests
 
@@ -20,11 +20,21 @@ setup: $(STAMP)
 # the compiled modules on the next `make`. The test kit (native/testkit.c)
 # is a module of its own, for the tests and the benchmark, not in the package.
 $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
+	@$(MAKE) --no-print-directory libssl
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel cffi
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
 	$(PY) native/build.py --testkit
 	touch $@
+
+# native/aead.c seals every frame with OpenSSL's libcrypto: its headers come
+# with libssl-dev. As root on Debian/Ubuntu it is installed; otherwise one line says what to do.
+libssl:
+	@test -f /usr/include/openssl/evp.h || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing libssl-dev (OpenSSL headers for native/aead.c)"; \
+	    apt-get install -y -q libssl-dev >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q libssl-dev >/dev/null; }; \
+	  else echo "make: OpenSSL headers missing: install libssl-dev (e.g. sudo apt-get install libssl-dev)"; exit 1; fi; }
 
 guests:
 	$(MAKE) -C guest

@@ -4,7 +4,10 @@ Memory coherence travels on the DSM connections (C, no Python per fault).
 Everything else that makes N processes look like one machine travels here:
 forwarded port I/O, cross-node interrupts, parking, errors and the final
 stop. It is deliberately small: a fixed 8-byte header (type, flags, payload
-length) and one struct per message type.
+length) and one struct per message type. Every frame travels sealed, one
+AES-256-GCM record each (hypervisor/crypto.py), under the keys the control
+handshake derived: a frame that is forged, altered, replayed, reordered or
+follows a dropped one never opens, and the peer is taken for lost.
 
 Each node k > 0 holds one connection to node 0 (a star): node 0 owns the
 devices, so every forwarded access has to reach it anyway, and relaying an
@@ -18,6 +21,8 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
+
+from .crypto import OVERHEAD, PREFIX, CryptoError, LinkKeys, Opener, Sealer
 
 HEADER = struct.Struct("<HHI")  # type, flags, payload length
 MAX_PAYLOAD = 4096
@@ -107,24 +112,38 @@ def check_header(kind: int, length: int) -> Msg:
 
 
 class Channel:
-    """One authenticated control connection: framed send (any thread), framed receive (one thread)."""
+    """One authenticated control connection: sealed framed send (any thread), receive (one thread)."""
 
-    def __init__(self, sock: socket.socket, peer: int):
+    def __init__(self, sock: socket.socket, peer: int, keys: LinkKeys):
         self.sock = sock
         self.peer = peer
+        self._sealer = Sealer(keys.send)
+        self._opener = Opener(keys.recv)
         self._send_lock = threading.Lock()
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def send(self, data: bytes) -> None:
+        """Send one frame (from encode()); records go out in the order they are sealed."""
         with self._send_lock:
-            self.sock.sendall(data)
+            self.sock.sendall(self._sealer.seal(data))
 
     def receive(self) -> Frame:
-        header = self._read_exact(HEADER.size)
-        kind, flags, length = HEADER.unpack(header)
-        msg = check_header(kind, length)
-        return Frame(msg, flags, self._read_exact(length) if length else b"")
+        prefix = self._read_exact(PREFIX.size)
+        (length,) = PREFIX.unpack(prefix)
+        if not HEADER.size <= length <= HEADER.size + MAX_PAYLOAD:
+            raise ControlError(f"node {self.peer} sent a control record of {length} bytes, which no control "
+                               f"frame has (forged or corrupted)")
+        try:
+            frame = self._opener.open(prefix + self._read_exact(length + OVERHEAD - PREFIX.size))
+        except CryptoError as err:
+            raise ControlError(f"node {self.peer} sent a control frame that {err}") from None
+        kind, flags, payload_len = HEADER.unpack_from(frame)
+        msg = check_header(kind, payload_len)
+        if payload_len != length - HEADER.size:
+            raise ControlError(f"node {self.peer} sent a control record of {length} bytes holding a "
+                               f"{msg.name} of {payload_len}")
+        return Frame(msg, flags, frame[HEADER.size:])
 
     def _read_exact(self, count: int) -> bytes:
         chunks = bytearray()

@@ -124,13 +124,16 @@ def _histogram(stats: Any) -> dict[int, int]:
 class DsmNode:
     """One node of the DSM: owns the runtime, its thread and the peer sockets.
 
-    ``peers`` maps every other node id to a connected, authenticated socket;
-    the node takes ownership of them (they are detached and closed by stop()).
+    ``peers`` maps every other node id to an authenticated connection with its
+    keys (a ``hypervisor.handshake.Link``: ``.sock`` and ``.keys``); the node
+    takes ownership of the sockets (detached, closed by stop()). Every frame
+    is sealed with the keys. ``insecure_plaintext`` sends frames unsealed: it
+    exists for the benchmark's baseline only and no user path reaches it.
     Create, optionally mark_loaded(), start(), then stop() (or use ``with``).
     """
 
     def __init__(self, node_id: int, nnodes: int, ram: Any, peers: Mapping[int, Any],
-                 options: DsmOptions | None = None) -> None:
+                 options: DsmOptions | None = None, *, insecure_plaintext: bool = False) -> None:
         self.node_id = node_id
         self.nnodes = nnodes
         self.options = options or DsmOptions()
@@ -160,7 +163,13 @@ class DsmNode:
         cfg.trace_records = self.options.trace_records
         for i in range(MAX_NODES):
             cfg.peer_fds[i] = -1
-        for peer, sock in peers.items():
+        cfg.insecure_plaintext = bool(insecure_plaintext)
+        for peer, link in peers.items():
+            if not insecure_plaintext:
+                at = peer * len(link.keys.send)
+                ffi.memmove(cfg.send_keys + at, link.keys.send, len(link.keys.send))
+                ffi.memmove(cfg.recv_keys + at, link.keys.recv, len(link.keys.recv))
+            sock = link.sock
             cfg.peer_fds[peer] = sock.detach() if hasattr(sock, "detach") else int(sock)
         err = ffi.new("char[]", ERR_LEN)
         self._rt = lib.ivy_rt_create(cfg, err, ERR_LEN)

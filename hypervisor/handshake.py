@@ -1,21 +1,31 @@
-"""Authenticated DSM connections: the hello/HMAC handshake and the full mesh.
+"""Authenticated, keyed connections: the handshake, concurrent accepting, and the full mesh.
 
-Each pair of nodes shares one TCP connection; the lower id connects, the
-higher accepts. Before a socket is handed to the C runtime both ends:
+Each pair of nodes shares one TCP connection per channel (DSM, control); the
+lower id connects, the higher accepts. Before a socket is used both ends run,
+with the connecting side (the initiator) proving first:
 
-1. send a hello (magic, protocol version, own id, the id it expects at the
-   other end, cluster size, RAM size, page size, protocol options, the
-   channel it is for: the DSM port or the control port, a fresh 32-byte
-   nonce) and check the other's field by field, so a mismatch is reported on
-   both sides naming the values;
-2. send HMAC-SHA256(secret, channel || role || both hellos) and check the other's with a
-   constant-time compare, so each side proves it knows the cluster secret and
-   a proof can be neither replayed (fresh nonces) nor reflected (roles);
-3. exchange a one-byte verdict, so neither side starts using a link the
-   other refused.
+1. the acceptor sends only a greeting: magic, protocol version and a fresh
+   32-byte nonce. A stranger learns nothing else, ever;
+2. the initiator sends its hello (magic, protocol version, own id, the id it
+   expects, cluster size, RAM size, page size, protocol options, the channel,
+   a fresh nonce) and HMAC-SHA256(secret, "I" || greeting || hello);
+3. the acceptor checks that proof (constant time). Wrong: one refusal byte and
+   the connection is closed; the caller learnt neither the acceptor's shape
+   nor a proof from it, so nothing to guess the secret against offline.
+   Right: it sends its own hello and HMAC(secret, "A" || greeting || both
+   hellos), which the initiator checks;
+4. both compare the hellos field by field (a mismatch is reported on both
+   sides naming the values) and exchange a one-byte verdict, so neither side
+   starts using a link the other refused.
 
-Every read has a deadline: a silent or garbage-speaking peer costs at most
-`timeout` seconds and a one-line HandshakeError, never a hang.
+Then both derive the link's keys (hypervisor/crypto.py): HKDF-SHA256 of the
+secret over the whole transcript (both nonces, both hellos), per channel and
+per direction. Every later frame is sealed with them.
+
+Accepting never waits on one caller: each accepted connection handshakes in
+its own thread, the first byte of a hello must arrive within
+FIRST_BYTE_SECONDS and the whole handshake within its timeout, so silent,
+slow or garbage-speaking strangers, many at once, cost formation nothing.
 """
 from __future__ import annotations
 
@@ -28,23 +38,33 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
+from hypervisor import crypto
 from hypervisor.dsm import PAGE_SIZE, PROTOCOL_VERSION, DsmError, DsmOptions
 
 HELLO_MAGIC = b"IVYH"
 HELLO = struct.Struct("<4sHHHHQIBBB1x32s")
-# One secret guards both ports, so the channel is named in the hello and in the
-# proof: a DSM hello sent to a control port (or back) is refused, never mistaken.
+GREETING_MAGIC = b"IVYA"
+GREETING = struct.Struct("<4sH2x32s")   # magic, protocol version, the acceptor's nonce
+# One secret guards both ports, so the channel is named in the hello (which the
+# proofs and the keys cover): a DSM hello sent to a control port is refused, never mistaken.
 PURPOSES = {b"dsm": 1, b"control": 2}
 _PURPOSE_NAMES = {code: name.decode() for name, code in PURPOSES.items()}
 PROOF_SIZE = 32
 VERDICT_OK = b"\x01"
 VERDICT_REFUSED = b"\x00"
+FIRST_BYTE_SECONDS = 1.0      # a caller that says nothing this long after the greeting is dropped
+HANDSHAKE_SECONDS = 3.0       # the whole handshake, however slowly a caller trickles it
+MAX_HANDSHAKES = 256          # in flight per listener; more callers are closed at once
 
 
 class HandshakeError(DsmError):
     """A peer connection was refused; the message says why, with the values."""
+
+
+class _ClosedEarly(HandshakeError):
+    """The acceptor closed before its greeting (overloaded by strangers): worth another try."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,25 @@ class ClusterShape:
     def of(cls, nnodes: int, ram_size: int, options: DsmOptions | None = None) -> "ClusterShape":
         options = options or DsmOptions()
         return cls(nnodes, ram_size, PAGE_SIZE, options.read_ownership_code, options.manager_code)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a handshake established: the peer's id and the connection's keys."""
+
+    peer: int
+    keys: crypto.LinkKeys
+
+
+@dataclass
+class Link:
+    """An authenticated connection and its keys, ready for the DSM core or a control Channel."""
+
+    sock: socket.socket
+    keys: crypto.LinkKeys
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @dataclass(frozen=True)
@@ -84,10 +123,12 @@ class _Hello:
 ANY_NODE = 0xFFFF
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float, who: str, what: str) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float, who: str, what: str,
+                first_byte_by: float | None = None) -> bytes:
     buf = b""
     while len(buf) < n:
-        left = deadline - time.monotonic()
+        until = deadline if buf or first_byte_by is None else min(deadline, first_byte_by)
+        left = until - time.monotonic()
         if left <= 0:
             raise HandshakeError(f"handshake with {who} timed out waiting for its {what}")
         sock.settimeout(left)
@@ -134,62 +175,117 @@ def _mismatches(mine: _Hello, theirs: _Hello, self_id: int, expected: Collection
     return out
 
 
-def _proof(secret: bytes, purpose: bytes, role: bytes, hello_initiator: bytes, hello_acceptor: bytes) -> bytes:
-    return hmac.new(secret, b"ivyvm-dsm-v1 " + purpose + b" " + role + hello_initiator + hello_acceptor,
-                    hashlib.sha256).digest()
+def _proof(secret: bytes, purpose: bytes, role: bytes, *transcript: bytes) -> bytes:
+    """`purpose` is the channel the initiator's hello names: the proof binds it."""
+    return hmac.new(secret, b"ivyvm-hs-v2 " + purpose + b" " + role + b"".join(transcript), hashlib.sha256).digest()
+
+
+def _unpack_hello(raw: bytes, who: str) -> _Hello:
+    if raw[:4] != HELLO_MAGIC:
+        raise HandshakeError(f"{who} is not an ivyvm DSM node: it sent {raw[:16]!r} instead of a hello")
+    return _Hello(*HELLO.unpack(raw)[1:])
 
 
 def handshake(sock: socket.socket, *, self_id: int, shape: ClusterShape, secret: bytes, initiator: bool,
-              expected: Collection[int], timeout: float = 5.0, who: str | None = None,
-              proto: int = PROTOCOL_VERSION, purpose: bytes = b"dsm") -> int:
-    """Authenticate one connection; returns the peer's node id or raises HandshakeError.
+              expected: Collection[int], timeout: float = HANDSHAKE_SECONDS, who: str | None = None,
+              proto: int = PROTOCOL_VERSION, purpose: bytes = b"dsm") -> Session:
+    """Authenticate one connection and key it; returns the peer's id and the keys, or raises HandshakeError.
 
     The initiator names the one node it expects; the acceptor passes every id
     it still waits for. `proto` is the protocol version this node speaks;
     `purpose` the channel (b"dsm" or b"control"), which both ends must share.
     On error the socket is left open for the caller to close.
     """
-    if not secret:
-        raise HandshakeError("the cluster secret is empty")
+    problem = crypto.secret_problem(secret)
+    if problem:
+        raise HandshakeError(problem)
     if purpose not in PURPOSES:
         raise HandshakeError(f"handshake purpose {purpose!r}: expected one of "
                              f"{', '.join(repr(p) for p in PURPOSES)}")
-    who = who or _peer_name(sock)
-    deadline = time.monotonic() + timeout
     target = next(iter(expected)) if initiator and len(expected) == 1 else ANY_NODE
+    if who is None:
+        who = _peer_name(sock)
+        if target != ANY_NODE:
+            who = f"node {target}" + (f" at {who}" if who != "the peer" else "")
+    deadline = time.monotonic() + timeout
     mine = _Hello(proto, shape.nnodes, self_id, target, shape.ram_size, shape.page_size,
                   shape.read_ownership, shape.manager, PURPOSES[purpose], os.urandom(32))
     if initiator:
-        _send(sock, mine.pack(), deadline, who)
-    raw = _recv_exact(sock, HELLO.size, deadline, who, "hello")
-    if raw[:4] != HELLO_MAGIC:
-        raise HandshakeError(f"{who} is not an ivyvm DSM node: it sent {raw[:16]!r} instead of a hello")
-    theirs = _Hello(*HELLO.unpack(raw)[1:])
-    if not initiator:
-        # The acceptor answers with the id it learnt, and answers even a bad
-        # hello so the initiator can name the mismatch too.
-        mine = _Hello(**{**mine.__dict__, "target": theirs.sender})
-        _send(sock, mine.pack(), deadline, who)
-    who = f"node {theirs.sender} ({who})" if theirs.sender < shape.nnodes else who
+        return _initiate(sock, mine, self_id, expected, secret, deadline, who)
+    return _accept(sock, mine, self_id, expected, secret, deadline, who)
+
+
+def _initiate(sock: socket.socket, mine: _Hello, self_id: int, expected: Collection[int], secret: bytes,
+              deadline: float, who: str) -> Session:
+    try:
+        greeting = _recv_exact(sock, GREETING.size, deadline, who, "greeting")
+    except HandshakeError as err:
+        if "closed the connection" in str(err) or "failed reading" in str(err):
+            raise _ClosedEarly(str(err)) from None
+        raise
+    if greeting[:4] != GREETING_MAGIC:
+        raise HandshakeError(f"{who} is not an ivyvm node: it sent {greeting[:16]!r} instead of a greeting")
+    hello = mine.pack()
+    _send(sock, hello + _proof(secret, _PURPOSE_NAMES[mine.purpose].encode(), b"I", greeting, hello),
+          deadline, who)
+    answer = _recv_exact(sock, 1, deadline, who, "answer to this node's proof")
+    if answer == VERDICT_REFUSED:
+        raise HandshakeError(secrets_differ(who, "it refused this node's proof"))
+    if answer != VERDICT_OK:
+        raise HandshakeError(f"{who} is not an ivyvm node: it answered the proof with {answer!r}")
+    raw = _recv_exact(sock, HELLO.size + PROOF_SIZE, deadline, who, "hello")
+    theirs = _unpack_hello(raw[:HELLO.size], who)
+    who = f"node {theirs.sender} ({who})" if theirs.sender < mine.nnodes else who
+    want = _proof(secret, _PURPOSE_NAMES[mine.purpose].encode(), b"A", greeting, hello, raw[:HELLO.size])
+    if not hmac.compare_digest(raw[HELLO.size:], want):
+        _send_quietly(sock, VERDICT_REFUSED, deadline, who)
+        raise HandshakeError(secrets_differ(who, "its proof does not match this node's secret"))
     problems = _mismatches(mine, theirs, self_id, expected)
     if problems:
         raise HandshakeError(f"refusing {who}: " + "; ".join(problems))
-    h_init, h_acc = (mine.pack(), raw) if initiator else (raw, mine.pack())
-    my_role, their_role = (b"I", b"A") if initiator else (b"A", b"I")
-    _send(sock, _proof(secret, purpose, my_role, h_init, h_acc), deadline, who)
-    their_proof = _recv_exact(sock, PROOF_SIZE, deadline, who, "proof of the cluster secret")
-    if not hmac.compare_digest(their_proof, _proof(secret, purpose, their_role, h_init, h_acc)):
-        try:
-            _send(sock, VERDICT_REFUSED, deadline, who)
-        except HandshakeError:
-            pass
-        raise HandshakeError(secrets_differ(who, "its proof does not match this node's secret"))
+    return _conclude(sock, mine, theirs, secret, greeting + hello + raw[:HELLO.size], True, deadline, who)
+
+
+def _accept(sock: socket.socket, mine: _Hello, self_id: int, expected: Collection[int], secret: bytes,
+            deadline: float, who: str) -> Session:
+    greeting = GREETING.pack(GREETING_MAGIC, mine.proto, os.urandom(32))
+    _send(sock, greeting, deadline, who)
+    raw = _recv_exact(sock, HELLO.size, deadline, who, "hello", first_byte_by=time.monotonic() + FIRST_BYTE_SECONDS)
+    theirs = _unpack_hello(raw, who)
+    proof = _recv_exact(sock, PROOF_SIZE, deadline, who, "proof of the cluster secret")
+    claimed = f"node {theirs.sender} ({who})" if theirs.sender < mine.nnodes else who
+    channel = _PURPOSE_NAMES.get(theirs.purpose)
+    if channel is None or not hmac.compare_digest(proof, _proof(secret, channel.encode(), b"I", greeting, raw)):
+        _send_quietly(sock, VERDICT_REFUSED, deadline, who)
+        raise HandshakeError(secrets_differ(claimed, "its proof does not match this node's secret"))
+    who = claimed
+    # Proven: the caller may see this node's shape, and a bad one is named on both sides.
+    mine = _Hello(**{**mine.__dict__, "target": theirs.sender})
+    hello = mine.pack()
+    _send(sock, VERDICT_OK + hello + _proof(secret, channel.encode(), b"A", greeting, raw, hello), deadline, who)
+    problems = _mismatches(mine, theirs, self_id, expected)
+    if problems:
+        raise HandshakeError(f"refusing {who}: " + "; ".join(problems))
+    return _conclude(sock, mine, theirs, secret, greeting + raw + hello, False, deadline, who)
+
+
+def _conclude(sock: socket.socket, mine: _Hello, theirs: _Hello, secret: bytes, transcript: bytes,
+              initiator: bool, deadline: float, who: str) -> Session:
     _send(sock, VERDICT_OK, deadline, who)
     verdict = _recv_exact(sock, 1, deadline, who, "verdict")
     if verdict != VERDICT_OK:
         raise HandshakeError(secrets_differ(who, "it refused this node's proof"))
     sock.settimeout(None)
-    return theirs.sender
+    keys = crypto.derive_keys(secret, hashlib.sha256(transcript).digest(),
+                              _PURPOSE_NAMES[mine.purpose].encode(), initiator)
+    return Session(theirs.sender, keys)
+
+
+def _send_quietly(sock: socket.socket, data: bytes, deadline: float, who: str) -> None:
+    try:
+        _send(sock, data, deadline, who)
+    except HandshakeError:
+        pass
 
 
 def secrets_differ(who: str, evidence: str) -> str:
@@ -207,8 +303,11 @@ def _peer_name(sock: socket.socket) -> str:
     return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "the peer"
 
 
-def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = 64) -> socket.socket:
-    """A listening socket for the DSM port (loopback unless told otherwise)."""
+def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = 1024) -> socket.socket:
+    """A listening socket for a DSM or control port (loopback unless told otherwise).
+
+    The backlog is deep so a crowd of strangers cannot fill it before they are accepted
+    (and dropped): a real peer's connection is never left waiting for a SYN retry."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -238,10 +337,111 @@ def _connect(addr: tuple[str, int], deadline: float) -> socket.socket:
             time.sleep(0.05)
 
 
+def connect_peer(addr: tuple[str, int], deadline: float, *, self_id: int, peer: int, shape: ClusterShape,
+                 secret: bytes, purpose: bytes = b"dsm", who: str | None = None,
+                 handshake_timeout: float = HANDSHAKE_SECONDS) -> Link:
+    """Connect to node `peer` at `addr` and handshake as the initiator, retrying (until
+    `deadline`) while nobody listens or the acceptor sheds connections under a crowd."""
+    who = who or f"node {peer} at {addr[0]}:{addr[1]}"
+    while True:
+        sock = _connect(addr, deadline)
+        try:
+            session = handshake(sock, self_id=self_id, shape=shape, secret=secret, initiator=True,
+                                expected={peer}, timeout=handshake_timeout, who=who, purpose=purpose)
+            return Link(sock, session.keys)
+        except _ClosedEarly:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def accept_peers(listener: socket.socket, *, self_id: int, expected: Collection[int], shape: ClusterShape,
+                 secret: bytes, deadline: float, purpose: bytes = b"dsm",
+                 handshake_timeout: float = HANDSHAKE_SECONDS, abandon: threading.Event | None = None,
+                 refusals: list[str] | None = None, on_proven: Callable[[int], None] | None = None
+                 ) -> dict[int, Link]:
+    """Accept until every node in `expected` has proven itself, or `deadline`; {peer: Link}.
+
+    Every connection handshakes in a thread of its own, so no caller, however
+    silent, slow or numerous, holds up another. A refused connection is closed
+    (it may be a stranger) and its reason appended to `refusals`; `on_proven`
+    hears each node's id as it is accepted.
+    """
+    waiting = set(expected)
+    links: dict[int, Link] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+    in_flight: set[socket.socket] = set()
+    stopping = False
+
+    def serve(conn: socket.socket) -> None:
+        try:
+            with lock:
+                snapshot = set(waiting)
+            session = handshake(conn, self_id=self_id, shape=shape, secret=secret, initiator=False,
+                                expected=snapshot, timeout=handshake_timeout, purpose=purpose)
+        except (HandshakeError, OSError) as err:
+            conn.close()
+            if refusals is not None and not stopping:
+                refusals.append(str(err))
+            return
+        finally:
+            with lock:
+                in_flight.discard(conn)
+        with lock:
+            if stopping or session.peer not in waiting:
+                conn.close()     # a second proven connection from the same node: the first stays
+                return
+            links[session.peer] = Link(conn, session.keys)
+            waiting.discard(session.peer)
+            if not waiting:
+                done.set()
+        if on_proven is not None:
+            on_proven(session.peer)
+
+    try:
+        while not done.is_set() and time.monotonic() < deadline and not (abandon and abandon.is_set()):
+            listener.settimeout(max(0.01, min(0.1, deadline - time.monotonic())))
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            with lock:
+                if len(in_flight) >= MAX_HANDSHAKES:
+                    conn.close()
+                    continue
+                in_flight.add(conn)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=serve, args=(conn,), name=f"handshake-{self_id}", daemon=True).start()
+        if waiting and not done.is_set():
+            # A proven peer may be just concluding: give the handshakes in flight their last moment.
+            done.wait(0.05)
+    finally:
+        with lock:
+            stopping = True
+            for conn in in_flight:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)   # their threads end at once, closing them
+                except OSError:
+                    pass
+            if abandon is not None and abandon.is_set():
+                for link in links.values():
+                    link.close()
+                links.clear()
+    return dict(links)
+
+
 def connect_mesh(self_id: int, addresses: Sequence[tuple[str, int]], secret: bytes, shape: ClusterShape, *,
                  listener: socket.socket | None = None, timeout: float = 10.0,
-                 handshake_timeout: float = 5.0) -> dict[int, socket.socket]:
-    """Connect node `self_id` to every other node; returns {peer id: authenticated socket}.
+                 handshake_timeout: float = HANDSHAKE_SECONDS) -> dict[int, Link]:
+    """Connect node `self_id` to every other node; returns {peer id: authenticated Link}.
 
     Node i connects to every j > i at addresses[j] and accepts every j < i on
     `listener` (or on a socket bound to addresses[i]). A connection that fails
@@ -252,72 +452,46 @@ def connect_mesh(self_id: int, addresses: Sequence[tuple[str, int]], secret: byt
     nnodes = shape.nnodes
     if len(addresses) != nnodes or not 0 <= self_id < nnodes:
         raise HandshakeError(f"node {self_id}: {len(addresses)} addresses for a cluster of {nnodes}")
+    problem = crypto.secret_problem(secret)
+    if problem:
+        raise HandshakeError(problem)
     deadline = time.monotonic() + timeout
-    peers: dict[int, socket.socket] = {}
-    lock = threading.Lock()
-    accept_errors: list[str] = []
+    peers: dict[int, Link] = {}
+    accepted: dict[int, Link] = {}
+    refusals: list[str] = []
     own_listener = listener is None and self_id > 0
     if own_listener:
         listener = listen(*addresses[self_id])
-
     abandon = threading.Event()
 
     def accept_lower() -> None:
         assert listener is not None
-        waiting = set(range(self_id))
-        while waiting and time.monotonic() < deadline and not abandon.is_set():
-            listener.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                peer = handshake(conn, self_id=self_id, shape=shape, secret=secret, initiator=False,
-                                 expected=waiting, timeout=handshake_timeout)
-            except HandshakeError as err:
-                conn.close()
-                accept_errors.append(str(err))
-                continue
-            with lock:
-                if abandon.is_set():
-                    conn.close()
-                    return
-                peers[peer] = conn
-            waiting.discard(peer)
+        accepted.update(accept_peers(listener, self_id=self_id, expected=range(self_id), shape=shape,
+                                     secret=secret, deadline=deadline, handshake_timeout=handshake_timeout,
+                                     abandon=abandon, refusals=refusals))
 
     acceptor = threading.Thread(target=accept_lower, name=f"dsm-accept-{self_id}", daemon=True)
     if self_id > 0:
         acceptor.start()
     try:
         for peer in range(self_id + 1, nnodes):
-            sock = _connect(addresses[peer], deadline)
-            try:
-                handshake(sock, self_id=self_id, shape=shape, secret=secret, initiator=True, expected={peer},
-                          timeout=handshake_timeout, who=f"node {peer} at {addresses[peer][0]}:{addresses[peer][1]}")
-            except HandshakeError:
-                sock.close()
-                raise
-            with lock:
-                peers[peer] = sock
+            peers[peer] = connect_peer(addresses[peer], deadline, self_id=self_id, peer=peer, shape=shape,
+                                       secret=secret, handshake_timeout=handshake_timeout)
         if self_id > 0:
-            acceptor.join(max(0.0, deadline - time.monotonic()) + handshake_timeout)
+            acceptor.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        peers.update(accepted)
         missing = sorted(set(range(nnodes)) - {self_id} - set(peers))
         if missing:
-            detail = f"; refused: {accept_errors[-1]}" if accept_errors else ""
+            detail = f"; refused: {refusals[-1]}" if refusals else ""
             raise HandshakeError(f"node {self_id}: nodes {missing} did not connect within {timeout:.1f} s{detail}")
         return dict(peers)
     except BaseException:
         abandon.set()
-        with lock:
-            for sock in peers.values():
-                sock.close()
-            peers.clear()
+        if self_id > 0:
+            acceptor.join()  # returns within 0.1 s once abandoned
+        for link in list(peers.values()) + list(accepted.values()):
+            link.close()
         raise
     finally:
-        if self_id > 0:
-            acceptor.join()  # returns within 0.2 s once abandoned or done
         if own_listener and listener is not None:
             listener.close()

@@ -30,8 +30,9 @@ from .clocksync import ClockSync
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Frame, Msg
 from .devices import GuestIoError, describe_access
+from .crypto import secret_problem
 from .dsm import DsmError, DsmFailure, DsmNode, DsmOptions
-from .handshake import ClusterShape, HandshakeError, connect_mesh, handshake, listen
+from .handshake import ClusterShape, HandshakeError, accept_peers, connect_mesh, connect_peer, listen
 from .loader import Image, LoaderError, load_image
 from .machine import Machine, MachineError, RunResult
 from .nodestats import write_node_stats
@@ -181,24 +182,23 @@ class Node:
             deadline = self.deadline
         waiting = set(range(1, self.config.nnodes))
         try:
-            while waiting:
-                listener.settimeout(max(0.05, deadline - time.monotonic()))
-                try:
-                    sock, _ = listener.accept()
-                except (socket.timeout, OSError):
-                    if deadline == self.deadline:
-                        assert self.config.timeout is not None
-                        raise NodeError(Status.TIMEOUT, f"node 0: time limit of {self.config.timeout:g} s "
-                                                        f"reached while nodes {sorted(waiting)} were joining") from None
-                    raise NodeError(Status.CLUSTER, f"node 0: nodes {sorted(waiting)} never opened "
-                                                    f"their control connection") from None
-                try:
-                    peer = handshake(sock, self_id=0, shape=self.shape, secret=self.secret, initiator=False,
-                                     expected=waiting, purpose=b"control")
-                except HandshakeError:
-                    sock.close()       # a stranger; the DSM mesh already proved the real nodes
-                    continue
-                channel = Channel(sock, peer)
+            # Concurrent handshakes: strangers on this port cannot hold up the real nodes.
+            links = accept_peers(listener, self_id=0, expected=waiting, shape=self.shape, secret=self.secret,
+                                 deadline=deadline, purpose=b"control", on_proven=progress.joined)
+            missing = sorted(waiting - set(links))
+            if missing:
+                for link in links.values():
+                    link.close()
+                if deadline == self.deadline:
+                    assert self.config.timeout is not None
+                    raise NodeError(Status.TIMEOUT, f"node 0: time limit of {self.config.timeout:g} s "
+                                                    f"reached while nodes {missing} were joining")
+                raise NodeError(Status.CLUSTER, f"node 0: nodes {missing} never opened "
+                                                f"their control connection")
+            for peer, link in sorted(links.items()):
+                sock = link.sock
+                channel = Channel(sock, peer, link.keys)
+                self.channels[peer] = channel     # closed by _shutdown whatever happens next
                 sock.settimeout(self.config.setup_timeout)
                 frame = channel.receive()
                 if frame.type is not Msg.JOIN:
@@ -215,27 +215,21 @@ class Node:
                     channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, line))
                     raise NodeError(Status.CLUSTER, line)
                 sock.settimeout(SILENCE_SECONDS)
-                self.channels[peer] = channel
-                waiting.discard(peer)
-                progress.joined(peer)
         finally:
             listener.close()
 
     def _join_as_member(self, digest: bytes) -> None:
         host, port = self.config.nodes[0].control_address
         deadline = time.monotonic() + self.config.setup_timeout
-        while True:
-            try:
-                sock = socket.create_connection((host, port), timeout=2.0)
-                break
-            except OSError as err:
-                if time.monotonic() > deadline:
-                    raise NodeError(Status.CLUSTER, f"node {self.id}: cannot reach node 0's control port "
-                                                    f"{host}:{port}: {err.strerror or err}") from None
-                time.sleep(0.05)
-        handshake(sock, self_id=self.id, shape=self.shape, secret=self.secret, initiator=True, expected={0},
-                  who=f"node 0 at {host}:{port}", purpose=b"control")
-        channel = Channel(sock, 0)
+        try:
+            link = connect_peer((host, port), deadline, self_id=self.id, peer=0, shape=self.shape,
+                                secret=self.secret, purpose=b"control", who=f"node 0 at {host}:{port}")
+        except HandshakeError as err:
+            if "nobody listening" in str(err) or "cannot connect" in str(err):
+                raise NodeError(Status.CLUSTER, f"node {self.id}: cannot reach node 0's control port: {err}") from None
+            raise
+        sock = link.sock
+        channel = Channel(sock, 0, link.keys)
         channel.send(control.encode(Msg.JOIN, control.JOIN.pack(digest, self.config.vcpus, self.config.mem)))
         sock.settimeout(self.config.setup_timeout)
         frame = channel.receive()
@@ -611,4 +605,7 @@ def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: 
         secret = config.read_secret()
     except ConfigError as err:
         return _report(2, str(err))
+    problem = secret_problem(secret)     # every path, IVYVM_SECRET too: the handshake needs 16 bytes
+    if problem:
+        return _report(Status.USAGE, problem)
     return Node(config, node_id, secret, verbose, stats, trace_file, stats_json).run()

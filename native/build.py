@@ -26,8 +26,8 @@ from cffi import FFI
 NATIVE = Path(__file__).resolve().parent
 ROOT = NATIVE.parent
 PACKAGE = ROOT / "hypervisor"
-RUNTIME_SOURCES = ["engine.c", "runtime.c", "link.c", "trace.c", "probe.c"]
-RUNTIME_HEADERS = ["engine.h", "wire.h", "runtime.h", "trace.h"]
+RUNTIME_SOURCES = ["engine.c", "runtime.c", "link.c", "trace.c", "probe.c", "aead.c"]
+RUNTIME_HEADERS = ["aead.h", "engine.h", "wire.h", "runtime.h", "trace.h"]
 NETEM_SOURCES = ["netem.c"]
 NETEM_HEADERS = ["netem.h"]
 TESTKIT_SOURCES = ["testkit.c"]
@@ -50,7 +50,7 @@ def cdef_for(headers: list[str]) -> str:
     return "\n".join(gen.cdef_of((NATIVE / name).read_text()) for name in headers)
 
 
-def _builder(module: str, headers: list[str], sources: list[str]) -> FFI:
+def _builder(module: str, headers: list[str], sources: list[str], libraries: tuple[str, ...] = ()) -> FFI:
     ffi = FFI()
     ffi.cdef(cdef_for(headers))
     ffi.set_source(
@@ -60,12 +60,13 @@ def _builder(module: str, headers: list[str], sources: list[str]) -> FFI:
         include_dirs=[os.path.relpath(NATIVE, ROOT)],
         # IVY_CFLAGS adds flags for an experiment, e.g. -DIVY_PROFILE (see rt_internal.h).
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11", *os.environ.get("IVY_CFLAGS", "").split()],
-        libraries=["pthread"],
+        libraries=["pthread", *libraries],
     )
     return ffi
 
 
-ffibuilder = _builder("hypervisor._ivy_native", RUNTIME_HEADERS, RUNTIME_SOURCES)
+# libcrypto (OpenSSL, package libssl-dev) seals every frame: native/aead.c.
+ffibuilder = _builder("hypervisor._ivy_native", RUNTIME_HEADERS, RUNTIME_SOURCES, ("crypto",))
 # The link emulator of `ivyvm run --netns` (hypervisor/netns.py): a module of its
 # own, loaded only by the helper process that switches the namespaces' frames.
 netem_ffibuilder = _builder("hypervisor._ivy_netem", NETEM_HEADERS, NETEM_SOURCES)

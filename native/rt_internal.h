@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "aead.h"
 #include "runtime.h"
 #include "trace_hooks.h"
 #include "wire.h"
@@ -35,6 +36,7 @@ struct conn {
     uint8_t *out;           /* bytes the kernel did not take yet */
     size_t out_off, out_len, out_cap;
     uint64_t last_recv_ns, last_send_ns;
+    struct ivy_aead *tx, *rx; /* this link's sealing keys (aead.h); NULL only for insecure_plaintext */
 };
 
 /* The last DSM message sent or received for a page (probe.c). */
@@ -169,5 +171,7 @@ void link_read(struct ivy_rt *rt, struct conn *c);
 void link_close(struct ivy_rt *rt, struct conn *c);
 void link_heartbeat(struct ivy_rt *rt);
 void link_say_bye(struct ivy_rt *rt);
+int link_init_keys(struct conn *c, const uint8_t *send_key, const uint8_t *recv_key);
+void link_free_keys(struct conn *c);
 
 #endif

@@ -882,6 +882,14 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
             return NULL;
         }
     }
+    for (unsigned i = 0; i < cfg->nnodes && !cfg->insecure_plaintext; i++) {
+        static const uint8_t zero[IVY_AEAD_KEY_SIZE];
+        if (i != cfg->self && (!memcmp(cfg->send_keys + i * IVY_AEAD_KEY_SIZE, zero, sizeof zero) ||
+                               !memcmp(cfg->recv_keys + i * IVY_AEAD_KEY_SIZE, zero, sizeof zero))) {
+            snprintf(err, errlen, "node %u: no link keys for peer %u (every link is sealed)", cfg->self, i);
+            return NULL;
+        }
+    }
     struct ivy_rt *rt = calloc(1, sizeof *rt);
     if (!rt) {
         snprintf(err, errlen, "out of memory");
@@ -897,6 +905,14 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     for (unsigned i = 0; i < IVY_MAX_NODES; i++) {
         rt->conns[i].fd = i < cfg->nnodes ? cfg->peer_fds[i] : -1;
         rt->conns[i].peer = (uint16_t)i;
+    }
+    for (unsigned i = 0; i < cfg->nnodes && !cfg->insecure_plaintext; i++) {
+        if (i != cfg->self && link_init_keys(&rt->conns[i], cfg->send_keys + i * IVY_AEAD_KEY_SIZE,
+                                             cfg->recv_keys + i * IVY_AEAD_KEY_SIZE)) {
+            snprintf(err, errlen, "node %u: libcrypto could not set up AES-256-GCM", cfg->self);
+            ivy_rt_destroy(rt);
+            return NULL;
+        }
     }
     rt->pages = calloc(rt->npages, sizeof *rt->pages);
     rt->mapped = calloc(rt->npages, 1);
@@ -996,6 +1012,7 @@ void ivy_rt_destroy(struct ivy_rt *rt)
     for (unsigned i = 0; i < IVY_MAX_NODES; i++) {
         free(rt->conns[i].in);
         free(rt->conns[i].out);
+        link_free_keys(&rt->conns[i]);
     }
     for (uint64_t p = 0; rt->parked && p < rt->npages; p++) {
         while (rt->parked[p]) {

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "aead.h"
 #include "engine.h"
 #include "wire.h"
 
@@ -40,6 +41,12 @@ struct ivy_rt_config {
     uint32_t hold_us;       /* after a local fault on a page completes, requests that could take the
                                page away wait this long (Mirage's delta; 0: serve at once) */
     uint32_t trace_records; /* keep a trace ring of this many records (trace.h); 0: tracing off */
+    /* Per peer, from that link's handshake (hypervisor/handshake.py): the key sealing what this
+     * node sends, and the one opening what it receives, IVY_AEAD_KEY_SIZE bytes from
+     * offset peer * IVY_AEAD_KEY_SIZE. An all-zero key is refused. */
+    uint8_t send_keys[IVY_MAX_NODES * IVY_AEAD_KEY_SIZE];
+    uint8_t recv_keys[IVY_MAX_NODES * IVY_AEAD_KEY_SIZE];
+    uint8_t insecure_plaintext; /* frames travel unsealed: the benchmark's baseline only, never a user's */
 };
 
 /*

@@ -35,7 +35,7 @@
 #include "engine.h"
 
 #define IVY_WIRE_MAGIC 0x44595649u /* bytes 'I' 'V' 'Y' 'D' read as little-endian u32 */
-#define IVY_WIRE_PROTO 1u
+#define IVY_WIRE_PROTO 2u /* 2: every frame sealed (aead.h), handshake proves the connecting side first */
 #define IVY_WIRE_HDR_SIZE 56u
 #define IVY_WIRE_MAX_FRAME (IVY_WIRE_HDR_SIZE + IVY_PAGE_SIZE)
 

@@ -82,11 +82,13 @@ class Cluster:
 
     `image` maps pages to a 64-bit value node 0 writes through its VMM view
     and marks loaded before start, as the ELF loader does; `cpus[i]` pins
-    node i's process to one CPU (the benchmark's placements)."""
+    node i's process to one CPU (the benchmark's placements). `insecure_plaintext`
+    sends DSM frames unsealed: the benchmark's baseline for the cost of encryption."""
 
     def __init__(self, nnodes: int, pages: int = 256, options: dict | None = None,
                  hosts: Sequence[str] | None = None, prefixes: Sequence[Sequence[str]] | None = None,
-                 image: dict[int, int] | None = None, cpus: Sequence[int] | None = None) -> None:
+                 image: dict[int, int] | None = None, cpus: Sequence[int] | None = None,
+                 insecure_plaintext: bool = False) -> None:
         self.nnodes = nnodes
         self.workers: list[Worker] = []
         secret = secrets.token_hex(32)
@@ -96,7 +98,7 @@ class Cluster:
                 self.workers.append(Worker(i, prefixes[i] if prefixes else (), cpus[i] if cpus else None))
             for i, w in enumerate(self.workers):
                 w.send("init", node=i, nnodes=nnodes, pages=pages, secret=secret, options=options or {},
-                       host=hosts[i])
+                       host=hosts[i], insecure_plaintext=insecure_plaintext)
             addresses = [[hosts[i], w.recv()["port"]] for i, w in enumerate(self.workers)]
             for i, w in enumerate(self.workers):
                 w.send("connect", addresses=addresses, image=(image or {}) if i == 0 else {})

@@ -2,6 +2,7 @@
 
 Driven by JSON lines on stdin, answering JSON lines on stdout:
   {"cmd": "init", "node", "nnodes", "pages", "secret", "options", "host"} -> {"port"}
+      (and "insecure_plaintext": true for the benchmark's unsealed baseline only)
   {"cmd": "connect", "addresses", "image"} -> {"ok"}  (image {page: u64} written before start; mesh, start)
   {"cmd": "run", "workload", ...}    -> {"ok", ...results}
   {"cmd": "read", "offsets"}         -> {"values"}  (64-bit loads through the guest view)
@@ -48,6 +49,7 @@ class Worker:
         self.id, self.nnodes, self.pages = msg["node"], msg["nnodes"], msg["pages"]
         self.secret = bytes.fromhex(msg["secret"])
         self.options = DsmOptions(**msg.get("options", {}))
+        self.insecure_plaintext = bool(msg.get("insecure_plaintext", False))
         self.ram = GuestRam(self.pages * PAGE_SIZE, f"ivy-test-node{self.id}")
         self.listener = listen(msg.get("host", "127.0.0.1"), 0)
         return {"port": self.listener.getsockname()[1]}
@@ -58,7 +60,8 @@ class Worker:
         addresses = [tuple(a) for a in msg["addresses"]]
         peers = connect_mesh(self.id, addresses, self.secret, shape, listener=self.listener, timeout=15.0)
         self.listener.close()
-        self.node = DsmNode(self.id, self.nnodes, self.ram, peers, self.options)
+        self.node = DsmNode(self.id, self.nnodes, self.ram, peers, self.options,
+                            insecure_plaintext=self.insecure_plaintext)
         image = {int(p): v for p, v in msg.get("image", {}).items()}
         for page, value in image.items():  # as a loader would: through the VMM view, before start
             lib.ivy_test_store64(self.ram.vmm_addr + page * PAGE_SIZE, value)

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypervisor._ivy_native import ffi, lib
 from hypervisor.native_consts import ENGINE_TYPES, PAGE_SIZE, REPLY_DATA, REPLY_OWNERSHIP, WireStatus, WireType
 from tests.dsm.frames import HDR, unpack
+from tests.dsm.sealed_peer import sealed_pair
 NPAGES, NNODES = 1000, 5
 FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -95,7 +96,7 @@ frames = st.lists(st.tuples(st.sampled_from(list(WireType)), st.sampled_from([0,
 @given(frames, st.booleans())
 def test_live_node_survives_wrong_frames(script, faulting: bool) -> None:
     ram = GuestRam(LIVE_PAGES * PAGE_SIZE)
-    ours, theirs = socket.socketpair()
+    theirs, ours = sealed_pair()
     node = DsmNode(1, 2, ram, {0: theirs})
     node.start()
     reader = threading.Thread(target=kit.ivy_test_load64, args=(ram.guest_addr + PAGE_SIZE,), daemon=True)

@@ -22,7 +22,7 @@ def run_pair(initiator_kw: dict[str, Any], acceptor_kw: dict[str, Any], timeout:
 
     def side(i: int, sock: socket.socket, kw: dict[str, Any]) -> None:
         try:
-            results[i] = handshake(sock, timeout=timeout, **kw)
+            results[i] = handshake(sock, timeout=timeout, **kw).peer
         except Exception as err:  # the test inspects it
             results[i] = err
 
@@ -60,9 +60,10 @@ def test_wrong_secret_refused_on_both_sides() -> None:
 
 
 def test_protocol_version_mismatch_named() -> None:
-    r = run_pair({}, {"proto": 2})
-    assert_refused(r[0], "protocol version", "this node speaks 1", "node 1 speaks 2")
-    assert_refused(r[1], "protocol version", "this node speaks 2", "node 0 speaks 1")
+    mine, other = hs.PROTOCOL_VERSION, hs.PROTOCOL_VERSION + 1
+    r = run_pair({}, {"proto": other})
+    assert_refused(r[0], "protocol version", f"this node speaks {mine}", f"node 1 speaks {other}")
+    assert_refused(r[1], "protocol version", f"this node speaks {other}", f"node 0 speaks {mine}")
 
 
 def test_ram_size_mismatch_names_both_sizes() -> None:
@@ -107,7 +108,7 @@ def test_silent_peer_times_out() -> None:
     with pytest.raises(HandshakeError) as err:
         handshake(a, self_id=0, shape=SHAPE, secret=SECRET, initiator=True, expected={1}, timeout=0.3)
     assert 0.25 < time.monotonic() - t0 < 2.0
-    assert_refused(err.value, "timed out", "hello")
+    assert_refused(err.value, "timed out", "greeting")
     a.close()
     b.close()
 
@@ -123,8 +124,10 @@ def test_peer_closing_mid_handshake() -> None:
 
 def test_empty_secret_refused() -> None:
     a, b = socket.socketpair()
-    with pytest.raises(HandshakeError, match="secret is empty"):
+    with pytest.raises(HandshakeError, match="secret is 0 bytes; at least 16 are needed"):
         handshake(a, self_id=0, shape=SHAPE, secret=b"", initiator=True, expected={1})
+    with pytest.raises(HandshakeError, match="secret is 15 bytes; at least 16 are needed"):
+        handshake(a, self_id=0, shape=SHAPE, secret=b"x" * 15, initiator=False, expected={1})
     a.close()
     b.close()
 
@@ -157,9 +160,12 @@ def test_mesh_of_four_connects_every_pair() -> None:
         for i, peers in enumerate(results):
             assert isinstance(peers, dict), peers
             assert sorted(peers) == [j for j in range(4) if j != i]
-        # Each link really joins the two named nodes.
-        results[0][3].sendall(b"hi 3")
-        assert results[3][0].recv(4) == b"hi 3"
+        # Each link really joins the two named nodes, with keys that match end to end.
+        results[0][3].sock.sendall(b"hi 3")
+        assert results[3][0].sock.recv(4) == b"hi 3"
+        for i, peers in enumerate(results):
+            for j, link in peers.items():
+                assert link.keys.send == results[j][i].keys.recv
     finally:
         for peers in results:
             if isinstance(peers, dict):
@@ -199,11 +205,14 @@ def test_stranger_on_the_port_does_not_stop_the_mesh() -> None:
     try:
         assert sorted(peers0) == [1] and sorted(out[0]) == [0]
         stranger.settimeout(2)
+        told = b""
         try:
-            told = stranger.recv(100)
+            while chunk := stranger.recv(1000):
+                told += chunk
         except ConnectionResetError:  # closed with its garbage unread
-            told = b""
-        assert told == b"", "a stranger was told something before authenticating"
+            pass
+        # The greeting (magic, version, a fresh nonce) and nothing else: no shape, no proof.
+        assert len(told) == hs.GREETING.size and told[:4] == hs.GREETING_MAGIC, told
     finally:
         stranger.close()
         for s in list(peers0.values()) + list(out[0].values()):
@@ -222,6 +231,28 @@ def test_nobody_listening_is_reported() -> None:
 
 def test_control_channel_handshake_succeeds() -> None:
     assert run_pair({"purpose": b"control"}, {"purpose": b"control"}) == [1, 0]
+
+
+def test_both_ends_derive_matching_keys_distinct_per_direction_channel_and_connection() -> None:
+    def keys(purpose: bytes) -> list[Any]:
+        a, b = socket.socketpair()
+        out: list[Any] = [None, None]
+        def side(i: int, sock: socket.socket, initiator: bool) -> None:
+            out[i] = handshake(sock, self_id=i, shape=SHAPE, secret=SECRET, initiator=initiator,
+                               expected={1 - i}, purpose=purpose).keys
+        ts = [threading.Thread(target=side, args=(0, a, True)), threading.Thread(target=side, args=(1, b, False))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(5)
+        a.close()
+        b.close()
+        return out
+    first, again, control = keys(b"dsm"), keys(b"dsm"), keys(b"control")
+    assert first[0].send == first[1].recv and first[0].recv == first[1].send
+    assert first[0].send != first[0].recv
+    every = {k for pair in (first, again, control) for k in (pair[0].send, pair[0].recv)}
+    assert len(every) == 6, "a key was shared between directions, connections or channels"
 
 
 def test_dsm_hello_at_a_control_port_refused_on_both_sides() -> None:

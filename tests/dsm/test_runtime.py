@@ -9,6 +9,7 @@ import time
 import pytest
 
 from hypervisor._ivy_native import ffi, lib
+from hypervisor.crypto import OVERHEAD
 from hypervisor._ivy_testkit import lib as kit
 from hypervisor.memory import GuestRam
 from hypervisor.dsm import DsmError, DsmNode, DsmOptions, RamRegion
@@ -17,6 +18,7 @@ from hypervisor.native_consts import FailKind
 from hypervisor.node import DSM_FAILURE_STATUS, dsm_failure_line
 from hypervisor.status import Status
 from tests.dsm import frames
+from tests.dsm.sealed_peer import linked_pair, sealed_pair
 
 READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = (WireType[name] for name in (
     "READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK", "PING", "BYE"))
@@ -92,7 +94,7 @@ def test_read_then_write_on_node0_is_read_fault_then_wp_fault(ram: GuestRam) -> 
 @pytest.fixture
 def scripted(ram: GuestRam):
     """Node 1 of 2, its node 0 played by the test over a socketpair."""
-    ours, theirs = socket.socketpair()
+    theirs, ours = sealed_pair()
     ours.settimeout(5)
     node = DsmNode(1, 2, ram, {0: theirs})
     node.start()
@@ -171,7 +173,7 @@ def test_stop_releases_threads_blocked_in_faults(scripted) -> None:
 
 def test_idle_link_kept_alive_by_heartbeats(ram: GuestRam) -> None:
     other = GuestRam(NPAGES * PAGE_SIZE)
-    a, b = socket.socketpair()
+    a, b = linked_pair()
     opts = DsmOptions(heartbeat_ms=20, timeout_ms=150)
     n0 = DsmNode(0, 2, ram, {1: a}, opts)
     n1 = DsmNode(1, 2, other, {0: b}, opts)
@@ -192,7 +194,7 @@ def test_idle_link_kept_alive_by_heartbeats(ram: GuestRam) -> None:
 def test_no_fd_leaks_across_start_stop(ram: GuestRam) -> None:
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
-        a, b = socket.socketpair()
+        b, a = sealed_pair()
         node = DsmNode(1, 2, ram, {0: b})
         node.start()
         node.close()
@@ -254,7 +256,7 @@ def owner_node():
     ram = GuestRam(256 * PAGE_SIZE)
     for page in range(256):
         kit.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 1000 + page)
-    ours, theirs = socket.socketpair()
+    theirs, ours = sealed_pair()
     ours.settimeout(5)
     node = DsmNode(0, 2, ram, {1: theirs})
     node.mark_loaded(range(256))
@@ -285,15 +287,16 @@ def test_replies_queue_when_the_peer_reads_slowly(owner_node) -> None:
         assert reply["data"] == expected_page(1000 + p), f"page {p} bytes"
     assert node.error is None
     s = node.stats()
-    assert s["messages_sent"]["REPLY"] == 256 and s["bytes_sent"]["REPLY"] == 256 * (WIRE_HDR_SIZE + PAGE_SIZE)
+    assert s["messages_sent"]["REPLY"] == 256 and s["bytes_sent"]["REPLY"] == 256 * (WIRE_HDR_SIZE + PAGE_SIZE
+                                                                                     + OVERHEAD)
     assert s["sends_queued"] > 0, "the socket never filled: the output queue went untested"
 
 
 def test_frames_arriving_byte_by_byte(owner_node) -> None:
     node, peer, _ = owner_node
-    raw = frame(WRITE, 9, 1, 1, version=1, txid=77)  # same version: ownership without bytes
+    raw = peer.seal(frame(WRITE, 9, 1, 1, version=1, txid=77))  # same version: ownership without bytes
     for i in range(len(raw)):
-        peer.sendall(raw[i:i + 1])
+        peer.raw.sendall(raw[i:i + 1])
         time.sleep(0.001)
     reply = recv_frame(peer)
     assert (reply["type"], reply["page"], reply["txid"], reply["payload_len"]) == (REPLY, 9, 77, 0)
@@ -336,7 +339,7 @@ HOLD_S = 0.15
 @pytest.fixture
 def holding(ram: GuestRam):
     """Like `scripted`, with a hold window long enough to measure from Python."""
-    ours, theirs = socket.socketpair()
+    theirs, ours = sealed_pair()
     ours.settimeout(5)
     node = DsmNode(1, 2, ram, {0: theirs}, DsmOptions(hold_us=int(HOLD_S * 1e6)))
     node.start()

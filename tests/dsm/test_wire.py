@@ -11,6 +11,7 @@ from hypervisor.dsm import DsmNode
 from hypervisor.native_consts import (FailKind, MAX_NODES, PAGE_SIZE, REPLY_DATA, REPLY_OWNERSHIP, WIRE_HDR_SIZE, WIRE_MAGIC,
                                       WIRE_PROTO, WireType)
 from tests.dsm.frames import HDR, pack
+from tests.dsm.sealed_peer import sealed_pair
 
 NPAGES, NNODES = 64, 4
 READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = (WireType[name] for name in (
@@ -136,7 +137,7 @@ def test_all_64_nodes_copyset_allowed() -> None:
 def node1_of_2():
     """Node 1 of a 2-node cluster whose node 0 is this test, speaking raw frames on a socketpair."""
     ram = GuestRam(NPAGES * PAGE_SIZE)
-    ours, theirs = socket.socketpair()
+    theirs, ours = sealed_pair()
     node = DsmNode(1, 2, ram, {0: theirs})
     node.start()
     yield node, ours, ram

@@ -1,17 +1,20 @@
 """Control-channel framing: round trips and the validation of hostile headers."""
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
 
 from hypervisor import control
 from hypervisor.control import Channel, ControlError, Msg
+from hypervisor.crypto import LinkKeys
 
 
 def pair() -> tuple[Channel, Channel]:
     a, b = socket.socketpair()
-    return Channel(a, peer=1), Channel(b, peer=0)
+    keys = LinkKeys(os.urandom(32), os.urandom(32))
+    return Channel(a, peer=1, keys=keys), Channel(b, peer=0, keys=keys.swapped())
 
 
 def test_io_round_trip() -> None:
@@ -37,7 +40,7 @@ def test_status_message_round_trip() -> None:
 ])
 def test_bad_headers_are_refused_before_reading_payload(kind: int, length: int, message: str) -> None:
     left, right = pair()
-    left.sock.sendall(control.HEADER.pack(kind, 0, length))
+    left.send(control.HEADER.pack(kind, 0, length))   # sealed, so only the header check can refuse it
     with pytest.raises(ControlError, match=message):
         right.receive()
 

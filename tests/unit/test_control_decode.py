@@ -6,6 +6,7 @@ real socket into a Node's own receive loop, which must report the peer lost
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from hypervisor import control, control_decode
 from hypervisor.config import loopback_cluster
 from hypervisor.control import Channel, ControlError, Frame, Msg
+from hypervisor.crypto import LinkKeys
 from hypervisor.control_decode import IoAnswer, Sequence, check_answer, decode_io, decode_irq, decode_parked
 from hypervisor.node import Node
 from hypervisor.status import Status
@@ -147,8 +149,22 @@ class _Bus:
         return None if is_write else 0x60
 
 
-def node_with_peer(node_id: int) -> tuple[Node, FakeMachine, socket.socket, threading.Thread]:
-    """A node of a 2-node, 4-vCPU cluster whose control peer is the returned socket."""
+class PeerEnd:
+    """The test's end of the control connection: what it sends is sealed as the real peer's would be,
+    so the frames reach the node's field checks (sealing itself is tested in tests/security)."""
+
+    def __init__(self, sock: socket.socket, channel: Channel):
+        self.sock, self.channel = sock, channel
+
+    def sendall(self, frame: bytes) -> None:
+        self.channel.send(frame)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def node_with_peer(node_id: int) -> tuple[Node, FakeMachine, PeerEnd, threading.Thread]:
+    """A node of a 2-node, 4-vCPU cluster whose control peer is the returned PeerEnd."""
     config = loopback_cluster(Path("g.elf"), vcpus=4, mem=64 << 20, nnodes=2, ports=[(7000, 7001), (7002, 7003)])
     node = Node(config, node_id, b"s" * 32)
     machine = FakeMachine()
@@ -156,11 +172,12 @@ def node_with_peer(node_id: int) -> tuple[Node, FakeMachine, socket.socket, thre
     ours, theirs = socket.socketpair()
     ours.settimeout(5.0)
     peer = 1 - node_id
-    channel = Channel(ours, peer)
+    keys = LinkKeys(os.urandom(32), os.urandom(32))
+    channel = Channel(ours, peer, keys)
     node.channels[peer] = channel
     thread = threading.Thread(target=node._receive_loop, args=(channel,), name=f"control-rx-{peer}")
     thread.start()
-    return node, machine, theirs, thread
+    return node, machine, PeerEnd(theirs, Channel(theirs, node_id, keys.swapped())), thread
 
 
 def lost_line(machine: FakeMachine, thread: threading.Thread) -> str:
