@@ -32,7 +32,8 @@ class CryptoError(Exception):
 def secret_problem(secret: bytes) -> str | None:
     """Why `secret` cannot be a cluster secret, as the user's one line, or None."""
     if len(secret) < MIN_SECRET_BYTES:
-        return (f"the cluster secret is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are needed "
+        return (f"the cluster secret is {len(secret)} byte{'' if len(secret) == 1 else 's'}; at least "
+                f"{MIN_SECRET_BYTES} are needed "
                 f"(e.g. head -c 32 /dev/urandom | base64)")
     return None
 

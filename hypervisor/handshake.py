@@ -405,7 +405,7 @@ def accept_peers(listener: socket.socket, *, self_id: int, expected: Collection[
 
     try:
         while not done.is_set() and time.monotonic() < deadline and not (abandon and abandon.is_set()):
-            listener.settimeout(max(0.01, min(0.1, deadline - time.monotonic())))
+            listener.settimeout(max(0.005, min(0.02, deadline - time.monotonic())))   # notice `done` soon
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
