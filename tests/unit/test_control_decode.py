@@ -249,7 +249,7 @@ def test_good_frames_still_take_effect_in_order(thread_errors: list[object]) -> 
         peer.sendall(control.encode(Msg.IRQ, control.IRQ.pack(1, 0x40)))
         peer.sendall(control.encode(Msg.IO, control.IO.pack(1, 2, 0x3F8, 1, 1, 65)))
         peer.sendall(control.encode(Msg.IO, control.IO.pack(2, 3, 0x3FD, 1, 0, 0)))
-        answers = [Channel(peer, 0).receive() for _ in range(2)]
+        answers = [peer.channel.receive() for _ in range(2)]
         assert [control.IO_DONE.unpack(a.payload) for a in answers] == [(1, 2, 0), (2, 3, 0x60)]
         assert machine.injected == [(1, 0x40)]
         assert machine.accesses == [(2, 0x3F8, 1, True, 65), (3, 0x3FD, 1, False, 0)]
