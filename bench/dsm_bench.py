@@ -32,7 +32,8 @@ from bench.floors import Placement, fault_bound, mechanisms, summary, tcp_floor,
 from hypervisor.devkit.cluster import Cluster
 from hypervisor.dsm import DsmOptions
 from hypervisor.native_consts import ENGINE_TYPES, PAGE_SIZE
-TARGETS = {"read_fault_vs_floor": 1.25, "pingpong_vs_floor": 1.3, "traced_read_fault_vs_untraced": 1.10}
+TARGETS = {"read_fault_vs_floor": 1.25, "pingpong_vs_floor": 1.3, "traced_read_fault_vs_untraced": 1.10,
+           "read_fault_sealed_vs_unsealed": 1.05}
 # The trace ring of the traced runs (native/trace.h): room for every record of a scenario.
 TRACE_RECORDS = 1 << 16
 LATENCIES = ("read_fault", "write_fault", "write_after_read", "pingpong")
@@ -47,14 +48,16 @@ def sent_total(cluster: Cluster) -> int:
 
 
 def scenario(nnodes: int, npages: int, options: dict[str, Any] | None, pingpong_rounds: int,
-             where: Placement) -> dict[str, Any]:
+             where: Placement, insecure_plaintext: bool = False) -> dict[str, Any]:
     """Node 1 owns the pages; the faulting node is 0 (2 nodes) or 2 (3 nodes: its requests start at
-    node 0, the initial owner and central manager, so forwarding and managers show)."""
+    node 0, the initial owner and central manager, so forwarding and managers show).
+    `insecure_plaintext`: DSM frames unsealed, the baseline that prices encryption (bench only)."""
     pages = 64 + 2 * npages + 8
     a = list(range(64, 64 + npages))
     b = list(range(64 + npages, 64 + 2 * npages))
     result: dict[str, Any] = {}
-    with Cluster(nnodes, pages=pages, options=options, cpus=where.node_cpus(nnodes)) as cluster:
+    with Cluster(nnodes, pages=pages, options=options, cpus=where.node_cpus(nnodes),
+                 insecure_plaintext=insecure_plaintext) as cluster:
         reader, owner = cluster.workers[0 if nnodes == 2 else 2], cluster.workers[1]
         owner.call("run", workload="write_pages", pages_list=a + b)   # node 1 owns A and B, modified
         m0 = sent_total(cluster)
@@ -103,8 +106,9 @@ def contention(options: dict[str, Any], where: Placement, nnodes: int = 4, iters
 def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: int, rounds: int,
                       repeat: int) -> dict[str, Any]:
     """Floors, bound and the 2-node run, alternated `repeat` times (the host is noisy); the best
-    run of each figure is kept."""
-    faults, tcps, tcps_epoll, bounds, runs, traced = [], [], [], [], [], []
+    run of each figure is kept. The remote read fault is also measured with DSM frames unsealed
+    (a switch only this benchmark reaches), alternated with the sealed runs: the cost of encryption."""
+    faults, tcps, tcps_epoll, bounds, runs, traced, unsealed = [], [], [], [], [], [], []
     for _ in range(repeat):
         faults.append(uffd_floor(n, where))
         tcps.append(tcp_floor(n, where))
@@ -113,14 +117,17 @@ def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: in
         runs.append(scenario(2, npages, base, rounds, where))
         # The same faults with every node tracing (ivyvm run --trace): what recording costs.
         traced.append(scenario(2, npages, {**base, "trace_records": TRACE_RECORDS}, 0, where))
+        # And with frames unsealed (bench only): what encryption costs.
+        unsealed.append(scenario(2, npages, base, 0, where, insecure_plaintext=True))
     best = lambda rs: min(rs, key=lambda r: r["median_us"])  # noqa: E731
     fault, tcp, tcp_epoll, bound = best(faults), best(tcps), best(tcps_epoll), best(bounds)
     main_run: dict[str, Any] = {key: best([r[key] for r in runs]) for key in LATENCIES}
-    main_run["errors"] = [e for r in runs + traced for e in r["errors"]]
+    main_run["errors"] = [e for r in runs + traced + unsealed for e in r["errors"]]
     main_run["hops_per_remote_fault"] = runs[0]["hops_per_remote_fault"]
     main_run["all_runs"] = runs
     main_run["read_fault_traced"] = best([r["read_fault"] for r in traced])
     main_run["traced_runs"] = traced
+    plain_read = best([r["read_fault"] for r in unsealed])
     floor = fault["median_us"] + tcp["median_us"]
     # The same with the round trip made the way an event loop must (epoll_wait, then a
     # non-blocking recv): what a single-threaded loop cannot avoid paying.
@@ -137,7 +144,9 @@ def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: in
                    "all_runs": {"uffd_fault": faults, "tcp_rtt_4k": tcps, "tcp_rtt_4k_epoll": tcps_epoll,
                                 "remote_fault_bound": bounds}},
         "default": main_run,
+        "unsealed": {"read_fault": plain_read, "all_runs": unsealed},
         "ratios": {
+            "read_fault_sealed_vs_unsealed": read / plain_read["median_us"],
             "read_fault_vs_floor": read / floor,
             "write_fault_vs_floor": main_run["write_fault"]["median_us"] / floor,
             "pingpong_vs_floor": pingpong / (2 * floor),
@@ -182,6 +191,11 @@ def print_placement(r: dict[str, Any]) -> None:
     print(f"{'remote read fault, tracing on':34s} {m['median_us']:10.1f} {m['p99_us']:10.1f} {m['median_us'] / floor:8.2f} "
           f"{m['messages_per_fault']:6.2f}   ({ratio:.2f} x tracing off, lower is better; target "
           f"<= {TARGETS['traced_read_fault_vs_untraced']}: {'met' if ratio <= TARGETS['traced_read_fault_vs_untraced'] else 'missed'})")
+    m, ratio = r["unsealed"]["read_fault"], ra["read_fault_sealed_vs_unsealed"]
+    print(f"{'remote read fault, frames unsealed':34s} {m['median_us']:10.1f} {m['p99_us']:10.1f} {m['median_us'] / floor:8.2f} "
+          f"{m['messages_per_fault']:6.2f}   (sealed = {ratio:.3f} x this, lower is better; bench-only switch; "
+          f"target <= {TARGETS['read_fault_sealed_vs_unsealed']}: "
+          f"{'met' if ratio <= TARGETS['read_fault_sealed_vs_unsealed'] else 'missed'})")
     pp = main_run["pingpong"]
     print(f"{'ping-pong round (2 hand-offs)':34s} {pp['median_us']:10.1f} {pp['p99_us']:10.1f} "
           f"{ra['pingpong_vs_floor']:8.2f}   ({pp['handoffs_per_s']:.0f} hand-offs/s)")

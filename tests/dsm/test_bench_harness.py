@@ -40,6 +40,8 @@ def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> No
         # The same read faults with every node tracing: the records were really taken.
         assert run["read_fault_traced"]["messages_per_fault"] == 2.0 and placement["ratios"]["traced_read_fault_vs_untraced"] > 0
         assert all(r["trace_records"] > 0 for r in run["traced_runs"]) and all(r["trace_records"] == 0 for r in run["all_runs"])
+        assert placement["unsealed"]["read_fault"]["messages_per_fault"] == 2.0, name
+        assert placement["ratios"]["read_fault_sealed_vs_unsealed"] > 0
     assert list(results["placements"]["shared"]["mechanisms"]) == list(MECHANISMS)
     assert all(m["median_us"] > 0 for m in results["placements"]["shared"]["mechanisms"].values())
 

@@ -97,3 +97,42 @@ def test_ivyvm_secret_of_one_byte_is_refused_with_one_line(tmp_path: Path) -> No
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.splitlines()
     assert "1 byte" in line and "16" in line, line
+
+
+def test_frames_on_the_wire_are_sealed_and_only_the_bench_switch_unseals_them() -> None:
+    """A node's first frame (a READ for a faulted page) as it crosses the socket: sealed, no
+    frame magic in sight; with the benchmark's insecure_plaintext, the bare frame."""
+    import socket
+    import threading
+
+    from hypervisor._ivy_testkit import lib as kit
+    from hypervisor.dsm import DsmNode
+    from hypervisor.handshake import Link
+    from hypervisor.memory import GuestRam
+    from hypervisor.native_consts import PAGE_SIZE, WIRE_HDR_SIZE, WIRE_MAGIC
+
+    def first_bytes(insecure: bool) -> bytes:
+        ram = GuestRam(8 * PAGE_SIZE)
+        ours, theirs = socket.socketpair()
+        node = DsmNode(1, 2, ram, {0: Link(theirs, LinkKeys(os.urandom(32), os.urandom(32)))},
+                       insecure_plaintext=insecure)
+        node.start()
+        reader = threading.Thread(target=kit.ivy_test_load64, args=(ram.guest_addr + PAGE_SIZE,), daemon=True)
+        reader.start()
+        ours.settimeout(5)
+        got = b""
+        while len(got) < WIRE_HDR_SIZE + OVERHEAD:
+            got += ours.recv(4096)
+        node.close()
+        reader.join(5)
+        ours.close()
+        ram.close()
+        return got
+
+    magic = WIRE_MAGIC.to_bytes(4, "little")
+    sealed = first_bytes(False)
+    assert PREFIX.unpack_from(sealed) == (WIRE_HDR_SIZE,) and magic not in sealed
+    assert first_bytes(True)[:4] == magic
+    # No user path reaches the switch: neither the CLI, nor the config, nor the node.
+    for module in ("cli.py", "config.py", "node.py", "cluster.py"):
+        assert "insecure_plaintext" not in (ROOT / "hypervisor" / module).read_text(), module
