@@ -388,6 +388,7 @@ def accept_peers(listener: socket.socket, *, self_id: int, expected: Collection[
             conn.close()
             if refusals is not None and not stopping:
                 refusals.append(str(err))
+                del refusals[:-16]       # a flood of strangers must not grow it without bound
             return
         finally:
             with lock:

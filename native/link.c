@@ -147,7 +147,8 @@ void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy
     }
     size_t record = total + (c->tx ? IVY_SEAL_OVERHEAD : 0);
     /* Counted before the send: a peer may act on the frame, and the test
-     * reading both nodes' counters, before sendmsg returns here. */
+     * reading both nodes' counters, before sendmsg returns here. Frame bytes,
+     * as the receiver counts them (each record adds IVY_SEAL_OVERHEAD). */
     rt->stats.msgs_sent[type]++;
     rt->stats.bytes_sent[type] += total;
     TRACE(rt, trace_send, c, type, m, total);
