@@ -33,13 +33,14 @@ class SealedPeer:
     def sendall(self, data: bytes) -> None:
         """Seal each frame of `data` (split by their headers' payload length; what does not parse
         as a frame header goes as one record of its own)."""
-        rest = bytes(data)
+        rest, records = bytes(data), []
         while rest:
             size = len(rest)
             if len(rest) >= _HDR_SIZE:
                 size = min(len(rest), _HDR_SIZE + _MAGIC.unpack_from(rest, _PAYLOAD_LEN_AT)[0])
-            self.raw.sendall(self._sealer.seal(rest[:size]))
+            records.append(self._sealer.seal(rest[:size]))
             rest = rest[size:]
+        self.raw.sendall(b"".join(records))    # frames sent together arrive together, as before
 
     def _fill(self) -> bool:
         prefix = self._exact(PREFIX.size)
