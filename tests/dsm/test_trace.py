@@ -1,13 +1,12 @@
 """The runtime trace: records in protocol order, the ring, clock alignment and the merged Chrome trace.
 
-The nodes here are real runtimes in one process, meshed over socketpairs;
+The nodes here are real runtimes in one process, meshed over socketpairs (sealed links);
 threads touch their guest views from C, so every record comes from the
 same fault and message paths a guest's vCPU takes.
 """
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from dataclasses import replace
 from typing import Any, Callable
@@ -21,6 +20,7 @@ from hypervisor.clocksync import ClockSync
 from hypervisor.dsm import DsmError, DsmNode, DsmOptions
 from hypervisor.memory import GuestRam
 from hypervisor.native_consts import ENGINE_TYPES, PAGE_SIZE, REPLY_DATA, WIRE_HDR_SIZE, WireType
+from tests.dsm.sealed_peer import linked_pair
 from tests.trace_check import Graph, check_messages, check_remote_faults
 
 K = trace.KIND
@@ -34,10 +34,10 @@ class Mesh:
 
     def __init__(self, n: int, records: int = 4096, pages: int = 16, **options: Any) -> None:
         self.rams = [GuestRam(pages * PAGE_SIZE) for _ in range(n)]
-        peers: list[dict[int, socket.socket]] = [{} for _ in range(n)]
+        peers: list[dict[int, Any]] = [{} for _ in range(n)]
         for i in range(n):
             for j in range(i + 1, n):
-                peers[i][j], peers[j][i] = socket.socketpair()
+                peers[i][j], peers[j][i] = linked_pair()
         opts = DsmOptions(trace_records=records, **options)
         self.nodes = [DsmNode(i, n, self.rams[i], peers[i], opts) for i in range(n)]
         for node in self.nodes:
