@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -306,3 +307,24 @@ def test_a_request_in_the_hold_window_is_recorded_held_then_served(mesh) -> None
     check_messages(g)
     # The reply came after the hold, yet node 0's write fault still chains through node 1 and back.
     assert any(p[0][0] == 0 for p in check_remote_faults(g))
+
+
+def test_a_drifting_clock_is_clamped_and_no_arrow_points_backwards(mesh) -> None:
+    """Node 1's clock running 50% fast: no constant offset fits every message, so the merge
+    corrects what it can and draws the receives still too early at their send's time."""
+    m = mesh(2)
+    for page in range(1, 7):
+        m.touch(page % 2, write=True, page=page)
+        time.sleep(0.02)
+    m.stop()
+    t0, t1 = m.node_traces()
+    start = t1.records[0].ns
+    fast = replace(t1, boot_id="other-host", clock={"offset_ns": 0, "rtt_ns": 50_000, "samples": 4},
+                   records=[r._replace(ns=start + (r.ns - start) * 3 // 2) for r in t1.records])
+    merged = trace.merge([t0, fast])
+    assert merged["otherData"]["ivyvm"]["clamped_arrows"] > 0
+    ends: dict[int, dict[str, float]] = {}
+    for e in merged["traceEvents"]:
+        if e["ph"] in "sf" and e["cat"] == "message":
+            ends.setdefault(e["id"], {})[e["ph"]] = e["ts"]
+    assert ends and all(pair["f"] >= pair["s"] for pair in ends.values())
