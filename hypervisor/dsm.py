@@ -72,6 +72,12 @@ class DsmOptions:
     # as written); 0: tracing off, which costs the fault path one predicted branch per hook.
     # Node-local: peers need not agree.
     trace_records: int = 0
+    # Node 0 owns every page at boot: map them all writable at start, in large
+    # ranges, so its guest's first touch of a page nobody else has touched costs
+    # what it costs without the DSM (no userfaultfd fault). The price: such a
+    # page, when another node first asks for it, travels with its 4 KiB (its
+    # version moved on at start). Measured: docs/guest-performance.md.
+    map_owned: bool = True
 
     def __post_init__(self) -> None:
         if self.read_ownership not in READ_OWNERSHIP:
@@ -161,6 +167,7 @@ class DsmNode:
         cfg.poll_us = self.options.poll_us
         cfg.hold_us = self.options.hold_us
         cfg.trace_records = self.options.trace_records
+        cfg.map_owned = int(self.options.map_owned)
         for i in range(MAX_NODES):
             cfg.peer_fds[i] = -1
         cfg.insecure_plaintext = bool(insecure_plaintext)
@@ -347,6 +354,7 @@ class DsmNode:
             "uffd": {name: int(getattr(s, name)) for name in
                      ("zaps", "wrprotects", "continues", "wp_clears", "wakes", "eexist")},
             "sends_queued": int(s.sends_queued),
+            "mapped_up_front": int(s.mapped_up_front),
             "latency": {
                 "count": count,
                 "mean_ns": int(s.lat_sum_ns) // count if count else 0,

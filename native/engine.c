@@ -794,6 +794,25 @@ void ivy_engine_set_version(struct ivy_engine *e, uint64_t page, uint64_t versio
     p->version = version;
 }
 
+/*
+ * OWNER|INITIAL (node 0) --mapped up front--> OWNER|MODIFIED: the caller maps
+ * the page writable before any fault. Its guest may then write it without
+ * the engine seeing a fault, so the version moves on now and every copy
+ * served later carries the bytes (a requester's version 0 never matches).
+ */
+bool ivy_engine_map_owned(struct ivy_engine *e, uint64_t page)
+{
+    struct ivy_page *p = page_entry(e, page);
+    if (p->state != IVY_INITIAL || !p->owner || p->pending != IVY_IDLE)
+        return false;
+    IVY_ASSERT(e->cfg.self == 0 && p->copyset == NODE_BIT(e->cfg.self));
+    p->state = IVY_MODIFIED;
+    p->version += 1;
+    p->probowner = e->cfg.self;
+    check_page(e, p);
+    return true;
+}
+
 void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_actions *out)
 {
     local_event(e, page, write ? IVY_EV_WRITE_FAULT : IVY_EV_READ_FAULT, out);

@@ -214,6 +214,11 @@ struct ivy_row {
 unsigned ivy_engine_nrows(void);
 const struct ivy_row *ivy_engine_row(unsigned i);
 const char *ivy_event_name(unsigned event);
+/* Node 0, before any event: a page still INITIAL becomes MODIFIED with its
+ * version moved on, because the caller maps it writable up front (no fault
+ * will tell the engine about its writes). False, and nothing changed, for
+ * any other page. */
+bool ivy_engine_map_owned(struct ivy_engine *e, uint64_t page);
 
 /* A local access faulted: `write` is true for a write (or write-protect) fault. */
 void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write,

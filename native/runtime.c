@@ -951,9 +951,58 @@ int ivy_rt_set_version(struct ivy_rt *rt, uint64_t page, uint64_t version)
     return 0;
 }
 
+/*
+ * Map pages [first, first + n) writable with one UFFDIO_CONTINUE. The kernel
+ * may stop part-way (a signal, the mm changing): go on from where it
+ * stopped; a page found mapped (EEXIST) is granted alone, as a fault would.
+ */
+static int map_range(struct ivy_rt *rt, uint64_t first, uint64_t n)
+{
+    while (n && !rt->failed) {
+        struct uffdio_continue c = {{(uint64_t)(uintptr_t)guest_page(rt, first), n * IVY_PAGE_SIZE}, 0, 0};
+        int r = ioctl(rt->uffd, UFFDIO_CONTINUE, &c) ? -errno : 0;
+        rt->stats.continues++;
+        uint64_t done = r == 0 ? n : c.mapped > 0 ? (uint64_t)c.mapped / IVY_PAGE_SIZE : 0;
+        for (uint64_t p = first; p < first + done; p++)
+            rt->mapped[p] = MAP_RW;
+        first += done;
+        n -= done;
+        if (r == -EEXIST && done == 0) {
+            grant(rt, first, true, true);
+            first++;
+            n--;
+        } else if (r && r != -EAGAIN && r != -EINTR && r != -EEXIST) {
+            rt_fail(rt, "UFFDIO_CONTINUE of %llu pages from 0x%llx: %s", (unsigned long long)n,
+                    (unsigned long long)first, strerror(-r));
+            return -1;
+        }
+    }
+    return rt->failed ? -1 : 0;
+}
+
+/* Node 0 owns every page at boot: the engine makes each one still INITIAL
+ * MODIFIED, and runs of them are mapped writable with one ioctl each. */
+static int map_owned_up_front(struct ivy_rt *rt)
+{
+    uint64_t run = 0;
+    for (uint64_t p = 0; p <= rt->npages; p++) {
+        if (p < rt->npages && rt->mapped[p] == MAP_NONE && ivy_engine_map_owned(&rt->engine, p)) {
+            run++;
+            continue;
+        }
+        if (run && map_range(rt, p - run, run))
+            return -1;
+        rt->stats.mapped_up_front += run;
+        run = 0;
+    }
+    return 0;
+}
+
 int ivy_rt_start(struct ivy_rt *rt)
 {
     if (rt->started)
+        return -1;
+    if (rt->cfg.map_owned && rt->cfg.self == 0 && map_owned_up_front(rt))
         return -1;
     uint64_t now = now_ns();
     for (unsigned i = 0; i < rt->cfg.nnodes; i++)

@@ -47,6 +47,8 @@ struct ivy_rt_config {
     uint8_t send_keys[IVY_MAX_NODES * IVY_AEAD_KEY_SIZE];
     uint8_t recv_keys[IVY_MAX_NODES * IVY_AEAD_KEY_SIZE];
     uint8_t insecure_plaintext; /* frames travel unsealed: the benchmark's baseline only, never a user's */
+    uint8_t map_owned;      /* node 0: map every page it owns at start, writable, in large ranges, so a
+                               first touch of a page nobody else has touched takes no userfaultfd fault */
 };
 
 /*
@@ -81,6 +83,7 @@ struct ivy_rt_stats {
     uint64_t wakes;
     uint64_t eexist;          /* grants that found the page already mapped */
     uint64_t sends_queued;    /* frames the kernel did not take at once (output queue used) */
+    uint64_t mapped_up_front; /* pages map_owned mapped at start */
     uint64_t lat_count;
     uint64_t lat_sum_ns;
     uint64_t lat_max_ns;

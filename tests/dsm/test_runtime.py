@@ -50,8 +50,12 @@ def ram():
     r.close()
 
 
+# Node 0's own fault path needs pages it has not mapped up front (test_map_owned.py covers that).
+FAULTING = DsmOptions(map_owned=False)
+
+
 def test_single_node_grants_locally(ram: GuestRam) -> None:
-    with DsmNode(0, 1, ram, {}) as node:
+    with DsmNode(0, 1, ram, {}, FAULTING) as node:
         node.start()
         kit.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 11)
         # Bytes written through the guest view are in the memfd, seen by the VMM view.
@@ -80,7 +84,7 @@ def _pattern_word(seed: int, i: int) -> int:
 
 
 def test_read_then_write_on_node0_is_read_fault_then_wp_fault(ram: GuestRam) -> None:
-    with DsmNode(0, 1, ram, {}) as node:
+    with DsmNode(0, 1, ram, {}, FAULTING) as node:
         node.start()
         kit.ivy_test_touch_timed(ram.guest_addr, 0)
         assert node.access(0) == 1
@@ -257,7 +261,7 @@ def owner_node():
         kit.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 1000 + page)
     theirs, ours = sealed_pair()
     ours.settimeout(5)
-    node = DsmNode(0, 2, ram, {1: theirs})
+    node = DsmNode(0, 2, ram, {1: theirs}, FAULTING)
     node.mark_loaded(range(256))
     node.start()
     yield node, ours, ram
