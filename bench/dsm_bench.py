@@ -39,6 +39,16 @@ TRACE_RECORDS = 1 << 16
 LATENCIES = ("read_fault", "write_fault", "write_after_read", "pingpong")
 
 
+def with_samples(ns: list[int]) -> dict[str, Any]:
+    """summary() plus every warm sample in us (bench/plots.py draws them; stripped from all_runs)."""
+    return {**summary(ns), "samples_us": [round(x / 1000, 2) for x in ns[len(ns) // 10:]]}
+
+
+def without_samples(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "samples_us"} if isinstance(v, dict) else v)
+            for k, v in result.items()}
+
+
 def sent_total(cluster: Cluster) -> int:
     # Snapshot of engine messages sent so far by every node (stats are live).
     total = 0
@@ -67,9 +77,9 @@ def scenario(nnodes: int, npages: int, options: dict[str, Any] | None, pingpong_
         m2 = sent_total(cluster)
         write = reader.call("run", workload="touch_timed", pages_list=b, write=1)["ns"]
         m3 = sent_total(cluster)
-        result["read_fault"] = {**summary(read), "messages_per_fault": (m1 - m0) / len(a)}
-        result["write_after_read"] = {**summary(inval), "messages_per_fault": (m2 - m1) / len(a)}
-        result["write_fault"] = {**summary(write), "messages_per_fault": (m3 - m2) / len(b)}
+        result["read_fault"] = {**with_samples(read), "messages_per_fault": (m1 - m0) / len(a)}
+        result["write_after_read"] = {**with_samples(inval), "messages_per_fault": (m2 - m1) / len(a)}
+        result["write_fault"] = {**with_samples(write), "messages_per_fault": (m3 - m2) / len(b)}
         if pingpong_rounds:
             page = pages - 1
             for w in cluster.workers[:2]:
@@ -77,7 +87,7 @@ def scenario(nnodes: int, npages: int, options: dict[str, Any] | None, pingpong_
             ns = [cluster.workers[i].recv(120)["ns"] for i in range(2)]
             per_round = ns[0][pingpong_rounds // 10:] + ns[1][pingpong_rounds // 10:]
             # Each entry spans one full round: the page came here once and went away once.
-            result["pingpong"] = {**summary(per_round), "handoffs_per_s": 2e9 / statistics.median(per_round)}
+            result["pingpong"] = {**with_samples(per_round), "handoffs_per_s": 2e9 / statistics.median(per_round)}
         stats = [r["stats"] for r in cluster.stop_all()]
         result["errors"] = [s["error"] for s in stats if s["error"]]
         result["trace_records"] = sum(s["trace_records"] for s in stats)
@@ -124,9 +134,10 @@ def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: in
     main_run: dict[str, Any] = {key: best([r[key] for r in runs]) for key in LATENCIES}
     main_run["errors"] = [e for r in runs + traced + unsealed for e in r["errors"]]
     main_run["hops_per_remote_fault"] = runs[0]["hops_per_remote_fault"]
-    main_run["all_runs"] = runs
-    main_run["read_fault_traced"] = best([r["read_fault"] for r in traced])
-    main_run["traced_runs"] = traced
+    main_run["all_runs"] = [without_samples(r) for r in runs]
+    main_run["read_fault_traced"] = {k: v for k, v in best([r["read_fault"] for r in traced]).items()
+                                     if k != "samples_us"}
+    main_run["traced_runs"] = [without_samples(r) for r in traced]
     plain_read = best([r["read_fault"] for r in unsealed])
     floor = fault["median_us"] + tcp["median_us"]
     # The same with the round trip made the way an event loop must (epoll_wait, then a
@@ -144,7 +155,8 @@ def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: in
                    "all_runs": {"uffd_fault": faults, "tcp_rtt_4k": tcps, "tcp_rtt_4k_epoll": tcps_epoll,
                                 "remote_fault_bound": bounds}},
         "default": main_run,
-        "unsealed": {"read_fault": plain_read, "all_runs": unsealed},
+        "unsealed": {"read_fault": {k: v for k, v in plain_read.items() if k != "samples_us"},
+                     "all_runs": [without_samples(r) for r in unsealed]},
         "ratios": {
             "read_fault_sealed_vs_unsealed": read / plain_read["median_us"],
             "read_fault_vs_floor": read / floor,
@@ -161,14 +173,14 @@ def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: in
 
 
 def verdict(got: float, target: float) -> str:
-    return f"{got:.2f} ({'met' if got <= target else 'missed'})"
+    return f"{got:.2f} x ({'met' if got <= target else 'missed'})"
 
 
 def print_placement(r: dict[str, Any]) -> None:
     fl, ra = r["floors"], r["ratios"]
     floor, main_run = fl["remote_fault_floor_us"], r["default"]
     print(f"\n== placement {r['placement']['name']}: {r['placement']['label']}")
-    print(f"{'floor':34s} {'median us':>10s} {'p99 us':>10s}")
+    print(f"{'floor':34s} {'median':>10s} {'p99':>10s}   (times in us; every ratio: lower is better)")
     for key, label in (("uffd_fault", "bare userfaultfd fault"), ("tcp_rtt_4k", "bare TCP RTT, 4 KiB back"),
                        ("tcp_rtt_4k_epoll", "bare TCP RTT via epoll_wait+recv")):
         print(f"{label:34s} {fl[key]['median_us']:10.1f} {fl[key]['p99_us']:10.1f}")
@@ -181,19 +193,20 @@ def print_placement(r: dict[str, Any]) -> None:
         print("steps the floors lack, each alone (median us):")
         for name, m in r["mechanisms"].items():
             print(f"  {name:44s} {m['median_us']:10.2f}")
-    print(f"{'2 nodes, default (giantvm/dynamic)':34s} {'median us':>10s} {'p99 us':>10s} {'x floor':>8s} {'msgs':>6s}")
+    print(f"{'2 nodes, default (giantvm/dynamic)':34s} {'median us':>10s} {'p99 us':>10s} {'x floor':>8s} "
+          f"{'messages per fault':>19s}")
     for key, label in (("read_fault", "remote read fault"), ("write_fault", "remote write fault"),
                        ("write_after_read", "write after read (invalidate)")):
         m = main_run[key]
         ratio = f"{m['median_us'] / floor:8.2f}" if key != "write_after_read" else f"{'':8s}"
-        print(f"{label:34s} {m['median_us']:10.1f} {m['p99_us']:10.1f} {ratio} {m['messages_per_fault']:6.2f}")
+        print(f"{label:34s} {m['median_us']:10.1f} {m['p99_us']:10.1f} {ratio} {m['messages_per_fault']:19.2f}")
     m, ratio = main_run["read_fault_traced"], ra["traced_read_fault_vs_untraced"]
     print(f"{'remote read fault, tracing on':34s} {m['median_us']:10.1f} {m['p99_us']:10.1f} {m['median_us'] / floor:8.2f} "
-          f"{m['messages_per_fault']:6.2f}   ({ratio:.2f} x tracing off, lower is better; target "
+          f"{m['messages_per_fault']:19.2f}   ({ratio:.2f} x tracing off, lower is better; target "
           f"<= {TARGETS['traced_read_fault_vs_untraced']}: {'met' if ratio <= TARGETS['traced_read_fault_vs_untraced'] else 'missed'})")
     m, ratio = r["unsealed"]["read_fault"], ra["read_fault_sealed_vs_unsealed"]
     print(f"{'remote read fault, frames unsealed':34s} {m['median_us']:10.1f} {m['p99_us']:10.1f} {m['median_us'] / floor:8.2f} "
-          f"{m['messages_per_fault']:6.2f}   (sealed = {ratio:.3f} x this, lower is better; bench-only switch; "
+          f"{m['messages_per_fault']:19.2f}   (sealed = {ratio:.3f} x this, lower is better; bench-only switch; "
           f"target <= {TARGETS['read_fault_sealed_vs_unsealed']}: "
           f"{'met' if ratio <= TARGETS['read_fault_sealed_vs_unsealed'] else 'missed'})")
     pp = main_run["pingpong"]
@@ -202,7 +215,8 @@ def print_placement(r: dict[str, Any]) -> None:
     print(f"targets: read fault <= {TARGETS['read_fault_vs_floor']} x floor: "
           f"{verdict(ra['read_fault_vs_floor'], TARGETS['read_fault_vs_floor'])}; ping-pong <= "
           f"{TARGETS['pingpong_vs_floor']} x floor: {verdict(ra['pingpong_vs_floor'], TARGETS['pingpong_vs_floor'])}")
-    print(f"read fault: {r['over_floor_us']['read_fault']:.1f} us over the floor, {ra['read_fault_vs_bound']:.2f} x "
+    print(f"read fault: {r['over_floor_us']['read_fault']:.1f} us over the floor (lower is better), "
+          f"{ra['read_fault_vs_bound']:.2f} x "
           f"the bound; against the epoll floor: read fault {ra['read_fault_vs_epoll_floor']:.2f} x, "
           f"ping-pong {ra['pingpong_vs_epoll_floor']:.2f} x")
 
@@ -210,17 +224,20 @@ def print_placement(r: dict[str, Any]) -> None:
 def print_rest(results: dict[str, Any]) -> None:
     print(f"\ncontention: 4 nodes x 1 thread, yielding locked increments on one word "
           f"(placement {results['shared_placement']})")
-    print(f"{'hold_us':>8s} {'increments/s':>13s} {'hand-offs/incr':>15s} {'held':>7s} {'cut':>7s} {'exact':>6s}")
+    print(f"{'hold window':>12s} {'increments/s':>13s} {'hand-offs per increment':>24s} {'requests held':>14s} "
+          f"{'holds cut short':>16s} {'total exact':>12s}")
     for h, c in results["contention"].items():
-        print(f"{h:>8s} {c['increments_per_s']:13.0f} {c['handoffs_per_increment']:15.2f} {c['held']:7d} "
-              f"{c['holds_cut']:7d} {str(c['exact']):>6s}")
+        print(f"{h + ' us':>12s} {c['increments_per_s']:13.0f} {c['handoffs_per_increment']:24.2f} {c['held']:14d} "
+              f"{c['holds_cut']:16d} {'yes' if c['exact'] else 'NO':>12s}")
+    print("  (increments/s: higher is better; hand-offs per increment: lower is better)")
     print("\n3 nodes: node 1 owns the pages, node 2 faults; node 0 was the first owner (central manager)")
-    print(f"{'option':18s} {'read us':>8s} {'msgs':>5s} {'write us':>9s} {'msgs':>5s} {'w-after-r us':>13s} "
-          f"{'msgs':>5s} {'hops':>5s}")
+    print("  (median us and messages per fault, lower is better; hops: forwards per remote fault)")
+    print(f"{'read ownership/manager':22s} {'read us':>8s} {'msgs':>5s} {'write us':>9s} {'msgs':>5s} "
+          f"{'write after read us':>20s} {'msgs':>5s} {'hops':>5s}")
     for name, r in results["options"].items():
-        print(f"{name:18s} {r['read_fault']['median_us']:8.1f} {r['read_fault']['messages_per_fault']:5.2f} "
+        print(f"{name:22s} {r['read_fault']['median_us']:8.1f} {r['read_fault']['messages_per_fault']:5.2f} "
               f"{r['write_fault']['median_us']:9.1f} {r['write_fault']['messages_per_fault']:5.2f} "
-              f"{r['write_after_read']['median_us']:13.1f} {r['write_after_read']['messages_per_fault']:5.2f} "
+              f"{r['write_after_read']['median_us']:20.1f} {r['write_after_read']['messages_per_fault']:5.2f} "
               f"{r['hops_per_remote_fault']:5.2f}")
     if len(results["placements"]) > 1:
         print(f"\n{'targets':30s}" + "".join(f"{name:>18s}" for name in results["placements"]))
@@ -256,6 +273,11 @@ def parse_cpus(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return collect(argv)[0]
+
+
+def collect(argv: list[str] | None = None) -> tuple[int, dict[str, Any] | None]:
+    """Run the benchmark; (exit status, every result)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="write the results here as JSON")
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
@@ -274,14 +296,14 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, set(cpus))  # also checks that they exist and are allowed
     except (ValueError, OSError) as err:
         print(f"dsm_bench: --cpus {args.cpus!r}: not a usable CPU list ({err})", file=sys.stderr)
-        return 2
+        return 2, None
     try:
         return run(args, cpus)
     finally:
         os.sched_setaffinity(0, saved)  # a caller (bench/run.py) goes on with its own benchmarks
 
 
-def run(args: argparse.Namespace, cpus: list[int]) -> int:
+def run(args: argparse.Namespace, cpus: list[int]) -> tuple[int, dict[str, Any]]:
     base: dict[str, Any] = {} if args.poll_us is None else {"poll_us": args.poll_us}
     if args.hold_us is not None:
         base["hold_us"] = args.hold_us
@@ -290,8 +312,8 @@ def run(args: argparse.Namespace, cpus: list[int]) -> int:
     rounds = 300 if args.quick else 3000
     chosen, note = placements(cpus, args.placement)
     hold_default = DsmOptions().hold_us
-    print(f"hold_us {base.get('hold_us', hold_default)}; best of {args.repeat} alternating runs per placement; "
-          f"load average {os.getloadavg()[0]:.1f} (other work on the host inflates everything)")
+    print(f"DSM core: hold window {base.get('hold_us', hold_default)} us; best of {args.repeat} alternating runs "
+          f"per placement; load average {os.getloadavg()[0]:.1f} (other work on the host inflates everything)")
     if note:
         print(note)
     results: dict[str, Any] = {"placements": {}, "targets": TARGETS, "options": {}}
@@ -310,8 +332,8 @@ def run(args: argparse.Namespace, cpus: list[int]) -> int:
                              for h in holds}
     for ro in ("giantvm", "ivy"):
         for mgr in ("dynamic", "central", "fixed"):
-            results["options"][f"{ro}/{mgr}"] = scenario(3, npages // 2, {**base, "read_ownership": ro,
-                                                                         "manager": mgr}, 0, shared)
+            results["options"][f"{ro}/{mgr}"] = without_samples(scenario(3, npages // 2, {
+                **base, "read_ownership": ro, "manager": mgr}, 0, shared))
     results["load_average"] = os.getloadavg()
     results["cpus"] = cpus
     print_rest(results)
@@ -323,7 +345,7 @@ def run(args: argparse.Namespace, cpus: list[int]) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.json}")
-    return 1 if errors else 0
+    return (1 if errors else 0), results
 
 
 if __name__ == "__main__":

@@ -1,32 +1,55 @@
-"""Guest-level benchmarks: one guest on 1 node against the same guest on 2 nodes.
+"""Guest-level benchmarks: what a page costs a guest, and whole workloads, on 1 node and on several.
 
-Each guest prints its own measurements on its verdict line (key=value,
-cycles from rdtsc, which every vCPU of every node reads from one host
-clock here). Every figure is reported as a ratio against a baseline run in
-the same invocation, because these machines are noisy.
+Each guest prints its own measurements (key=value, TSC cycles from rdtsc,
+which every vCPU of every node reads from one host clock here). Every figure
+is a ratio against a baseline run in the same invocation, one run of each
+alternating with the other, because these machines are noisy.
 """
 from __future__ import annotations
 
 import ctypes
 import mmap
 import re
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 IVYVM = [sys.executable, "-m", "hypervisor.cli"]
 # The test builds are sized to finish fast; benchmarks want runs long enough
 # that start-up and first touches do not dominate, so they get their own build.
 BENCH_BUILD = "build-bench"
-BENCH_DEFS = "-DSPANNING_ITERS=20000 -DDISJOINT_PASSES=5000 -DPINGPONG_ROUNDS=1000 -DPAGEWALK_MIB=16"
+BENCH_DEFS = ("-DSPANNING_ITERS=20000 -DDISJOINT_PASSES=5000 -DPINGPONG_ROUNDS=1000 -DPAGEWALK_MIB=16 "
+              "-DPAGECOST_PAGES=2048")
+QUICK_BUILD = "build-bench-quick"
+QUICK_DEFS = ("-DSPANNING_ITERS=2000 -DDISJOINT_PASSES=200 -DPINGPONG_ROUNDS=100 -DPAGEWALK_MIB=2 "
+              "-DPAGECOST_PAGES=256")
+MIB = 1 << 20
+PAGE = 4096
 
+# pagecost's phases, in its own words (guest/programs/pagecost.c).
+PHASES = {
+    "first_touch": "first touch of a fresh page",
+    "read_seq": "(a) sequential remote read",
+    "read_rand": "(b) random-order remote read",
+    "write_inval": "(c) write that invalidates one copy",
+    "rmw": "(d) migratory read-modify-write",
+}
 
-def build_bench_guests() -> None:
-    subprocess.run(["make", "-s", "-C", str(ROOT / "guest"), f"BUILD={BENCH_BUILD}", f"GUEST_DEFS={BENCH_DEFS}"],
-                   check=True)
+# Issue 10's targets: (key, what is compared, target, which direction is better).
+TARGETS = (
+    ("first_touch_node0", "node 0's first touch of a never-shared page / the same on 1 node without DSM", 1.2, "lower"),
+    ("read_rand_vs_floor", "(b) random-order remote read / the guest floor (e)", 1.2, "lower"),
+    ("read_seq_vs_first_touch", "(a) sequential remote read / a first touch on 1 node", 1.0, "lower"),
+    ("rmw_vs_read_rand", "(d) migratory read-modify-write / (b) random-order remote read", 1.2, "lower"),
+    ("write_inval_vs_read_rand", "(c) write that invalidates one copy / (b) random-order remote read", 1.0, "lower"),
+    ("pagewalk_2_vs_1", "pagewalk throughput, 2 nodes / 1 node", 0.25, "higher"),
+    ("mp8_vs_1", "message passing, 8 vCPUs: time on 8 nodes / on 1 node", 15.0, "lower"),
+)
 
 
 @dataclass
@@ -36,23 +59,48 @@ class GuestRun:
     nodes: int
     wall_s: float
     fields: dict[str, int]
+    medians: dict[str, int] = field(default_factory=dict)
+    histograms: dict[str, list[int]] = field(default_factory=dict)
+    node_stats: list[dict[str, float]] = field(default_factory=list)
 
 
-def run_guest(name: str, vcpus: int, nodes: int, timeout: float = 120.0) -> GuestRun:
-    elf = ROOT / "guest" / BENCH_BUILD / f"{name}.elf"
-    argv = IVYVM + ["run", str(elf), "--vcpus", str(vcpus)] + (["--nodes", str(nodes)] if nodes > 1 else [])
+def build_bench_guests(quick: bool) -> str:
+    build, defs = (QUICK_BUILD, QUICK_DEFS) if quick else (BENCH_BUILD, BENCH_DEFS)
+    subprocess.run(["make", "-s", "-C", str(ROOT / "guest"), f"BUILD={build}", f"GUEST_DEFS={defs}"], check=True)
+    return build
+
+
+_STATS = re.compile(r"ivyvm: node (\d+) \(vCPUs [^)]*\): (\d+) remote and (\d+) local faults, mean fault "
+                    r"([\d.]+) us .*?, (\d+) messages and (\d+) KiB sent")
+
+
+def run_guest(build: str, name: str, vcpus: int, nodes: int, timeout: float = 300.0,
+              extra: tuple[str, ...] = ()) -> GuestRun:
+    elf = ROOT / "guest" / build / f"{name}.elf"
+    argv = IVYVM + ["run", str(elf), "--vcpus", str(vcpus)] + (["--nodes", str(nodes), "--stats"] if nodes > 1 else [])
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(argv + list(extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - start
-    verdict = next((line for line in proc.stdout.splitlines() if line.startswith(("PASS", "FAIL"))), "")
+    lines = proc.stdout.splitlines()
+    verdict = next((line for line in lines if line.startswith(("PASS", "FAIL"))), "")
     if proc.returncode != 0 or not verdict.startswith("PASS"):
-        raise RuntimeError(f"{name} on {nodes} node(s) failed with status {proc.returncode}: "
-                           f"{verdict or proc.stderr.strip()[-300:]}")
-    fields = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", verdict)}
-    return GuestRun(name, vcpus, nodes, wall, fields)
+        raise RuntimeError(f"guest {name} with {vcpus} vCPUs on {nodes} node(s) failed with status "
+                           f"{proc.returncode}: {verdict or proc.stderr.strip()[-300:]}")
+    run = GuestRun(name, vcpus, nodes, wall, {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", verdict)})
+    for line in lines:
+        if line.startswith("MEDIAN "):
+            run.medians = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+        elif line.startswith("HIST "):
+            label, _, counts = line[5:].partition(":")
+            run.histograms[label] = [int(c) for c in counts.split()]
+    for m in _STATS.finditer(proc.stderr):
+        run.node_stats.append({"node": int(m[1]), "remote_faults": int(m[2]), "local_faults": int(m[3]),
+                               "mean_fault_us": float(m[4]), "messages_sent": int(m[5]), "kib_sent": int(m[6])})
+    run.node_stats.sort(key=lambda s: s["node"])
+    return run
 
 
-def _host_rdtsc() -> ctypes._CFuncPtr:
+def _host_rdtsc() -> Any:
     """rdtsc callable from Python: ten bytes of machine code in an executable page."""
     code = bytes.fromhex("0f31" "48c1e220" "4809d0" "c3")  # rdtsc; shl rdx,32; or rax,rdx; ret
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
@@ -72,48 +120,139 @@ def tsc_hz() -> float:
     return (c1 - c0) / (t1 - t0)
 
 
-def bench_guests() -> dict[str, dict[str, float]]:
-    build_bench_guests()
-    hz = tsc_hz()
-    results: dict[str, dict[str, float]] = {}
+def page_costs(run: GuestRun, hz: float) -> dict[str, dict[str, float]]:
+    """Per phase: one access's median and mean in us, and pages per second as MiB/s."""
+    pages = run.fields["pages"]
+    out = {}
+    for phase in PHASES:
+        seconds = run.fields[phase] / hz
+        out[phase] = {"median_us": run.medians[phase] / hz * 1e6, "mean_us": seconds / pages * 1e6,
+                      "mib_per_s": pages * PAGE / MIB / seconds if seconds else float("inf")}
+    return out
+
+
+def _median_of(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {phase: {k: statistics.median(r[phase][k] for r in runs) for k in runs[0][phase]} for phase in runs[0]}
+
+
+def bench_page_costs(build: str, hz: float, repeat: int, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """pagecost on 1 node (1 vCPU, no DSM) and on 2 nodes, alternating; medians over the runs."""
+    one, two, hist1, hist2, stats2 = [], [], {}, {}, []
+    for _ in range(repeat):
+        r1 = run_guest(build, "pagecost", 1, 1, extra=extra)
+        r2 = run_guest(build, "pagecost", 2, 2, extra=extra)
+        one.append(page_costs(r1, hz))
+        two.append(page_costs(r2, hz))
+        hist1, hist2 = r1.histograms, r2.histograms
+        stats2.append(r2.node_stats)
+    return {"pages": r2.fields["pages"], "runs": repeat, "one_node": _median_of(one), "two_nodes": _median_of(two),
+            "all_runs": {"one_node": one, "two_nodes": two},
+            # log2 buckets of TSC cycles from the last run, for the plots
+            "histograms_cycles": {"one_node": hist1, "two_nodes": hist2},
+            "node_stats_two_nodes": stats2}
+
+
+def bench_workloads(build: str, hz: float, mp_nodes: tuple[int, ...]) -> dict[str, Any]:
+    """Whole guests on 1 node against the same on several, one run of each."""
+    out: dict[str, Any] = {}
 
     def rate(run: GuestRun, amount: float) -> float:
         return amount / (run.fields["cycles"] / hz)
 
-    # Contended counter: every vCPU increments one shared line.
-    one = run_guest("spanning_counter", 2, 1)
-    two = run_guest("spanning_counter", 2, 2)
-    results["spanning_counter_ops_per_s"] = {
-        "1 node": rate(one, one.fields["ops"]), "2 nodes": rate(two, two.fields["ops"])}
-
-    # Bulk transfer: vCPU 0 writes, the last vCPU verifies and rewrites, vCPU 0 verifies.
-    one = run_guest("pagewalk", 2, 1)
-    two = run_guest("pagewalk", 2, 2)
-    results["pagewalk_mib_per_s"] = {
-        "1 node": rate(one, 3 * one.fields["mib"]), "2 nodes": rate(two, 3 * two.fields["mib"])}
-
-    # Interrupt round trip between vCPU 0 and the last vCPU.
-    one = run_guest("ipi_pingpong", 2, 1)
-    two = run_guest("ipi_pingpong", 2, 2)
-    results["ipi_round_trip_us"] = {
-        "1 node": one.fields["cycles_per_round"] / hz * 1e6,
-        "2 nodes": two.fields["cycles_per_round"] / hz * 1e6}
-
-    # Disjoint pages: 2 vCPUs on 1 node vs 2 vCPUs on 2 nodes vs 1 vCPU.
-    base = run_guest("disjoint", 1, 1)
-    one = run_guest("disjoint", 2, 1)
-    two = run_guest("disjoint", 2, 2)
-    results["disjoint_ops_per_s"] = {
-        "1 vCPU": rate(base, base.fields["ops"]),
-        "2 vCPUs, 1 node": rate(one, one.fields["ops"]),
-        "2 vCPUs, 2 nodes": rate(two, two.fields["ops"])}
-    return results
+    one, two = run_guest(build, "spanning_counter", 2, 1), run_guest(build, "spanning_counter", 2, 2)
+    out["spanning_counter"] = {"label": "contended counter (spanning_counter), 2 vCPUs", "unit": "increments/s",
+                               "better": "higher", "one_node": rate(one, one.fields["ops"]),
+                               "many_nodes": rate(two, two.fields["ops"]), "nodes": 2}
+    one, two = run_guest(build, "pagewalk", 2, 1), run_guest(build, "pagewalk", 2, 2)
+    out["pagewalk"] = {"label": f"pagewalk, {one.fields['mib']} MiB written, moved and moved back", "unit": "MiB/s",
+                       "better": "higher", "one_node": rate(one, 3 * one.fields["mib"]),
+                       "many_nodes": rate(two, 3 * two.fields["mib"]), "nodes": 2}
+    one, two = run_guest(build, "ipi_pingpong", 2, 1), run_guest(build, "ipi_pingpong", 2, 2)
+    out["ipi_pingpong"] = {"label": "interrupt round trip between 2 vCPUs", "unit": "us", "better": "lower",
+                           "one_node": one.fields["cycles_per_round"] / hz * 1e6,
+                           "many_nodes": two.fields["cycles_per_round"] / hz * 1e6, "nodes": 2}
+    base, one, two = (run_guest(build, "disjoint", 1, 1), run_guest(build, "disjoint", 2, 1),
+                      run_guest(build, "disjoint", 2, 2))
+    out["disjoint"] = {"label": "disjoint pages, 2 vCPUs (1 vCPU alone: "
+                                f"{rate(base, base.fields['ops']) / 1e6:.1f} M increments/s)",
+                       "unit": "increments/s", "better": "higher", "one_node": rate(one, one.fields["ops"]),
+                       "many_nodes": rate(two, two.fields["ops"]), "nodes": 2}
+    for n in mp_nodes:
+        one, many = run_guest(build, "mp_litmus", n, 1), run_guest(build, "mp_litmus", n, n)
+        out[f"mp_litmus_{n}"] = {"label": f"message passing (mp_litmus), {n} vCPUs, {many.fields['rounds']} rounds "
+                                          f"of {many.fields['pages']} pages", "unit": "ms", "better": "lower",
+                                 "one_node": one.fields["cycles"] / hz * 1e3,
+                                 "many_nodes": many.fields["cycles"] / hz * 1e3,
+                                 "nodes": n}
+    return out
 
 
-def print_guest_table(results: dict[str, dict[str, float]]) -> None:
-    print("\nguest-level figures (ratios against the first column, same run)")
-    for name, row in results.items():
-        cells = list(row.items())
-        base = cells[0][1]
-        text = "  ".join(f"{label}: {value:,.1f} ({value / base:.2f}x)" for label, value in cells)
-        print(f"  {name:28s} {text}")
+def targets(costs: dict[str, Any], workloads: dict[str, Any], core_read_us: float) -> list[dict[str, Any]]:
+    one, two = costs["one_node"], costs["two_nodes"]
+    floor_e = one["first_touch"]["median_us"] + core_read_us
+    rand = two["read_rand"]["median_us"]
+    values = {
+        "first_touch_node0": two["first_touch"]["median_us"] / one["first_touch"]["median_us"],
+        "read_rand_vs_floor": rand / floor_e,
+        "read_seq_vs_first_touch": two["read_seq"]["median_us"] / one["first_touch"]["median_us"],
+        "rmw_vs_read_rand": two["rmw"]["median_us"] / rand,
+        "write_inval_vs_read_rand": two["write_inval"]["median_us"] / rand,
+    }
+    if "pagewalk" in workloads:
+        values["pagewalk_2_vs_1"] = workloads["pagewalk"]["many_nodes"] / workloads["pagewalk"]["one_node"]
+    if "mp_litmus_8" in workloads:
+        values["mp8_vs_1"] = workloads["mp_litmus_8"]["many_nodes"] / workloads["mp_litmus_8"]["one_node"]
+    out = []
+    for key, label, target, better in TARGETS:
+        if key in values:
+            got = values[key]
+            met = got <= target if better == "lower" else got >= target
+            out.append({"key": key, "label": label, "ratio": got, "target": target, "better": better, "met": met})
+    return out
+
+
+def bench_guests(core_read_us: float, core_placement: str, quick: bool = False) -> dict[str, Any]:
+    build = build_bench_guests(quick)
+    hz = tsc_hz()
+    costs = bench_page_costs(build, hz, 1 if quick else 3)
+    workloads = bench_workloads(build, hz, (4,) if quick else (4, 8))
+    floor_e = costs["one_node"]["first_touch"]["median_us"] + core_read_us
+    return {"tsc_hz": hz, "page_costs": costs, "workloads": workloads,
+            "floor_e": {"first_touch_one_node_us": costs["one_node"]["first_touch"]["median_us"],
+                        "core_remote_read_us": core_read_us, "core_placement": core_placement, "us": floor_e},
+            "targets": targets(costs, workloads, core_read_us)}
+
+
+def _ratio_text(got: float, better: str) -> str:
+    return f"{got:.2f} x ({better} is better)"
+
+
+def print_guest_tables(r: dict[str, Any]) -> None:
+    costs, floor = r["page_costs"], r["floor_e"]
+    print(f"\n== guest-level page costs: pagecost, {costs['pages']} pages per access kind, median of "
+          f"{costs['runs']} alternating run(s)")
+    print("   2 nodes: vCPU 0 on node 0 makes the access, vCPU 1 on node 1 wrote the pages; 1 node: 1 vCPU, no DSM")
+    print(f"{'access':50s} {'where':8s} {'median/page':>12s} {'mean/page':>11s} {'throughput':>13s}")
+    rows = [("first_touch", "one_node", "1 node")] + [(p, "two_nodes", "2 nodes") for p in PHASES]
+    for phase, key, where in rows:
+        c = costs[key][phase]
+        label = PHASES[phase] + (" (node 0, never shared)" if phase == "first_touch" and key == "two_nodes" else "")
+        print(f"{label:50s} {where:8s} {c['median_us']:9.1f} us {c['mean_us']:8.1f} us {c['mib_per_s']:8.1f} MiB/s")
+    print(f"{'(e) guest floor: first touch on 1 node':50s} {'':8s} {floor['first_touch_one_node_us']:9.1f} us")
+    print(f"{'    + core remote read fault (' + floor['core_placement'] + ')':50s} {'':8s} "
+          f"{floor['core_remote_read_us']:9.1f} us")
+    print(f"{'    = floor (e)':50s} {'':8s} {floor['us']:9.1f} us")
+
+    print(f"\n== whole guests: 1 node against several (one run each)")
+    print(f"{'workload':64s} {'1 node':>16s} {'N nodes':>20s} {'N nodes / 1 node':>28s}")
+    for w in r["workloads"].values():
+        fmt = (lambda v: f"{v:,.1f} {w['unit']}") if w["unit"] != "increments/s" else (
+            lambda v: f"{v / 1e6:,.1f} M incr/s")
+        print(f"{w['label']:64s} {fmt(w['one_node']):>16s} {fmt(w['many_nodes']) + ' (' + str(w['nodes']) + ')':>20s} "
+              f"{_ratio_text(w['many_nodes'] / w['one_node'], w['better']):>28s}")
+
+    print("\n== issue 10 targets (ratios within this run)")
+    print(f"{'what':80s} {'ratio':>7s} {'target':>10s} {'better':>7s}  verdict")
+    for t in r["targets"]:
+        bound = ("<= " if t["better"] == "lower" else ">= ") + f"{t['target']:g} x"
+        print(f"{t['label']:80s} {t['ratio']:6.2f}x {bound:>10s} {t['better']:>7s}  {'met' if t['met'] else 'missed'}")
