@@ -78,6 +78,10 @@ class DsmOptions:
     # page, when another node first asks for it, travels with its 4 KiB (its
     # version moved on at start). Measured: docs/guest-performance.md.
     map_owned: bool = True
+    # 1..99: the DSM's event-loop thread runs SCHED_FIFO at this priority (root), so a
+    # message preempts a vCPU that spins on the same CPU. Off (0) by default: measured,
+    # it made a guest's remote page 1.5 x slower (docs/guest-performance.md).
+    dsm_priority: int = 0
 
     def __post_init__(self) -> None:
         if self.read_ownership not in READ_OWNERSHIP:
@@ -86,6 +90,8 @@ class DsmOptions:
             raise DsmError(f"manager {self.manager!r}: expected one of {', '.join(MANAGERS)}")
         if not 0 <= self.poll_us <= 1_000_000:
             raise DsmError(f"poll_us {self.poll_us} must be between 0 and 1000000")
+        if not 0 <= self.dsm_priority <= 99:
+            raise DsmError(f"dsm_priority {self.dsm_priority} must be between 0 (off) and 99")
         if not 0 <= self.hold_us <= 1_000_000:
             raise DsmError(f"hold_us {self.hold_us} must be between 0 and 1000000")
         if not 0 <= self.trace_records <= lib.IVY_TRACE_MAX_RECORDS:
@@ -168,6 +174,7 @@ class DsmNode:
         cfg.hold_us = self.options.hold_us
         cfg.trace_records = self.options.trace_records
         cfg.map_owned = int(self.options.map_owned)
+        cfg.fifo_priority = self.options.dsm_priority
         for i in range(MAX_NODES):
             cfg.peer_fds[i] = -1
         cfg.insecure_plaintext = bool(insecure_plaintext)

@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -1020,6 +1021,16 @@ int ivy_rt_start(struct ivy_rt *rt)
     snprintf(name, sizeof name, "ivy-dsm-%u", rt->cfg.self);
     pthread_setname_np(rt->thread, name); /* for top, perf and ps: cosmetic, may fail */
     rt->started = true;
+    if (rt->cfg.fifo_priority) {
+        struct sched_param sp = {.sched_priority = rt->cfg.fifo_priority};
+        r = pthread_setschedparam(rt->thread, SCHED_FIFO, &sp);
+        if (r) {
+            rt_fail(rt, "SCHED_FIFO priority %u for the DSM thread: %s (needs root or CAP_SYS_NICE)",
+                    rt->cfg.fifo_priority, strerror(r));
+            ivy_rt_stop(rt); /* joins the loop, which saw the failure */
+            return -1;
+        }
+    }
     return 0;
 }
 

@@ -49,6 +49,8 @@ struct ivy_rt_config {
     uint8_t insecure_plaintext; /* frames travel unsealed: the benchmark's baseline only, never a user's */
     uint8_t map_owned;      /* node 0: map every page it owns at start, writable, in large ranges, so a
                                first touch of a page nobody else has touched takes no userfaultfd fault */
+    uint8_t fifo_priority;  /* 1..99: the event-loop thread runs SCHED_FIFO at this priority, so a message
+                               preempts a vCPU spinning on its CPU (needs root); 0: the default policy */
 };
 
 /*

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from hypervisor._ivy_native import lib
-from hypervisor.dsm import PAGE_SIZE, DsmNode, DsmOptions
+from hypervisor.dsm import PAGE_SIZE, DsmError, DsmNode, DsmOptions
 from hypervisor.memory import GuestRam
 from tests.dsm.test_runtime import READ, REPLY, WRITE, expected_page, frame, recv_frame, toucher
 
@@ -114,3 +114,23 @@ def test_a_loaded_page_served_for_a_write_is_zapped(mapped_owner, ram: GuestRam)
     assert not t.is_alive()
     assert lib.ivy_test_load64(ram.guest_addr + 3 * PAGE_SIZE) == int.from_bytes(b"\x33" * 8, "little")
     assert node.error is None
+
+
+def test_dsm_thread_priority_is_applied(ram: GuestRam) -> None:
+    """DsmOptions.dsm_priority (measured to lose, off by default) really makes the loop SCHED_FIFO."""
+    import os
+
+    with DsmNode(0, 1, ram, {}, DsmOptions(dsm_priority=3)) as node:
+        node.start()
+        tids = [int(t) for t in os.listdir("/proc/self/task")
+                if open(f"/proc/self/task/{t}/comm").read().strip() == "ivy-dsm-0"]
+        assert len(tids) == 1
+        assert os.sched_getscheduler(tids[0]) == os.SCHED_FIFO
+        assert os.sched_getparam(tids[0]).sched_priority == 3
+    with DsmNode(0, 1, ram, {}) as node:
+        node.start()
+        tids = [int(t) for t in os.listdir("/proc/self/task")
+                if open(f"/proc/self/task/{t}/comm").read().strip() == "ivy-dsm-0"]
+        assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_OTHER]
+    with pytest.raises(DsmError, match="dsm_priority 100"):
+        DsmOptions(dsm_priority=100)
