@@ -17,7 +17,7 @@ from tests.cluster.common import finish, free_port_pairs, guest_elf, processes_m
 from tests.conftest import requires_kvm
 
 SHAPES = [(2, 2), (4, 2), (3, 3)]
-GUESTS = ["hello", "spanning_counter", "mp_litmus", "dekker", "ipi_pingpong", "pagewalk"]
+GUESTS = ["hello", "spanning_counter", "mp_litmus", "dekker", "ipi_pingpong", "pagewalk", "pagecost"]
 
 
 @requires_kvm

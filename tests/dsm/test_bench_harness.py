@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from bench import dsm_bench
+from bench import dsm_bench, plots
 from bench.floors import MECHANISMS
 
 
@@ -32,6 +32,9 @@ def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> No
         assert run["errors"] == [], (name, run["errors"])
         for key in dsm_bench.LATENCIES:
             assert 0 < run[key]["median_us"] <= run[key]["p99_us"], (name, key)
+            # every warm sample is kept for the plots, once (not in every run's copy)
+            assert min(run[key]["samples_us"]) >= run[key]["min_us"] - 0.01, (name, key)
+            assert all("samples_us" not in r[key] for r in run["all_runs"]), (name, key)
         # 2 nodes: a fault is a request and its reply; the write after a read is the
         # reader, now owner, invalidating the old owner's copy and taking its ack.
         for key in ("read_fault", "write_fault", "write_after_read"):
@@ -50,3 +53,11 @@ def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> No
     for name, option in results["options"].items():
         assert not option["errors"], (name, option["errors"])
         assert option["read_fault"]["messages_per_fault"] >= 2.0, name
+
+    missing = plots.matplotlib_missing()
+    if missing:
+        assert "\n" not in missing and "matplotlib" in missing
+    else:
+        written = plots.core_latencies(results, tmp_path)
+        assert [p.name for p in written] == [f"core-latency-{name}.png" for name in expected]
+        assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)

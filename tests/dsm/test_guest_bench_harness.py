@@ -1,0 +1,103 @@
+"""`make bench`'s guest-level part keeps working: a quick run reports every figure, readably.
+
+Harness only, as test_bench_harness.py: no figure is held to a target (speed
+goals live in `make bench`). What is checked: every access kind, workload and
+issue-10 target is there with a unit and a direction, the guests passed
+their own data checks (run_guest raises otherwise), node 0 mapped what it
+owns up front (its first touches took no fault), the printed tables name no
+temporary path and no JSON key, the host-load verdict is complete, and the
+plots are drawn or their absence is said in one line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import guests, hostload, plots
+from tests.conftest import requires_kvm
+
+CORE_READ_US = 50.0  # stands in for the DSM core's figure, which test_bench_harness.py covers
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    before = hostload.Snapshot.take()
+    r = guests.bench_guests(CORE_READ_US, "stand-in placement", quick=True)
+    r["host"] = hostload.verdict(before, hostload.Snapshot.take())
+    return r
+
+
+@requires_kvm
+def test_every_access_kind_has_a_cost_and_a_rate(results: dict) -> None:
+    costs = results["page_costs"]
+    assert costs["pages"] == 256 and costs["runs"] == 1
+    for where in ("one_node", "two_nodes"):
+        assert list(costs[where]) == list(guests.PHASES)
+        for phase, c in costs[where].items():
+            assert c["median_us"] >= 0 and c["mean_us"] > 0 and c["mib_per_s"] > 0, (where, phase)
+    floor = results["floor_e"]
+    assert floor["us"] == floor["first_touch_one_node_us"] + CORE_READ_US
+    # Both nodes report their DSM counters. Node 0 took a remote fault per page for each read
+    # step (sequential, random, the rmw's read) and a local one per page for each write step
+    # (write_inval, the rmw's write); its first touches took none: it mapped them up front.
+    stats = costs["node_stats_two_nodes"][0]
+    pages = costs["pages"]
+    assert [s["node"] for s in stats] == [0, 1]
+    assert stats[0]["remote_faults"] >= 3 * pages
+    assert 2 * pages <= stats[0]["local_faults"] < 3 * pages
+
+
+@requires_kvm
+def test_workloads_and_targets_say_which_direction_is_better(results: dict) -> None:
+    w = results["workloads"]
+    assert set(w) == {"spanning_counter", "pagewalk", "ipi_pingpong", "disjoint", "mp_litmus_4"}
+    for name, row in w.items():
+        assert row["one_node"] > 0 and row["many_nodes"] > 0, name
+        assert row["better"] in ("lower", "higher") and row["unit"], name
+    assert w["mp_litmus_4"]["nodes"] == 4
+    keys = [t["key"] for t in results["targets"]]
+    # The quick run has no 8-node message passing; everything else is judged.
+    assert keys == [k for k, *_ in guests.TARGETS if k != "mp8_vs_1"]
+    for t in results["targets"]:
+        assert t["ratio"] > 0 and t["better"] in ("lower", "higher")
+        assert t["met"] == (t["ratio"] <= t["target"] if t["better"] == "lower" else t["ratio"] >= t["target"])
+
+
+@requires_kvm
+def test_tables_are_words_with_units(results: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    guests.print_guest_tables(results)
+    print(hostload.describe(results["host"]))
+    out = capsys.readouterr().out
+    assert "/tmp" not in out and "ivyvm-" not in out
+    for key in ("read_rand", "write_inval", "first_touch", "mp_litmus_4", "median_us", "mib_per_s"):
+        assert key not in out, key
+    for label in guests.PHASES.values():
+        assert label in out
+    assert out.count(" us ") >= 6 and "MiB/s" in out
+    assert out.count("is better") >= len(results["workloads"])
+    assert out.count(" met") + out.count("missed") >= len(results["targets"])
+    assert out.startswith("\n== guest-level page costs")
+    assert "host: load average" in out
+
+
+def test_host_load_verdict_names_its_reasons() -> None:
+    quiet = hostload.Snapshot(0.1, 0, 1000, [10.0, 10.1, 10.2])
+    loaded = hostload.Snapshot(99.0, 200, 2000, [10.0, 30.0, 31.0])  # medians 10.1 and 30: 2.97 x
+    assert hostload.verdict(quiet, quiet)["unreliable_because"] == []
+    v = hostload.verdict(quiet, loaded)
+    reasons = " ".join(v["unreliable_because"])
+    assert "load average 99.0" in reasons and "steal time 20.0 %" in reasons and "varied" in reasons
+    assert "took 2.97 x as long after" in reasons
+    assert hostload.describe(v).splitlines()[1].startswith("WARNING: the guest-level figures are unreliable")
+
+
+@requires_kvm
+def test_plots_are_drawn_or_their_absence_said(results: dict, tmp_path: Path) -> None:
+    missing = plots.matplotlib_missing()
+    if missing:
+        assert "\n" not in missing and "matplotlib" in missing
+        return
+    written = plots.guest_page_costs(results, tmp_path)
+    assert [p.name for p in written] == ["guest-page-costs.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000 for p in written)
