@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypervisor.native_consts import PAGE_SIZE
+
 ROOT = Path(__file__).resolve().parent.parent
 IVYVM = [sys.executable, "-m", "hypervisor.cli"]
 # The test builds are sized to finish fast; benchmarks want runs long enough
@@ -29,7 +31,6 @@ QUICK_BUILD = "build-bench-quick"
 QUICK_DEFS = ("-DSPANNING_ITERS=2000 -DDISJOINT_PASSES=200 -DPINGPONG_ROUNDS=100 -DPAGEWALK_MIB=2 "
               "-DPAGECOST_PAGES=256")
 MIB = 1 << 20
-PAGE = 4096
 
 # pagecost's phases, in its own words (guest/programs/pagecost.c).
 PHASES = {
@@ -127,7 +128,7 @@ def page_costs(run: GuestRun, hz: float) -> dict[str, dict[str, float]]:
     for phase in PHASES:
         seconds = run.fields[phase] / hz
         out[phase] = {"median_us": run.medians[phase] / hz * 1e6, "mean_us": seconds / pages * 1e6,
-                      "mib_per_s": pages * PAGE / MIB / seconds if seconds else float("inf")}
+                      "mib_per_s": pages * PAGE_SIZE / MIB / seconds if seconds else float("inf")}
     return out
 
 

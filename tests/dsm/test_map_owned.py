@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from hypervisor._ivy_native import lib
-from hypervisor.dsm import PAGE_SIZE, DsmError, DsmNode, DsmOptions
+from hypervisor._ivy_testkit import lib as kit
+from hypervisor.dsm import DsmError, DsmNode, DsmOptions
 from hypervisor.memory import GuestRam
+from hypervisor.native_consts import PAGE_SIZE, REPLY_DATA, REPLY_OWNERSHIP
 from tests.dsm.test_runtime import READ, REPLY, WRITE, expected_page, frame, recv_frame, toucher
 
 NPAGES = 64
@@ -39,8 +40,8 @@ def test_node0_touches_every_page_without_a_fault(ram: GuestRam) -> None:
         # One run of pages, one ioctl: "large ranges", not a page at a time.
         assert s["uffd"]["continues"] == 1
         assert all(node.access(p) == 2 for p in range(NPAGES))
-        lib.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 5)
-        assert lib.ivy_test_verify(ram.vmm_addr, NPAGES * PAGE_SIZE, 5) == -1
+        kit.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 5)
+        assert kit.ivy_test_verify(ram.vmm_addr, NPAGES * PAGE_SIZE, 5) == -1
         f = node.stats()["faults"]
         assert sum(f.values()) == 0, f
 
@@ -49,7 +50,7 @@ def test_without_the_option_every_first_touch_faults(ram: GuestRam) -> None:
     with DsmNode(0, 1, ram, {}, DsmOptions(map_owned=False)) as node:
         node.start()
         assert node.stats()["mapped_up_front"] == 0
-        lib.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 5)
+        kit.ivy_test_fill(ram.guest_addr, NPAGES * PAGE_SIZE, 5)
         assert settled_faults(node, "local", NPAGES) == NPAGES
 
 
@@ -69,7 +70,7 @@ def test_only_node0_maps_up_front(ram: GuestRam) -> None:
 def mapped_owner(ram: GuestRam):
     """Node 0 of 2, pages mapped up front, the first 8 loaded with known bytes; node 1 is the test."""
     for page in range(8):
-        lib.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 300 + page)
+        kit.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 300 + page)
     ours, theirs = socket.socketpair()
     ours.settimeout(5)
     node = DsmNode(0, 2, ram, {1: theirs}, DsmOptions(map_owned=True))
@@ -85,12 +86,12 @@ def test_a_page_written_without_a_fault_travels_with_its_bytes(mapped_owner, ram
     start, and a node whose copy is the boot-time zeros (version 0) gets the bytes."""
     node, peer = mapped_owner
     addr = ram.guest_addr + 20 * PAGE_SIZE
-    lib.ivy_test_store64(addr, 0xfeed)
+    kit.ivy_test_store64(addr, 0xfeed)
     assert node.stats()["faults"]["write"] == 0
     peer.sendall(frame(READ, 20, 1, 1, version=0, txid=41))
     reply = recv_frame(peer)
     assert (reply["type"], reply["page"], reply["txid"], reply["version"]) == (REPLY, 20, 41, 1)
-    assert reply["flags"] == lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP
+    assert reply["flags"] == REPLY_DATA | REPLY_OWNERSHIP
     assert int.from_bytes(reply["data"][:8], "little") == 0xfeed
     # Node 0 keeps a read copy, write-protected now: its next store faults.
     assert node.access(20) == 1
@@ -109,10 +110,10 @@ def test_a_loaded_page_served_for_a_write_is_zapped(mapped_owner, ram: GuestRam)
     again = recv_frame(peer)
     assert (again["type"], again["page"], again["requester"], again["version"]) == (READ, 3, 0, 2)
     peer.sendall(frame(REPLY, 3, 0, 1, version=3, copyset=2, txid=again["txid"],
-                       flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=b"\x33" * PAGE_SIZE))
+                       flags=REPLY_DATA | REPLY_OWNERSHIP, payload=b"\x33" * PAGE_SIZE))
     t.join(5)
     assert not t.is_alive()
-    assert lib.ivy_test_load64(ram.guest_addr + 3 * PAGE_SIZE) == int.from_bytes(b"\x33" * 8, "little")
+    assert kit.ivy_test_load64(ram.guest_addr + 3 * PAGE_SIZE) == int.from_bytes(b"\x33" * 8, "little")
     assert node.error is None
 
 
