@@ -8,11 +8,13 @@ alternating with the other, because these machines are noisy.
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,17 +73,17 @@ def build_bench_guests(quick: bool) -> str:
     return build
 
 
-_STATS = re.compile(r"ivyvm: node (\d+) \(vCPUs [^)]*\): (\d+) remote and (\d+) local faults, mean fault "
-                    r"([\d.]+) us .*?, (\d+) messages and (\d+) KiB sent")
-
-
 def run_guest(build: str, name: str, vcpus: int, nodes: int, timeout: float = 300.0,
               extra: tuple[str, ...] = ()) -> GuestRun:
     elf = ROOT / "guest" / build / f"{name}.elf"
-    argv = IVYVM + ["run", str(elf), "--vcpus", str(vcpus)] + (["--nodes", str(nodes), "--stats"] if nodes > 1 else [])
-    start = time.perf_counter()
-    proc = subprocess.run(argv + list(extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="ivyvm-bench-") as scratch:
+        stats_json = Path(scratch) / "stats.json"
+        argv = IVYVM + ["run", str(elf), "--vcpus", str(vcpus)] + (
+            ["--nodes", str(nodes), "--stats-json", str(stats_json)] if nodes > 1 else [])
+        start = time.perf_counter()
+        proc = subprocess.run(argv + list(extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - start
+        profile = json.loads(stats_json.read_text()) if stats_json.exists() else {"nodes": []}
     lines = proc.stdout.splitlines()
     verdict = next((line for line in lines if line.startswith(("PASS", "FAIL"))), "")
     if proc.returncode != 0 or not verdict.startswith("PASS"):
@@ -94,9 +96,14 @@ def run_guest(build: str, name: str, vcpus: int, nodes: int, timeout: float = 30
         elif line.startswith("HIST "):
             label, _, counts = line[5:].partition(":")
             run.histograms[label] = [int(c) for c in counts.split()]
-    for m in _STATS.finditer(proc.stderr):
-        run.node_stats.append({"node": int(m[1]), "remote_faults": int(m[2]), "local_faults": int(m[3]),
-                               "mean_fault_us": float(m[4]), "messages_sent": int(m[5]), "kib_sent": int(m[6])})
+    for n in profile["nodes"]:  # docs/profile.md, the --stats-json schema
+        run.node_stats.append({
+            "node": n["node"], "remote_faults": n["faults"]["remote"], "local_faults": n["faults"]["local"],
+            "mean_fault_us": n["latency"]["mean_ns"] / 1000, "p50_fault_us": n["latency"]["p50_ns"] / 1000,
+            "messages_sent": sum(m["sent"] for m in n["messages"].values()),
+            "kib_sent": sum(m["bytes_sent"] for m in n["messages"].values()) / 1024,
+            "vcpu_blocked_s": sum(v["blocked_ns"] for v in n["vcpu_blocked"]) / 1e9,
+            "vcpu_faults": sum(v["faults"] for v in n["vcpu_blocked"])})
     run.node_stats.sort(key=lambda s: s["node"])
     return run
 
