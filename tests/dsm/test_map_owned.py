@@ -2,7 +2,6 @@
 and the protocol still takes such a page away correctly when another node asks for it."""
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -11,6 +10,7 @@ from hypervisor._ivy_testkit import lib as kit
 from hypervisor.dsm import DsmError, DsmNode, DsmOptions
 from hypervisor.memory import GuestRam
 from hypervisor.native_consts import PAGE_SIZE, REPLY_DATA, REPLY_OWNERSHIP
+from tests.dsm.sealed_peer import sealed_pair
 from tests.dsm.test_runtime import READ, REPLY, WRITE, expected_page, frame, recv_frame, toucher
 
 NPAGES = 64
@@ -55,7 +55,7 @@ def test_without_the_option_every_first_touch_faults(ram: GuestRam) -> None:
 
 
 def test_only_node0_maps_up_front(ram: GuestRam) -> None:
-    ours, theirs = socket.socketpair()
+    theirs, ours = sealed_pair()
     node = DsmNode(1, 2, ram, {0: theirs}, DsmOptions(map_owned=True))
     try:
         node.start()
@@ -71,7 +71,7 @@ def mapped_owner(ram: GuestRam):
     """Node 0 of 2, pages mapped up front, the first 8 loaded with known bytes; node 1 is the test."""
     for page in range(8):
         kit.ivy_test_fill(ram.vmm_addr + page * PAGE_SIZE, PAGE_SIZE, 300 + page)
-    ours, theirs = socket.socketpair()
+    theirs, ours = sealed_pair()
     ours.settimeout(5)
     node = DsmNode(0, 2, ram, {1: theirs}, DsmOptions(map_owned=True))
     node.mark_loaded(range(8))
