@@ -103,7 +103,9 @@ def assert_cut(nodes: list[Node], detector: int, *words: str) -> str:
     for i, node in enumerate(nodes):
         assert node.status == Status.CLUSTER, f"node {i} exited {node.status}: {node.stderr}"
         assert "Traceback" not in node.stderr, node.stderr
-    said = lines(nodes[detector].stderr)
+    # Node 0 names once a second the nodes it still waits for while they join (hypervisor/runlimit.py):
+    # progress on a slow start, not part of what the attack made it say.
+    said = [line for line in lines(nodes[detector].stderr) if not line.startswith("ivyvm: node 0: waiting for ")]
     assert len(said) == 1, f"node {detector} said {said}"
     for word in words:
         assert word in said[0], said[0]
