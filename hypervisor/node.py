@@ -17,61 +17,40 @@ A guest error on node k is sent to node 0, which reports it once.
 """
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import control, control_decode, profile, runlimit, stopsignals, trace
-from .base import LISTEN_FDS_ENV, StdoutConsole, say, write_stderr
-from .clocksync import ClockSync
+from . import control, profile, stopsignals, trace
+from .base import StdoutConsole, say, write_stderr
 from .config import ClusterConfig, ConfigError
-from .control import Channel, ControlError, Frame, Msg
-from .devices import GuestIoError, describe_access
+from .control import Channel, ControlError, Msg
 from .crypto import secret_problem
-from .dsm import DsmError, DsmFailure, DsmNode, DsmOptions
-from .handshake import ClusterShape, HandshakeError, accept_peers, connect_mesh, connect_peer, listen
-from .loader import Image, LoaderError, load_image
+from .dsm import DsmError, DsmNode, DsmOptions
+from .handshake import ClusterShape, HandshakeError
+from .loader import Image
 from .machine import Machine, MachineError, RunResult
+from .node_control import ControlLinks
+from .node_failure import SAID_BY_EVERY_NODE, NodeError, dsm_failure, report
+from .node_io import ForwardedIo, IoServer
+from .node_join import Joiner
+from .node_routes import InterruptRoutes, Parking
 from .nodestats import write_node_stats
-from .native_consts import HEARTBEAT_MS, TIMEOUT_MS, FailKind
+from .runlimit import TimeLimit, deadline_for
 from .status import Status
 
-# The control channel keeps the DSM links' liveness timing (native/runtime.h).
-HEARTBEAT_SECONDS = HEARTBEAT_MS / 1000
-SILENCE_SECONDS = TIMEOUT_MS / 1000    # a control peer quiet this long is taken for dead
-DSM_GRACE_SECONDS = HEARTBEAT_SECONDS * 1.6   # a DSM heartbeat tick and some: see _receive_loop
 STOP_LINGER_SECONDS = 2.0      # node 0 waits this long for peers to leave before closing the DSM
 
 # A traced node's ring (native/trace.h): 64 bytes a record, memory touched only as written.
 # A remote fault makes about ten records, so this covers some 100 000 of them.
 TRACE_RECORDS = 1 << 20
 
-FLAG_UNHANDLED = control.FLAG_UNHANDLED
-
-
-class NodeError(Exception):
-    """The node cannot join or keep its cluster; the message is the user's one line."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class _Pending:
-    """A forwarded access waiting for node 0's answer."""
-
-    seq: int
-    size: int
-    event: threading.Event = field(default_factory=threading.Event)
-    value: int = 0
-    unhandled: bool = False
-
 
 class Node:
+    """One node's run: joins (node_join), then its machine runs while its control links
+    (node_control) carry forwarded I/O (node_io), interrupts and parking (node_routes);
+    how it ends is said here, worded by node_failure."""
+
     def __init__(self, config: ClusterConfig, node_id: int, secret: bytes, verbose: bool = False,
                  stats: bool = False, trace_file: Path | None = None,
                  stats_json: Path | None = None):
@@ -80,7 +59,6 @@ class Node:
         self.config = config
         self.id = node_id
         self.spec = config.nodes[node_id]
-        self.secret = secret
         self.verbose = verbose
         self.show_stats = stats
         # This node's own trace file: --trace, else [cluster] trace with the node's id in its name.
@@ -92,161 +70,44 @@ class Node:
                                   trace_records=TRACE_RECORDS if self.trace_file else 0, **config.dsm_tuning())
         self.shape = ClusterShape.of(config.nnodes, config.mem, self.options)
         self.channels: dict[int, Channel] = {}
-        self._clocks: dict[int, ClockSync] = {}   # per control channel, from its heartbeats
         self.machine: Machine | None = None
         self.dsm: DsmNode | None = None
-        self._pending: dict[int, _Pending] = {}
-        self._seq = 0
-        self._seq_lock = threading.Lock()
-        self._io_seq: dict[int, control_decode.Sequence] = {}   # node 0: each peer's next IO seq
-        self._stop_from_node0: tuple[int, str] | None = None
-        self._stop_was_failure = False
-        self._parked_nodes: set[int] = set()
-        self._parked_lock = threading.Lock()
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.deadline = runlimit.deadline_for(config.timeout)
-        self._time_limit: runlimit.TimeLimit | None = None
+        self.deadline = deadline_for(config.timeout)
+        self._time_limit: TimeLimit | None = None
+        self.joiner = Joiner(config, node_id, secret, self.shape, self.options, self.deadline)
+        machine = lambda: self.machine  # noqa: E731
+        self.forwarded = ForwardedIo(self.channels, self._stopping)
+        self.routes = InterruptRoutes(config, node_id, self.channels, machine)
+        self.parking = Parking(config, node_id, self.channels, machine)
+        self.control = ControlLinks(config, node_id, self.channels, self._closing, machine, lambda: self.dsm,
+                                    self.forwarded, IoServer(config, lambda: self._devices()), self.routes,
+                                    self.parking, self._lost)
 
-    # --- start-up -----------------------------------------------------------
-    def _load(self) -> Image:
-        try:
-            return load_image(self.config.image, self.config.mem, self.config.vcpus)
-        except LoaderError as err:
-            raise NodeError(Status.IMAGE, str(err)) from None
+    def _stopping(self) -> bool:
+        return self._closing.is_set() or (self.machine is not None and self.machine.result is not None)
+
+    def _devices(self):  # type: ignore[no-untyped-def]
+        assert self.machine is not None
+        return self.machine.io
 
     def _create_machine(self, image: Image) -> Machine:
         is_head = self.id == 0
         try:
             return Machine(image, vcpus=self.config.vcpus, mem=self.config.mem, local_vcpus=self.spec.vcpus,
-                           write_memory=is_head, io=None if is_head else self, router=self,
+                           write_memory=is_head, io=None if is_head else self.forwarded, router=self.routes,
                            console=StdoutConsole(), verbose=self.verbose, node=self.id,
-                           on_all_parked=self._local_all_parked, on_vcpu_thread=self._vcpu_thread)
+                           on_all_parked=self.parking.local_all_parked, on_vcpu_thread=self._vcpu_thread)
         except MachineError as err:
             raise NodeError(Status.HOST, f"node {self.id}: {err}") from None
-
-    def _open_listeners(self) -> tuple[socket.socket, socket.socket | None]:
-        """Bound before anything else, so peers can already queue connections."""
-        inherited = os.environ.pop(LISTEN_FDS_ENV, "")
-        if inherited:
-            dsm_fd, control_fd = (int(fd) for fd in inherited.split(","))
-            dsm, ctl = socket.socket(fileno=dsm_fd), socket.socket(fileno=control_fd)
-            if self.id != 0:
-                ctl.close()
-                return dsm, None
-            return dsm, ctl
-        dsm = listen(self.spec.host, self.spec.port)
-        try:
-            return dsm, listen(*self.spec.control_address) if self.id == 0 else None
-        except BaseException:
-            dsm.close()
-            raise
-
-    def _connect_dsm(self, machine: Machine, listener: socket.socket) -> DsmNode:
-        timeout = self.config.setup_timeout
-        if self.deadline is not None:
-            timeout = min(timeout, max(0.05, self.deadline - time.monotonic()))
-        try:
-            peers = connect_mesh(self.id, [n.address for n in self.config.nodes], self.secret, self.shape,
-                                 listener=listener, timeout=timeout)
-        except HandshakeError as err:
-            if self.deadline is not None and time.monotonic() >= self.deadline:
-                raise NodeError(Status.TIMEOUT, f"node {self.id}: time limit of {self.config.timeout:g} s "
-                                                f"reached while nodes were joining ({err})") from None
-            raise
-        finally:
-            listener.close()
-        assert machine.ram is not None
-        dsm = DsmNode(self.id, self.config.nnodes, machine.ram, peers, self.options)
-        dsm.mark_loaded(machine.written_pages)
-        dsm.start()
-        return dsm
-
-    def _join_progress(self) -> runlimit.JoinProgress:
-        others = {n.id: f"{n.host}:{n.port}" for n in self.config.nodes if n.id != self.id}
-        return runlimit.JoinProgress(others, say)
-
-    def _start_time_limit(self, machine: Machine) -> None:
-        """Node 0 ends the run at the deadline; its STOP carries Status.TIMEOUT to the others."""
-        if self.deadline is None:
-            return
-        assert self.config.timeout is not None
-        line = runlimit.timeout_line(self.config.timeout, self.config.nnodes)
-        self._time_limit = runlimit.TimeLimit(
-            self.deadline, lambda: machine.stop(Status.TIMEOUT, line, error=True)).start()
-
-    def _join_as_head(self, digest: bytes, listener: socket.socket, progress: runlimit.JoinProgress) -> None:
-        """Node 0: accept every other node's control connection and check its JOIN."""
-        deadline = time.monotonic() + self.config.setup_timeout
-        if self.deadline is not None and self.deadline < deadline:
-            deadline = self.deadline
-        waiting = set(range(1, self.config.nnodes))
-        try:
-            # Concurrent handshakes: strangers on this port cannot hold up the real nodes.
-            links = accept_peers(listener, self_id=0, expected=waiting, shape=self.shape, secret=self.secret,
-                                 deadline=deadline, purpose=b"control", on_proven=progress.joined)
-            missing = sorted(waiting - set(links))
-            if missing:
-                for link in links.values():
-                    link.close()
-                if deadline == self.deadline:
-                    assert self.config.timeout is not None
-                    raise NodeError(Status.TIMEOUT, f"node 0: time limit of {self.config.timeout:g} s "
-                                                    f"reached while nodes {missing} were joining")
-                raise NodeError(Status.CLUSTER, f"node 0: nodes {missing} never opened "
-                                                f"their control connection")
-            for peer, link in sorted(links.items()):
-                sock = link.sock
-                channel = Channel(sock, peer, link.keys)
-                self.channels[peer] = channel     # closed by _shutdown whatever happens next
-                sock.settimeout(self.config.setup_timeout)
-                frame = channel.receive()
-                if frame.type is not Msg.JOIN:
-                    raise NodeError(Status.CLUSTER, f"node {peer} sent {frame.type.name} instead of JOIN")
-                their_digest, vcpus, mem = control.JOIN.unpack(frame.payload)
-                if their_digest != digest:
-                    line = (f"node {peer} runs a different guest image (sha256 {their_digest.hex()[:16]}..., "
-                            f"node 0 has {digest.hex()[:16]}...)")
-                    channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, line))
-                    raise NodeError(Status.CLUSTER, line)
-                if (vcpus, mem) != (self.config.vcpus, self.config.mem):
-                    line = (f"node {peer} has {vcpus} vCPUs and {mem} bytes of RAM, node 0 has "
-                            f"{self.config.vcpus} and {self.config.mem}")
-                    channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, line))
-                    raise NodeError(Status.CLUSTER, line)
-                sock.settimeout(SILENCE_SECONDS)
-        finally:
-            listener.close()
-
-    def _join_as_member(self, digest: bytes) -> None:
-        host, port = self.config.nodes[0].control_address
-        deadline = time.monotonic() + self.config.setup_timeout
-        try:
-            link = connect_peer((host, port), deadline, self_id=self.id, peer=0, shape=self.shape,
-                                secret=self.secret, purpose=b"control", who=f"node 0 at {host}:{port}")
-        except HandshakeError as err:
-            if "nobody listening" in str(err) or "cannot connect" in str(err):
-                raise NodeError(Status.CLUSTER, f"node {self.id}: cannot reach node 0's control port: {err}") from None
-            raise
-        sock = link.sock
-        channel = Channel(sock, 0, link.keys)
-        channel.send(control.encode(Msg.JOIN, control.JOIN.pack(digest, self.config.vcpus, self.config.mem)))
-        sock.settimeout(self.config.setup_timeout)
-        frame = channel.receive()
-        if frame.type is Msg.STOP:
-            status, line = control.decode_status(frame)
-            raise NodeError(status, f"node {self.id}: refused by node 0: {line}")
-        if frame.type is not Msg.GO:
-            raise NodeError(Status.CLUSTER, f"node 0 sent {frame.type.name} instead of GO")
-        sock.settimeout(SILENCE_SECONDS)
-        self.channels[0] = channel
 
     # --- running ------------------------------------------------------------
     def run(self) -> int:
         try:
-            image = self._load()
+            image = self.joiner.load()
             digest = image.digest
-            dsm_listener, control_listener = self._open_listeners()
+            dsm_listener, control_listener = self.joiner.open_listeners()
             try:
                 self.machine = machine = self._create_machine(image)
             except BaseException:
@@ -257,20 +118,20 @@ class Node:
             try:
                 if self.id == 0:
                     assert control_listener is not None
-                    with self._join_progress() as progress:
-                        self.dsm = self._connect_dsm(machine, dsm_listener)
-                        self._join_as_head(digest, control_listener, progress)
-                    self._start_time_limit(machine)
+                    with self.joiner.progress() as progress:
+                        self.dsm = self.joiner.connect_dsm(machine, dsm_listener)
+                        self.joiner.as_head(digest, control_listener, progress, self.channels)
+                    self._time_limit = self.joiner.time_limit(machine)
                     for channel in self.channels.values():
                         channel.send(control.encode(Msg.GO))
                 else:
-                    self.dsm = self._connect_dsm(machine, dsm_listener)
-                    self._join_as_member(digest)
-                self._clocks = {peer: ClockSync() for peer in self.channels}
+                    self.dsm = self.joiner.connect_dsm(machine, dsm_listener)
+                    self.joiner.as_member(digest, self.channels)
+                self.control.start_clocks()
                 self._spawn(self._watch_dsm, "dsm-watch")
                 for peer, channel in self.channels.items():
-                    self._spawn(lambda c=channel: self._receive_loop(c), f"control-rx-{peer}")
-                self._spawn(self._heartbeat, "control-ping")
+                    self._spawn(lambda c=channel: self.control.receive_loop(c), f"control-rx-{peer}")
+                self._spawn(self.control.heartbeat, "control-ping")
                 if self.show_stats or self.stats_json is not None:
                     self._sampler = profile.FaultSampler(self.dsm).start()
                 self._run_started = time.monotonic()
@@ -279,9 +140,9 @@ class Node:
             finally:
                 self._shutdown()
         except (HandshakeError, DsmError, ControlError, ConfigError) as err:
-            return _report(Status.CLUSTER, str(err))
+            return report(Status.CLUSTER, str(err))
         except NodeError as err:
-            return _report(err.status, str(err))
+            return report(err.status, str(err))
         except KeyboardInterrupt:
             self._say_interrupted(f"node {self.id}: {stopsignals.interrupted_line()}")
             return Status.INTERRUPTED
@@ -303,16 +164,16 @@ class Node:
                 except (OSError, ControlError):
                     pass
             if result.error:
-                _report(result.status, result.message)
+                report(result.status, result.message)
             elif interrupted:
                 self._say_interrupted(f"node 0: {message}")
             self._linger()
             return result.status
-        if self._stop_from_node0 is not None and not result.error:
-            status, line = self._stop_from_node0
+        if self.control.stop_from_node0 is not None and not result.error:
+            status, line = self.control.stop_from_node0
             # A lost node concerns every host's operator; a guest error is said once, by node 0.
-            if status in SAID_BY_EVERY_NODE and self._stop_was_failure:
-                _report(status, f"node {self.id}: stopped by node 0: {line}")
+            if status in SAID_BY_EVERY_NODE and self.control.stop_was_failure:
+                report(status, f"node {self.id}: stopped by node 0: {line}")
             elif status == Status.INTERRUPTED:
                 self._say_interrupted(f"node {self.id}: stopped by node 0: {line}")
             return status
@@ -324,12 +185,12 @@ class Node:
             message = f"node {self.id}: {stopsignals.interrupted_line()}"
             self._say_interrupted(message)
         elif result.status in SAID_BY_EVERY_NODE and result.error:
-            _report(result.status, message)
+            report(result.status, message)
         try:
             self.channels[0].send(control.encode_status(Msg.FAILED, result.status, message))
         except (OSError, KeyError):
             if result.status not in (*SAID_BY_EVERY_NODE, Status.INTERRUPTED):
-                _report(result.status, message)
+                report(result.status, message)
         return result.status
 
     def _linger(self) -> None:
@@ -362,7 +223,7 @@ class Node:
         """This node's records, its vCPU threads and its clock against node 0's, to its own file."""
         assert self.dsm is not None and self.trace_file is not None
         self.dsm.stop()        # every record is in, none is being written
-        clock = self._clocks[0].estimate() if 0 in self._clocks else None
+        clock = self.control.clocks[0].estimate() if 0 in self.control.clocks else None
         part = trace.NodeTrace(self.id, self.config.nnodes, self.dsm.trace_records(), vcpu_threads, clock,
                                trace.boot_id(), self.dsm.trace_dropped)
         if part.dropped:
@@ -406,195 +267,8 @@ class Node:
         while not self._closing.is_set():
             # A short wait: _shutdown joins this thread before closing the DSM, and a stop must be quick.
             if self.dsm.wait_failed(0.05):
-                self._lost(*self._dsm_failure())
+                self._lost(*dsm_failure(self.id, self.dsm))
                 return
-
-    def _heartbeat(self) -> None:
-        while not self._closing.wait(HEARTBEAT_SECONDS):
-            for peer, channel in list(self.channels.items()):
-                try:
-                    channel.send(control.encode(Msg.PING, self._clocks[peer].stamp()))
-                except (OSError, ControlError):
-                    pass   # the receiving side reports the loss, with more detail
-
-    def _receive_loop(self, channel: Channel) -> None:
-        try:
-            while not self._closing.is_set():
-                self._dispatch(channel, channel.receive())
-        except socket.timeout:
-            # The DSM core times the same peer out with the same bound, checking once a
-            # heartbeat; its line names the page that was awaited, so let it speak first.
-            if not self._closing.is_set() and self.dsm is not None and self.dsm.wait_failed(DSM_GRACE_SECONDS):
-                self._lost(*self._dsm_failure())
-                return
-            self._lost(f"node {self.id}: node {channel.peer} silent for {SILENCE_SECONDS:.1f} s "
-                       f"on the control connection, {self._waiting_for()}")
-        except (ControlError, OSError) as err:
-            if self._closing.is_set() or self._stop_from_node0 is not None:
-                return
-            reason = str(err) if isinstance(err, ControlError) else \
-                f"control connection to node {channel.peer} failed: {err.strerror or err}"
-            self._lost(f"node {self.id}: {reason}, {self._waiting_for()}")
-        except Exception as err:   # noqa: BLE001 - whatever a frame caused, the peer is lost, not this thread
-            if not self._closing.is_set():
-                self._lost(f"node {self.id}: a control frame from node {channel.peer} could not be handled "
-                           f"({type(err).__name__}: {err}), {self._waiting_for()}")
-
-    def _dsm_failure(self) -> tuple[str, int]:
-        """The DSM core's line (it names the page it awaited) and the status its kind of failure means."""
-        assert self.dsm is not None
-        failure = self.dsm.failure
-        if failure is None:
-            return f"node {self.id}: the DSM core stopped", Status.CLUSTER
-        return dsm_failure_line(failure), DSM_FAILURE_STATUS[failure.kind]
-
-    def _waiting_for(self) -> str:
-        """What this node was waiting for from the lost peer, for the user's one line."""
-        pending = sorted(self._pending)
-        if pending:
-            who = f"vCPU {pending[0]} was" if len(pending) == 1 else f"vCPUs {', '.join(map(str, pending))} were"
-            return f"while {who} waiting for forwarded I/O"
-        if self.id == 0:
-            return "while waiting for its heartbeat, forwarded I/O and interrupts"
-        return "while waiting for node 0's heartbeat, I/O results and interrupts"
-
-    def _dispatch(self, channel: Channel, frame: Frame) -> None:
-        """Apply one frame, every field checked first (control_decode): a bad one loses the peer."""
-        assert self.machine is not None
-        kind, peer = frame.type, channel.peer
-        control_decode.check_flags(frame, peer)
-        if kind is Msg.PING:
-            clock = self._clocks.get(peer)
-            if clock is not None:     # None only before the join completed
-                clock.received(frame.payload)
-            return
-        if kind is Msg.IO and self.id == 0:
-            self._serve_io(channel, frame)
-        elif kind is Msg.IO_DONE and self.id != 0:
-            answer = control_decode.decode_io_done(frame)
-            pending = self._pending.get(answer.vcpu)
-            control_decode.check_answer(answer, peer, None if pending is None else (pending.seq, pending.size))
-            assert pending is not None
-            pending.value = answer.value
-            pending.unhandled = answer.unhandled
-            pending.event.set()
-        elif kind is Msg.IRQ:
-            if self.id == 0:
-                target, vector = control_decode.decode_irq(frame, peer, self.config.vcpus, None,
-                                                           self.config.nodes[peer].vcpus)
-            else:
-                target, vector = control_decode.decode_irq(frame, peer, self.config.vcpus, self.spec.vcpus)
-            self.raise_interrupt(target, vector)
-        elif kind is Msg.PARKED and self.id == 0:
-            control_decode.decode_parked(frame, peer, self.config.nodes[peer].vcpus)
-            self._node_parked(peer)
-        elif kind is Msg.FAILED and self.id == 0:
-            status, line = control.decode_status(frame)
-            if status in SAID_BY_EVERY_NODE:
-                # Node k has said that line itself (see _finish); node 0 says its own.
-                line = f"node 0: stopped by node {peer}: {line}"
-            self.machine.stop(status, line, error=True)
-        elif kind is Msg.STOP and self.id != 0:
-            self._stop_was_failure = bool(frame.flags & control.FLAG_FAILURE)
-            self._stop_from_node0 = control.decode_status(frame)
-            self.machine.stop(*self._stop_from_node0)
-        elif kind is Msg.BYE:
-            raise ControlError(f"node {peer} left")
-        else:
-            raise ControlError(f"node {peer} sent {kind.name}, which node {self.id} never expects")
-
-    # --- devices seam (PortIo) on node k > 0 ----------------------------------
-    def io(self, vcpu: int, port: int, size: int, is_write: bool, value: int) -> int | None:
-        """Carry a port access to node 0's devices and wait for it to be done there.
-
-        Even console writes wait: a guest that prints under a lock expects its
-        line to be out before the lock is released, as on one machine.
-        """
-        channel = self.channels[0]
-        pending: _Pending | None = None
-        try:
-            # Numbered and sent under one lock: node 0 checks that the numbers arrive in order.
-            with self._seq_lock:
-                self._seq = self._seq % 0xFFFFFFFF + 1
-                pending = self._pending[vcpu] = _Pending(self._seq, size)
-                channel.send(control.encode(Msg.IO, control.IO.pack(self._seq, vcpu, port, size, int(is_write),
-                                                                   value if is_write else 0)))
-            while not pending.event.wait(0.1):
-                if self._closing.is_set() or (self.machine and self.machine.result is not None):
-                    return 0 if not is_write else None   # the VM is stopping; the value is never used
-        finally:
-            if pending is not None:
-                del self._pending[vcpu]
-        if pending.unhandled:
-            raise GuestIoError(f"unhandled port I/O: {describe_access(port, size, is_write, value)}")
-        return None if is_write else pending.value
-
-    def _serve_io(self, channel: Channel, frame: Frame) -> None:
-        """Node 0: run a forwarded access on the real devices and answer it."""
-        assert self.machine is not None
-        peer = channel.peer
-        request = control_decode.decode_io(frame, peer, self.config.nodes[peer].vcpus)
-        self._io_seq.setdefault(peer, control_decode.Sequence(peer)).check(request.seq)
-        flags, result = 0, 0
-        try:
-            result = self.machine.io.io(request.vcpu, request.port, request.size, request.is_write,
-                                        request.value) or 0
-            result &= (1 << 8 * request.size) - 1     # what the access's width carries, as on one node
-        except GuestIoError:
-            flags = FLAG_UNHANDLED
-        channel.send(control.encode(Msg.IO_DONE, control.IO_DONE.pack(request.seq, request.vcpu, result), flags))
-
-    # --- interrupts (InterruptRouter) -----------------------------------------
-    def raise_interrupt(self, target_vcpu: int, vector: int) -> None:
-        """Deliver locally, or send towards the node running the target (via node 0)."""
-        assert self.machine is not None
-        if target_vcpu in self.spec.vcpus:
-            self.machine.inject(target_vcpu, vector)
-            return
-        owner = self.config.node_of_vcpu(target_vcpu)
-        via = owner if self.id == 0 else 0
-        self.channels[via].send(control.encode(Msg.IRQ, control.IRQ.pack(target_vcpu, vector)))
-
-    # --- parking --------------------------------------------------------------
-    def _local_all_parked(self) -> None:
-        if self.id == 0:
-            self._node_parked(0)
-        else:
-            self.channels[0].send(control.encode(Msg.PARKED, control.PARKED.pack(len(self.spec.vcpus))))
-
-    def _node_parked(self, node: int) -> None:
-        assert self.machine is not None
-        with self._parked_lock:
-            self._parked_nodes.add(node)
-            everyone = len(self._parked_nodes) == self.config.nnodes
-        if everyone:
-            self.machine.stop(0, "every vCPU parked")
-
-
-# How each kind of DSM core failure ends the run (native/runtime.h, enum ivy_rt_fail_kind).
-DSM_FAILURE_STATUS = {
-    FailKind.PEER_LOST: Status.CLUSTER,
-    FailKind.PEER_LEFT: Status.CLUSTER,
-    FailKind.PEER_GARBAGE: Status.CLUSTER,
-    FailKind.PROTOCOL: Status.INTERNAL,
-    FailKind.ENGINE: Status.INTERNAL,
-    FailKind.HOST: Status.HOST,
-}
-# Failures every node's operator must hear of on their own host, not only node 0's.
-SAID_BY_EVERY_NODE = (Status.CLUSTER, Status.INTERNAL)
-
-
-def dsm_failure_line(failure: DsmFailure) -> str:
-    """The user's line for a DSM core failure: an ivyvm bug is called one, naming the transition that refused."""
-    if failure.internal:
-        return (f"node {failure.node}: internal error (a bug in ivyvm, not a fault of the cluster): {failure.text}; "
-                f"refused by the transition {failure.what}")
-    return failure.line
-
-
-def _report(status: int, line: str) -> int:
-    say(line)
-    return status
 
 
 def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: bool = False,
@@ -604,8 +278,8 @@ def run_node(config: ClusterConfig, node_id: int, verbose: bool = False, stats: 
     try:
         secret = config.read_secret()
     except ConfigError as err:
-        return _report(2, str(err))
+        return report(2, str(err))
     problem = secret_problem(secret)     # every path, IVYVM_SECRET too: the handshake needs 16 bytes
     if problem:
-        return _report(Status.USAGE, problem)
+        return report(Status.USAGE, problem)
     return Node(config, node_id, secret, verbose, stats, trace_file, stats_json).run()

@@ -18,26 +18,27 @@ from pathlib import Path
 
 import pytest
 
+from hypervisor.status import Status
 from tests.cluster.common import (SECRET, START_BOUND, await_exits, free_port_pairs, lines_of, start_node,
                                   write_cluster)
 from tests.conftest import ROOT, guest_elf, requires_kvm
 
-STATUS_CLUSTER = 8
+STATUS_CLUSTER = Status.CLUSTER
 STOP_BOUND = START_BOUND        # formation, then the forged frame at once
 
 FORGING_NODE = """
 import sys
-from hypervisor import control, node
+from hypervisor import control, node_control
 from hypervisor.control import Msg
 
 forged = bytes.fromhex(sys.argv[1])
-honest = node.Node._heartbeat
+honest = node_control.ControlLinks.heartbeat
 
 def forge_then_beat(self):
     self.channels[0].send(forged)
     honest(self)
 
-node.Node._heartbeat = forge_then_beat
+node_control.ControlLinks.heartbeat = forge_then_beat
 from hypervisor.cli import main
 sys.exit(main(sys.argv[2:]))
 """

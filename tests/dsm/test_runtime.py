@@ -14,7 +14,7 @@ from hypervisor.memory import GuestRam
 from hypervisor.dsm import DsmError, DsmNode, DsmOptions, RamRegion
 from hypervisor.native_consts import PAGE_SIZE, WIRE_HDR_SIZE, WireType
 from hypervisor.native_consts import FailKind
-from hypervisor.node import DSM_FAILURE_STATUS, dsm_failure_line
+from hypervisor.node_failure import DSM_FAILURE_STATUS, dsm_failure_line
 from hypervisor.status import Status
 from tests.dsm import frames
 from tests.dsm.sealed_peer import linked_pair, sealed_pair

@@ -21,6 +21,7 @@ from hypervisor.control import Channel, ControlError, Frame, Msg
 from hypervisor.crypto import LinkKeys
 from hypervisor.control_decode import IoAnswer, Sequence, check_answer, decode_io, decode_irq, decode_parked
 from hypervisor.node import Node
+from hypervisor.node_io import PendingAccess
 from hypervisor.status import Status
 
 
@@ -175,7 +176,7 @@ def node_with_peer(node_id: int) -> tuple[Node, FakeMachine, PeerEnd, threading.
     keys = LinkKeys(os.urandom(32), os.urandom(32))
     channel = Channel(ours, peer, keys)
     node.channels[peer] = channel
-    thread = threading.Thread(target=node._receive_loop, args=(channel,), name=f"control-rx-{peer}")
+    thread = threading.Thread(target=node.control.receive_loop, args=(channel,), name=f"control-rx-{peer}")
     thread.start()
     return node, machine, PeerEnd(theirs, Channel(theirs, node_id, keys.swapped())), thread
 
@@ -236,7 +237,7 @@ def test_a_forged_frame_to_node_1_loses_node_0_in_one_line(forged: Frame, needle
         peer.sendall(control.encode(forged.type, forged.payload, forged.flags))
         line = lost_line(machine, thread)
         assert line.startswith("node 1: ") and needle in line, line
-        assert machine.injected == [] and node._stop_from_node0 is None
+        assert machine.injected == [] and node.control.stop_from_node0 is None
         assert thread_errors == []
     finally:
         peer.close()
@@ -314,14 +315,13 @@ def test_any_well_framed_payload_is_applied_or_refused_as_a_control_error(node_i
     machine = FakeMachine()
     node.machine = machine     # type: ignore[assignment]
     peers = {peer: _Peer(peer) for peer in ((1, 2) if node_id == 0 else (0,))}
-    node.channels = peers      # type: ignore[assignment]
+    node.channels.update(peers)   # type: ignore[arg-type]
     if node_id == 1:
-        from hypervisor.node import _Pending
-        node._pending[2] = _Pending(1, 1)       # vCPU 2 waits for the answer to its access seq 1
+        node.forwarded.pending[2] = PendingAccess(1, 1)       # vCPU 2 waits for the answer to its access seq 1
     sender = peers[1] if node_id == 0 else peers[0]
     for kind, flags, payload in frames:
         try:
-            node._dispatch(sender, Frame(kind, flags, payload))   # type: ignore[arg-type]
+            node.control.dispatch(sender, Frame(kind, flags, payload))   # type: ignore[arg-type]
         except ControlError:
             break
     for vcpu, vector in machine.injected:
