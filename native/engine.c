@@ -486,6 +486,20 @@ static void ack_last(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
     grant_write(e, p, page, out);
 }
 
+/* The caller maps the page writable before any fault. Its guest may then
+ * write it without the engine seeing a fault, so the version moves on now
+ * and every copy served later carries the bytes (a requester's version 0
+ * never matches). */
+static void grant_owned_up_front(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                 const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)page, (void)m, (void)out;
+    IVY_ASSERT(e->cfg.self == 0 && p->copyset == NODE_BIT(e->cfg.self));
+    p->state = IVY_MODIFIED;
+    p->version += 1;
+    p->probowner = e->cfg.self;
+}
+
 /* The woken thread had its window: serve what waited, in arrival order. */
 static void hold_end(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
                      const struct ivy_msg *m, struct ivy_actions *out)
@@ -704,6 +718,9 @@ static const struct ivy_row ROWS[] = {
         "IDLE, UNPARK what waited"),
     ROW(hold_cut_by_store, hold_end, EV(STORE_SEEN), ANY_STATE, PD(HOLDING), OWNER, ALWAYS, NO_GUARD,
         "IDLE, UNPARK what waited (the window is cut short)"),
+    /* node 0 at start */
+    ROW(map_owned, grant_owned_up_front, EV(MAP_OWNED), ST(INITIAL), PD(IDLE), OWNER, ALWAYS, NO_GUARD,
+        "MODIFIED, version + 1, no action: the runtime maps it writable up front"),
 };
 #define NROWS (sizeof ROWS / sizeof ROWS[0])
 
@@ -720,6 +737,7 @@ static const struct {
     [IVY_EV_WRITE_FAULT] = {"write fault", NULL},
     [IVY_EV_HOLD_EXPIRED] = {"hold expired", NULL},
     [IVY_EV_STORE_SEEN] = {"store seen", NULL},
+    [IVY_EV_MAP_OWNED] = {"map owned", NULL},
 };
 
 /* ------------------------------------------------------------- dispatch */
@@ -794,22 +812,14 @@ void ivy_engine_set_version(struct ivy_engine *e, uint64_t page, uint64_t versio
     p->version = version;
 }
 
-/*
- * OWNER|INITIAL (node 0) --mapped up front--> OWNER|MODIFIED: the caller maps
- * the page writable before any fault. Its guest may then write it without
- * the engine seeing a fault, so the version moves on now and every copy
- * served later carries the bytes (a requester's version 0 never matches).
- */
-bool ivy_engine_map_owned(struct ivy_engine *e, uint64_t page)
+bool ivy_engine_map_owned(struct ivy_engine *e, uint64_t page, struct ivy_actions *out)
 {
     struct ivy_page *p = page_entry(e, page);
-    if (p->state != IVY_INITIAL || !p->owner || p->pending != IVY_IDLE)
+    const int row = select_row(e, p, IVY_EV_MAP_OWNED, NULL);
+    out->n = 0;
+    if (row < 0)
         return false;
-    IVY_ASSERT(e->cfg.self == 0 && p->copyset == NODE_BIT(e->cfg.self));
-    p->state = IVY_MODIFIED;
-    p->version += 1;
-    p->probowner = e->cfg.self;
-    check_page(e, p);
+    run_row(e, p, page, (unsigned)row, NULL, out);
     return true;
 }
 

@@ -176,7 +176,8 @@ enum ivy_event {
     IVY_EV_WRITE_FAULT = 7,  /* a local write (or write-protect) faulted */
     IVY_EV_HOLD_EXPIRED = 8, /* the page's hold window ran out */
     IVY_EV_STORE_SEEN = 9,   /* the writer woken by the hold's grant has stored */
-    IVY_EV_MAX = 9
+    IVY_EV_MAP_OWNED = 10,   /* node 0, before start: it maps an owned page writable up front */
+    IVY_EV_MAX = 10
 };
 
 /* Row owner mask bits. */
@@ -214,11 +215,11 @@ struct ivy_row {
 unsigned ivy_engine_nrows(void);
 const struct ivy_row *ivy_engine_row(unsigned i);
 const char *ivy_event_name(unsigned event);
-/* Node 0, before any event: a page still INITIAL becomes MODIFIED with its
- * version moved on, because the caller maps it writable up front (no fault
- * will tell the engine about its writes). False, and nothing changed, for
- * any other page. */
-bool ivy_engine_map_owned(struct ivy_engine *e, uint64_t page);
+/* Node 0, before any event (IVY_EV_MAP_OWNED): a page still INITIAL becomes
+ * MODIFIED with its version moved on, because the caller maps it writable up
+ * front (no fault will tell the engine about its writes); out->row names the
+ * row, out->n is 0. False, and nothing changed, when no row takes the page. */
+bool ivy_engine_map_owned(struct ivy_engine *e, uint64_t page, struct ivy_actions *out);
 
 /* A local access faulted: `write` is true for a write (or write-protect) fault. */
 void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write,

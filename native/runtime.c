@@ -985,9 +985,10 @@ static int map_range(struct ivy_rt *rt, uint64_t first, uint64_t n)
  * MODIFIED, and runs of them are mapped writable with one ioctl each. */
 static int map_owned_up_front(struct ivy_rt *rt)
 {
+    struct ivy_actions acts; /* the row's actions: none */
     uint64_t run = 0;
     for (uint64_t p = 0; p <= rt->npages; p++) {
-        if (p < rt->npages && rt->mapped[p] == MAP_NONE && ivy_engine_map_owned(&rt->engine, p)) {
+        if (p < rt->npages && rt->mapped[p] == MAP_NONE && ivy_engine_map_owned(&rt->engine, p, &acts)) {
             run++;
             continue;
         }

@@ -80,6 +80,9 @@ int ivy_test_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, str
 int ivy_test_check(const struct ivy_engine *e, const struct ivy_msg *m, struct ivy_verdict *v)
 { IVY_TEST_CALL(*v = ivy_engine_check(e, m)); }
 
+int ivy_test_map_owned(struct ivy_engine *e, uint64_t page, struct ivy_actions *out, bool *mapped)
+{ IVY_TEST_CALL(*mapped = ivy_engine_map_owned(e, page, out)); }
+
 const char *ivy_test_failure(void) { return ivy_test_msg; }
 """
 
@@ -90,6 +93,7 @@ int ivy_test_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_a
 int ivy_test_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out);
 int ivy_test_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out);
 int ivy_test_check(const struct ivy_engine *e, const struct ivy_msg *m, struct ivy_verdict *v);
+int ivy_test_map_owned(struct ivy_engine *e, uint64_t page, struct ivy_actions *out, bool *mapped);
 const char *ivy_test_failure(void);
 """
 
@@ -221,6 +225,7 @@ ACT_UNPARK, ACT_DONE, ACT_HOLD = _lib.IVY_ACT_UNPARK, _lib.IVY_ACT_DONE, _lib.IV
 TOUCH_READ, TOUCH_WRITE = _lib.IVY_TOUCH_READ, _lib.IVY_TOUCH_WRITE
 EV_READ_FAULT, EV_WRITE_FAULT = _lib.IVY_EV_READ_FAULT, _lib.IVY_EV_WRITE_FAULT
 EV_HOLD_EXPIRED, EV_STORE_SEEN = _lib.IVY_EV_HOLD_EXPIRED, _lib.IVY_EV_STORE_SEEN
+EV_MAP_OWNED = _lib.IVY_EV_MAP_OWNED
 ROW_NOT_OWNER, ROW_OWNER = _lib.IVY_ROW_NOT_OWNER, _lib.IVY_ROW_OWNER
 
 ACTION_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_action_kind", "IVY_ACT_").items()}
@@ -326,6 +331,14 @@ class CEngine:
     def hold_event(self, page: int, event: int) -> list[Action]:
         self._check(self.lib.ivy_test_hold_event(self._engine, page, event, self._out))
         return self._actions()
+
+    def map_owned(self, page: int) -> bool:
+        """Node 0 maps `page` writable up front; False if no row takes it (nothing changed)."""
+        mapped = self.ffi.new("bool *")
+        self._check(self.lib.ivy_test_map_owned(self._engine, page, self._out, mapped))
+        if mapped[0]:
+            self._actions()
+        return bool(mapped[0])
 
     def check(self, m: Msg) -> tuple[int, int, str | None]:
         """(row, refused_by, why): what ivy_engine_check says about m now."""

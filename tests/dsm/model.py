@@ -16,7 +16,7 @@ from typing import Callable
 
 from tests.dsm.engine_ffi import (
     ACT_DONE, ACT_HOLD, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE,
-    ACT_WRPROTECT, ACT_ZAP, EV_HOLD_EXPIRED, EV_READ_FAULT, EV_STORE_SEEN, EV_WRITE_FAULT,
+    ACT_WRPROTECT, ACT_ZAP, EV_HOLD_EXPIRED, EV_MAP_OWNED, EV_READ_FAULT, EV_STORE_SEEN, EV_WRITE_FAULT,
     EVENT_NAMES, HOLDING, IDLE, INITIAL, INVALID, MGR_DYNAMIC, MGR_FIXED, MODIFIED,
     MSG_INV_ACK, MSG_INVALIDATE, MSG_READ, MSG_REPLY, MSG_WRITE, PENDING_NAMES, READ_GIANTVM,
     READ_STALE, REPLY_DATA, REPLY_OWNERSHIP, SHARED, STATE_NAMES, TOUCH_READ, TOUCH_WRITE,
@@ -140,6 +140,8 @@ ROWS: list[ModelRow] = [
     # the hold window
     row("hold_expired", "hold_end", {EV_HOLD_EXPIRED}, ANY_STATE, {HOLDING}, OWNER),
     row("hold_cut_by_store", "hold_end", {EV_STORE_SEEN}, ANY_STATE, {HOLDING}, OWNER),
+    # node 0 at start
+    row("map_owned", "grant_owned_up_front", {EV_MAP_OWNED}, {INITIAL}, {IDLE}, OWNER),
 ]
 
 
@@ -222,6 +224,12 @@ class ModelNode:
 
     def message(self, m: Msg) -> list[Action]:
         return self._run(m.type, m.page, m)
+
+    def map_owned(self, page: int) -> bool:
+        if self._select(EV_MAP_OWNED, page, None) is None:
+            return False
+        assert self._run(EV_MAP_OWNED, page, None) == []
+        return True
 
     def hold_event(self, page: int, event: int) -> list[Action]:
         assert event in (EV_HOLD_EXPIRED, EV_STORE_SEEN)
@@ -504,6 +512,10 @@ class ModelNode:
     def ack_last(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         self.ack_counted(page, e, m, out)
         self._become_writer(page, e, out)
+
+    def grant_owned_up_front(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        e.state, e.probowner = MODIFIED, self.me
+        e.version += 1
 
     def hold_end(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         e.pending = IDLE

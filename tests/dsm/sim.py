@@ -85,11 +85,12 @@ class Simulation:
     def __init__(self, seed: int, nodes: int, options: str = "giantvm,dynamic",
                  faults: int = 40, compare_model: bool = True, npages: int | None = None,
                  loaded: bool = True, engine_factory: EngineFactory | None = None,
-                 mutant: str | None = None) -> None:
+                 mutant: str | None = None, map_owned: bool | None = None) -> None:
         """A run is a function of its arguments; `seed` drives every random choice.
 
-        npages (default: 1..4 from the seed) and loaded (node 0's loader wrote
-        some pages) have CLI flags. engine_factory (an engine other than
+        npages (default: 1..4 from the seed), loaded (node 0's loader wrote
+        some pages) and map_owned (node 0 maps what it owns up front; default:
+        from the seed) have CLI flags. engine_factory (an engine other than
         engine.c) and mutant (engine.c with one handler broken, see
         engine_ffi.MUTANTS) are for tests proving the checks catch bugs; such
         a run, or one driven by hand (access_now, deliver_one, ...), replays
@@ -145,6 +146,22 @@ class Simulation:
         for page in range(self.npages):
             if loaded and self.rng.random() < 0.3:
                 self.load(page)
+        self.map_owned_given = map_owned
+        self.map_owned = map_owned if map_owned is not None else self.rng.random() < 0.5
+        if self.map_owned:
+            for page in range(self.npages):
+                self._map_owned(page)
+
+    def _map_owned(self, page: int) -> None:
+        """Node 0's runtime maps its INITIAL page writable before start (DsmOptions.map_owned)."""
+        def mapped(node: Any) -> list[Action]:
+            if not node.map_owned(page):
+                raise self.fail(f"node 0 could not map p{page} up front")
+            return []
+        self._call(0, "map owned", page, None, lambda: mapped(self.engines[0]),
+                   lambda: mapped(self.models[0]))  # type: ignore[index]
+        self.access[0][page] = 2
+        self._check(page)
 
     def load(self, page: int) -> None:
         """Node 0's loader writes `page` before any event (version 1)."""
@@ -171,6 +188,8 @@ class Simulation:
             words.append("--no-model")
         if self.mutant:
             words.append(f"--mutant {self.mutant}")
+        if self.map_owned_given is not None:
+            words.append("--map-owned" if self.map_owned_given else "--no-map-owned")
         return "python -m tests.dsm.sim " + " ".join(words)
 
     def fail(self, why: str) -> SimFailure:
@@ -552,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-load", action="store_true", help="node 0's loader wrote no page")
     parser.add_argument("--no-model", action="store_true", help="skip the reference model")
     parser.add_argument("--mutant", default=None, help="engine.c with one handler broken (tests)")
+    parser.add_argument("--map-owned", action=argparse.BooleanOptionalAction, default=None,
+                        help="node 0 maps what it owns up front (default: from the seed)")
     args = parser.parse_args(argv)
     try:
         if args.options is not None:
@@ -593,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     coverage = Counter()
     for seed in range(args.seed, args.seed + seeds):
         sim = Simulation(seed, nodes, options, args.faults, not args.no_model, npages=args.pages,
-                         loaded=not args.no_load, mutant=args.mutant)
+                         loaded=not args.no_load, mutant=args.mutant, map_owned=args.map_owned)
         try:
             stats = sim.run()
         except SimFailure as exc:

@@ -98,7 +98,7 @@ def test_a_failure_prints_only_the_fields_that_differ() -> None:
             super()._send(out, to, kind, page, requester, version, copyset, txid, flags,
                           hops + (kind == MSG_REPLY))
 
-    sim = Simulation(1, 3, "giantvm,dynamic")
+    sim = Simulation(1, 3, "giantvm,dynamic", map_owned=False)
     sim.models = [OffByOneHop(n, 3, sim.npages) for n in range(3)]
     for page in range(sim.npages):
         if sim.engines[0].page(page).version:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def net(nodes: int, options: str = "giantvm,dynamic", npages: int = 2) -> Simulation:
-    sim = Simulation(0, nodes, options, faults=0, npages=npages, loaded=False)
+    sim = Simulation(0, nodes, options, faults=0, npages=npages, loaded=False, map_owned=False)
     sim.spurious_rate = 0.0  # a thread with access just accesses
     return sim
 
