@@ -45,6 +45,8 @@ class Msg(enum.IntEnum):
     STOP = 8      # 0 -> k: stop now (guest exit, error elsewhere, all parked)
     PING = 9      # either way: heartbeat while idle, with clock stamps
     BYE = 10      # either way: clean close follows
+    PAGE_QUERY = 11   # any node, via node 0: what is your state for this page? (hypervisor.watchdog)
+    PAGE_STATE = 12   # the answer, routed back to the asker via node 0
 
 
 JOIN = struct.Struct("<32sIQ")     # image sha256, vcpus, mem
@@ -55,9 +57,17 @@ PARKED = struct.Struct("<H")       # vcpu
 STATUS = struct.Struct("<i")       # FAILED/STOP: status, then a UTF-8 line
 PING = struct.Struct("<QQQ")       # CLOCK_MONOTONIC ns: sent, echoed peer's sent, its arrival (clocksync.py)
 
+# The watchdog's question and answer; codecs and checks in hypervisor.watchdog.
+PAGE_QUERY = struct.Struct("<HxxIQ")            # asker, query id, page
+PAGE_STATE = struct.Struct("<HHIQBBBBHxxQQIIBxHI")
+# asker, answering node, query id, page; state, owner, pending, access, probowner; copyset, version;
+# ms a local fault has waited on it (0: none), ms since the last message sent for it; its type, peer,
+# and how many requests wait for the page there (parked or held)
+
 _FIXED_SIZE = {
     Msg.JOIN: JOIN.size, Msg.GO: 0, Msg.IO: IO.size, Msg.IO_DONE: IO_DONE.size,
     Msg.IRQ: IRQ.size, Msg.PARKED: PARKED.size, Msg.PING: PING.size, Msg.BYE: 0,
+    Msg.PAGE_QUERY: PAGE_QUERY.size, Msg.PAGE_STATE: PAGE_STATE.size,
 }
 
 

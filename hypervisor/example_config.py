@@ -30,6 +30,7 @@ secret_file = "secret"
 # poll_us = 0                  # busy-poll for an awaited page (pays with a spare core per node)
 # hold_us = 50                 # a page just granted stays this long for the woken vCPU
 # timeout = 600                # stop every node after this many seconds (status 9); default: no limit
+# stall_warn = 2               # name a page fault outstanding this long, with every node's state of its page
 
 # One [[node]] per host, ids 0..N-1 in order. The DSM listens on address;
 # the control channel on control_port (default: the DSM port + 1). Keep both

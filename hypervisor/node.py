@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import control, profile, stopsignals, trace
+from . import control, profile, stopsignals, trace, watchdog
 from .base import StdoutConsole, say, write_stderr
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Msg
@@ -76,6 +76,7 @@ class Node:
         self._threads: list[threading.Thread] = []
         self.deadline = deadline_for(config.timeout)
         self._time_limit: TimeLimit | None = None
+        self._watchdog: watchdog.Watchdog | None = None
         self.joiner = Joiner(config, node_id, secret, self.shape, self.options, self.deadline)
         machine = lambda: self.machine  # noqa: E731
         self.forwarded = ForwardedIo(self.channels, self._stopping)
@@ -135,6 +136,8 @@ class Node:
                 if self.show_stats or self.stats_json is not None:
                     self._sampler = profile.FaultSampler(self.dsm).start()
                 self._run_started = time.monotonic()
+                self._watchdog = self.control.pages.watchdog = watchdog.Watchdog(
+                    self.id, self.config.nnodes, self.dsm, self.config.stall_warn, self.control.pages.ask, say).start()
                 result = machine.run()
                 return self._finish(result)
             finally:
@@ -204,6 +207,8 @@ class Node:
         self._closing.set()
         if self._time_limit is not None:
             self._time_limit.cancel()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         for channel in self.channels.values():
             channel.close()
         for thread in self._threads:

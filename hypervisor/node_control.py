@@ -11,11 +11,12 @@ from .config import ClusterConfig
 from .control import Channel, ControlError, Frame, Msg
 from .dsm import DsmNode
 from .machine import Machine
-from .native_consts import HEARTBEAT_MS, TIMEOUT_MS
+from .native_consts import HEARTBEAT_MS, PAGE_SIZE, TIMEOUT_MS
 from .node_failure import SAID_BY_EVERY_NODE, dsm_failure, waiting_for
 from .node_io import ForwardedIo, IoServer
 from .node_routes import InterruptRoutes, Parking
 from .status import Status
+from .watchdog import PageQueries
 
 # The control channel keeps the DSM links' liveness timing (native/runtime.h).
 HEARTBEAT_SECONDS = HEARTBEAT_MS / 1000
@@ -45,6 +46,7 @@ class ControlLinks:
         self.clocks: dict[int, ClockSync] = {}   # per control channel, from its heartbeats
         self.stop_from_node0: tuple[int, str] | None = None
         self.stop_was_failure = False
+        self.pages = PageQueries(node_id, config.nnodes, config.mem // PAGE_SIZE, channels, dsm)   # the watchdog's
 
     def start_clocks(self) -> None:
         self.clocks = {peer: ClockSync() for peer in self.channels}
@@ -123,6 +125,10 @@ class ControlLinks:
             self.stop_was_failure = bool(frame.flags & control.FLAG_FAILURE)
             self.stop_from_node0 = control.decode_status(frame)
             machine.stop(*self.stop_from_node0)
+        elif kind is Msg.PAGE_QUERY:
+            self.pages.on_query(channel, frame)
+        elif kind is Msg.PAGE_STATE:
+            self.pages.on_state(frame, peer)
         elif kind is Msg.BYE:
             raise ControlError(f"node {peer} left")
         else:

@@ -61,6 +61,10 @@ def test_a_blocked_vcpu_is_named_with_its_page_and_counted_once_granted(scripted
                        flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=bytes(PAGE_SIZE)))
     thread.join(5)
     assert not thread.is_alive()
+    # The grant wakes the thread; the event loop closes its wait just after (the engine's DONE).
+    deadline = time.monotonic() + 5
+    while node.vcpus()[0]["waiting"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     (vcpu,) = node.vcpus()
     assert not vcpu["waiting"] and vcpu["faults"] >= 1, vcpu
     assert 0.3e9 <= vcpu["blocked_ns"] == vcpu["max_ns"] < 5e9
@@ -73,11 +77,17 @@ def test_a_blocked_vcpu_is_named_with_its_page_and_counted_once_granted(scripted
 
 def test_a_fault_of_an_unregistered_thread_is_outstanding_without_a_vcpu(scripted) -> None:  # noqa: F811
     node, peer, ram = scripted
-    threading.Thread(target=kit.ivy_test_load64, args=(ram.guest_addr + 7 * PAGE_SIZE,), daemon=True).start()
-    recv_frame(peer)
+    thread = threading.Thread(target=kit.ivy_test_load64, args=(ram.guest_addr + 7 * PAGE_SIZE,), daemon=True)
+    thread.start()
+    req = recv_frame(peer)
     time.sleep(0.1)
     assert [(s["page"], s["vcpu"]) for s in node.outstanding(0.05)] == [(7, -1)]
     assert node.vcpus() == []
+    # Answered, so the thread is done before the fixture unmaps the RAM it reads.
+    peer.sendall(frame(REPLY, 7, 1, 0, version=1, copyset=1, txid=req["txid"],
+                       flags=lib.IVY_REPLY_DATA | lib.IVY_REPLY_OWNERSHIP, payload=bytes(PAGE_SIZE)))
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_the_test_kits_lost_reply_is_never_sent(owner_node) -> None:  # noqa: F811
