@@ -74,10 +74,11 @@ class DsmOptions:
     trace_records: int = 0
     # Node 0 owns every page at boot: map them all writable at start, in large
     # ranges, so its guest's first touch of a page nobody else has touched costs
-    # what it costs without the DSM (no userfaultfd fault). The price: such a
-    # page, when another node first asks for it, travels with its 4 KiB (its
-    # version moved on at start). Measured: docs/guest-performance.md.
-    map_owned: bool = True
+    # what it costs without the DSM (no userfaultfd fault): measured 0.02 x one
+    # node without the DSM, against 2.7 x off. Off by default: in the same runs
+    # every remote page cost ~1.3 x and the DSM's mean fault ~3 x as much, and whole
+    # guests were slower (docs/guest-performance.md); why is not yet known.
+    map_owned: bool = False
     # 1..99: the DSM's event-loop thread runs SCHED_FIFO at this priority (root), so a
     # message preempts a vCPU that spins on the same CPU. Off (0) by default: measured,
     # it made a guest's remote page 1.5 x slower (docs/guest-performance.md).

