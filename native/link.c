@@ -187,7 +187,7 @@ void link_close(struct ivy_rt *rt, struct conn *c)
 {
     if (c->fd < 0)
         return;
-    epoll_ctl(rt->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    (void)epoll_ctl(rt->epfd, EPOLL_CTL_DEL, c->fd, NULL); /* close() below removes it anyway */
     close(c->fd);
     c->fd = -1;
 }
@@ -330,8 +330,11 @@ void link_say_bye(struct ivy_rt *rt)
         link_send(rt, c, IVY_WIRE_BYE, &bye, NULL);
         /* Bounded blocking flush: a peer that stopped reading cannot hold up stop(). */
         struct timeval tv = {1, 0};
-        setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
+        int flags = fcntl(c->fd, F_GETFL);
+        /* If either fails the flush stays non-blocking: what the kernel takes at once goes, the
+         * rest is lost with the link we are closing anyway (leaving: no error is reported). */
+        if (setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 && flags >= 0)
+            (void)fcntl(c->fd, F_SETFL, flags & ~O_NONBLOCK);
         link_flush(rt, c);
     }
 }

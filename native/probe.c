@@ -19,19 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int probe_init(struct ivy_rt *rt)
-{
-    rt->last_sent = calloc(rt->npages, sizeof *rt->last_sent);
-    rt->last_recv = calloc(rt->npages, sizeof *rt->last_recv);
-    return rt->last_sent && rt->last_recv ? 0 : -1;
-}
-
-void probe_free(struct ivy_rt *rt)
-{
-    free(rt->last_sent);
-    free(rt->last_recv);
-}
-
 /* The slot of thread `tid`, or NULL for a thread that is no registered vCPU. */
 static struct vcpu_slot *slot_of(struct ivy_rt *rt, uint32_t tid)
 {
@@ -147,7 +134,7 @@ unsigned ivy_rt_outstanding(const struct ivy_rt *rt, struct ivy_rt_stall *out, u
     /* A fault no registered vCPU raised (another thread touching the guest view). */
     uint64_t t = now_ns();
     for (uint64_t p = 0; p < rt->npages && filled < n; p++) {
-        uint64_t t0 = __atomic_load_n(&rt->fault_t0[p], __ATOMIC_RELAXED);
+        uint64_t t0 = __atomic_load_n(&rt->pg[p].fault_t0, __ATOMIC_RELAXED);
         if (!t0 || t < t0 || t - t0 < min_age_ns)
             continue;
         bool named = false;
@@ -164,15 +151,15 @@ int ivy_rt_page_info(const struct ivy_rt *rt, uint64_t page, struct ivy_rt_page_
     if (page >= rt->npages)
         return -1;
     const struct ivy_page *p = &rt->pages[page];
-    uint64_t t = now_ns(), t0 = __atomic_load_n(&rt->fault_t0[page], __ATOMIC_RELAXED);
-    const struct page_msg *s = &rt->last_sent[page], *r = &rt->last_recv[page];
+    uint64_t t = now_ns(), t0 = __atomic_load_n(&rt->pg[page].fault_t0, __ATOMIC_RELAXED);
+    const struct page_msg *s = &rt->pg[page].last_sent, *r = &rt->pg[page].last_recv;
     bool parked = false, held = false; /* one list: the hold window's entries are marked */
-    for (const struct parked *q = rt->parked[page]; q; q = q->next)
+    for (const struct parked *q = rt->pg[page].parked; q; q = q->next)
         *(q->held ? &held : &parked) = true;
     *out = (struct ivy_rt_page_info){
         .state = p->state, .owner = p->owner, .pending = p->pending, .probowner = p->probowner,
         .copyset = p->copyset, .version = p->version, .acks_missing = p->acks_missing,
-        .access = (uint8_t)ivy_engine_access(&rt->engine, page), .mapped = rt->mapped[page],
+        .access = (uint8_t)ivy_engine_access(&rt->engine, page), .mapped = rt->pg[page].mapped,
         .parked = parked, .held = held,
         .fault_age_ns = t0 && t > t0 ? t - t0 : 0,
         .sent_type = s->type, .sent_peer = s->peer, .sent_age_ns = s->ns && t > s->ns ? t - s->ns : 0,

@@ -46,6 +46,22 @@ struct page_msg {
     uint16_t peer;
 };
 
+/* What the runtime keeps per page (the engine's entry is struct ivy_page, in `pages`). */
+struct rt_page {
+    uint64_t fault_t0;        /* when the outstanding fault on this page was read */
+    uint64_t hold_until;      /* CLOCK_MONOTONIC ns, of the last hold window started */
+    uint64_t watch_val;       /* the watched word's value when the page was granted */
+    struct parked *parked;    /* arrival order: held by the engine (PARK) */
+    struct page_msg last_sent, last_recv;  /* probe.c */
+    uint32_t fault_count;
+    /* A write grant's window ends early once the faulting thread's word
+     * changed: its access demonstrably ran (offsets 8-aligned, NO_WATCH: none). */
+    uint16_t write_off;       /* first write fault's word in the page since the last grant */
+    uint16_t watch_off;       /* the word watched during this page's window */
+    uint8_t mapped;           /* enum mapping of the guest-view page, as last set here */
+    uint8_t remote;           /* the outstanding fault on this page sent a request */
+};
+
 /* A registered vCPU thread and its time blocked in faults (probe.c). */
 struct vcpu_slot {
     uint32_t tid;      /* 0 until published */
@@ -72,26 +88,16 @@ struct ivy_rt {
     uint64_t npages;
     struct ivy_engine engine;
     struct ivy_page *pages;
-    uint8_t *mapped;          /* enum mapping of each guest-view page, as last set here */
-    uint8_t *remote;          /* the outstanding fault on this page sent a request */
+    struct rt_page *pg;       /* the runtime's own state of each page, beside the engine's `pages` */
     uint64_t waiting_remote;  /* pages with remote set: replies we expect soon */
     uint64_t answer_soon;     /* peers sent a request/INVALIDATE since the last epoll_wait */
-    uint64_t *fault_t0;       /* when the outstanding fault on this page was read */
-    uint32_t *fault_count;
-    struct parked **parked;   /* per page, arrival order: held by the engine (PARK) */
     /* The hold window (cfg.hold_us) is the engine's IVY_HOLDING state; the
-     * runtime keeps its clock: HOLD sets hold_until[p], and the engine is told
-     * once it has passed (or the writer stored) while a request waits. */
+     * runtime keeps its clock: HOLD sets a page's hold_until, and the engine is
+     * told once it has passed (or the writer stored) while a request waits. */
     uint64_t hold_ns;
-    uint64_t *hold_until;     /* per page, CLOCK_MONOTONIC ns, of the last window started */
     uint64_t done_ns;         /* when the last local fault completed (DONE) */
     uint64_t *held_pages;     /* holding pages with requests parked: looked at when the loop wakes */
     size_t nheld, held_cap;
-    /* A write grant's window ends early once the faulting thread's word
-     * changed: its access demonstrably ran (offsets 8-aligned, NO_WATCH: none). */
-    uint16_t *write_off;      /* first write fault's word in the page since the last grant */
-    uint16_t *watch_off;      /* the word watched during this page's window */
-    uint64_t *watch_val;      /* its value when the page was granted */
     struct fifo fifo;
     struct conn conns[IVY_MAX_NODES];
     int uffd, epfd, stopfd, timerfd, failfd;
@@ -104,7 +110,6 @@ struct ivy_rt {
     struct ivy_trace *trace;  /* NULL: tracing off (trace.c) */
     struct vcpu_slot vcpu_slots[IVY_RT_MAX_VCPUS];
     unsigned vcpu_claims, nvcpu_slots;  /* slots claimed, slots published (probe.c) */
-    struct page_msg *last_sent, *last_recv;
     /* Test kit only (ivy_test_drop_sends): the next `test_drops` messages of
      * type test_drop_type are not sent, as if lost by a buggy engine. */
     uint8_t test_drop_type;
@@ -156,8 +161,6 @@ const char *rt_type_name(uint8_t type);
 void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f);
 
 /* probe.c */
-int probe_init(struct ivy_rt *rt);
-void probe_free(struct ivy_rt *rt);
 void probe_fault_read(struct ivy_rt *rt, uint64_t page, uint32_t tid, uint64_t now);
 void probe_fault_end(struct ivy_rt *rt, uint64_t page, uint64_t now);
 void probe_all_released(struct ivy_rt *rt);

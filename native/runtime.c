@@ -176,14 +176,14 @@ static void uffd_protect(struct ivy_rt *rt, uint64_t page, bool on)
  */
 static void grant(struct ivy_rt *rt, uint64_t page, bool rw, bool force_continue)
 {
-    uint8_t m = rt->mapped[page];
+    uint8_t m = rt->pg[page].mapped;
     if (m == MAP_NONE || force_continue) {
         struct uffdio_continue c = {{(uint64_t)(uintptr_t)guest_page(rt, page), IVY_PAGE_SIZE},
                                     rw ? 0 : UFFDIO_CONTINUE_MODE_WP, 0};
         int r = uffd_ioctl(rt, UFFDIO_CONTINUE, &c);
         rt->stats.continues++;
         if (r == 0) {
-            rt->mapped[page] = rw ? MAP_RW : MAP_RO;
+            rt->pg[page].mapped = rw ? MAP_RW : MAP_RO;
             return;
         }
         if (r != -EEXIST) {
@@ -192,7 +192,7 @@ static void grant(struct ivy_rt *rt, uint64_t page, bool rw, bool force_continue
         }
         rt->stats.eexist++;
         uffd_protect(rt, page, !rw);
-        rt->mapped[page] = rw ? MAP_RW : MAP_RO;
+        rt->pg[page].mapped = rw ? MAP_RW : MAP_RO;
         uffd_wake(rt, page);
         return;
     }
@@ -204,7 +204,7 @@ static void grant(struct ivy_rt *rt, uint64_t page, bool rw, bool force_continue
     } else {
         uffd_wake(rt, page);
     }
-    rt->mapped[page] = rw ? MAP_RW : MAP_RO;
+    rt->pg[page].mapped = rw ? MAP_RW : MAP_RO;
 }
 
 /*
@@ -217,14 +217,14 @@ static void zap(struct ivy_rt *rt, uint64_t page)
     rt->stats.zaps++;
     if (madvise(guest_page(rt, page), IVY_PAGE_SIZE, MADV_DONTNEED))
         rt_fail(rt, "MADV_DONTNEED page 0x%llx: %s", (unsigned long long)page, strerror(errno));
-    rt->mapped[page] = MAP_NONE;
+    rt->pg[page].mapped = MAP_NONE;
 }
 
 static void wrprotect(struct ivy_rt *rt, uint64_t page)
 {
     uffd_protect(rt, page, true);
-    if (rt->mapped[page] == MAP_RW)
-        rt->mapped[page] = MAP_RO;
+    if (rt->pg[page].mapped == MAP_RW)
+        rt->pg[page].mapped = MAP_RO;
 }
 
 /* A fault the engine says needs nothing: make the mapping match its access. */
@@ -232,8 +232,8 @@ static void wake_spurious(struct ivy_rt *rt, uint64_t page, bool minor)
 {
     int access = ivy_engine_access(&rt->engine, page);
     rt->stats.faults_spurious++;
-    rt->fault_t0[page] = 0; /* nothing is being acquired: no latency to record */
-    rt->write_off[page] = NO_WATCH;
+    rt->pg[page].fault_t0 = 0; /* nothing is being acquired: no latency to record */
+    rt->pg[page].write_off = NO_WATCH;
     probe_fault_end(rt, page, now_ns());
     if (access == 0)
         uffd_wake(rt, page); /* it will fault again and be handled then */
@@ -316,24 +316,24 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
 
 static uint64_t watched_word(struct ivy_rt *rt, uint64_t page)
 {
-    return __atomic_load_n((uint64_t *)(void *)(vmm_page(rt, page) + rt->watch_off[page]), __ATOMIC_RELAXED);
+    return __atomic_load_n((uint64_t *)(void *)(vmm_page(rt, page) + rt->pg[page].watch_off), __ATOMIC_RELAXED);
 }
 
 /* Before a write grant wakes the faulting thread: remember the word it is
  * about to write, so its store shows that it ran. */
 static void watch_arm(struct ivy_rt *rt, uint64_t page)
 {
-    rt->watch_off[page] = rt->write_off[page];
-    rt->write_off[page] = NO_WATCH;
-    if (rt->watch_off[page] != NO_WATCH)
-        rt->watch_val[page] = watched_word(rt, page);
+    rt->pg[page].watch_off = rt->pg[page].write_off;
+    rt->pg[page].write_off = NO_WATCH;
+    if (rt->pg[page].watch_off != NO_WATCH)
+        rt->pg[page].watch_val = watched_word(rt, page);
 }
 
 /* The woken writer changed its word: the access the window protects is done.
  * (A store of an equal value goes unseen: the window then runs to its end.) */
 static bool hold_progressed(struct ivy_rt *rt, uint64_t page)
 {
-    return rt->watch_off[page] != NO_WATCH && watched_word(rt, page) != rt->watch_val[page];
+    return rt->pg[page].watch_off != NO_WATCH && watched_word(rt, page) != rt->pg[page].watch_val;
 }
 
 static bool page_holding(const struct ivy_rt *rt, uint64_t page)
@@ -361,10 +361,10 @@ static void hold_watch(struct ivy_rt *rt, uint64_t page)
 /* HOLD: the engine started page's window, now (the DONE just before read the clock). */
 static void hold_start(struct ivy_rt *rt, uint64_t page)
 {
-    rt->hold_until[page] = rt->done_ns + rt->hold_ns;
-    if (!rt->parked[page])
+    rt->pg[page].hold_until = rt->done_ns + rt->hold_ns;
+    if (!rt->pg[page].parked)
         return;
-    for (struct parked *p = rt->parked[page]; p; p = p->next) {
+    for (struct parked *p = rt->pg[page].parked; p; p = p->next) {
         rt->stats.held++; /* parked while acquiring, now waiting for the window too */
         TRACE(rt, trace_hold, IVY_TR_HOLD_BEGIN, page, &p->msg);
     }
@@ -376,7 +376,7 @@ static void hold_start(struct ivy_rt *rt, uint64_t page)
 static bool hold_check(struct ivy_rt *rt, uint64_t page, uint64_t now)
 {
     unsigned event;
-    if (now >= rt->hold_until[page]) {
+    if (now >= rt->pg[page].hold_until) {
         event = IVY_EV_HOLD_EXPIRED;
     } else if (hold_progressed(rt, page)) {
         event = IVY_EV_STORE_SEEN;
@@ -384,7 +384,7 @@ static bool hold_check(struct ivy_rt *rt, uint64_t page, uint64_t now)
     } else {
         return false;
     }
-    rt->watch_off[page] = NO_WATCH;
+    rt->pg[page].watch_off = NO_WATCH;
     struct ivy_actions acts;
     acts.n = 0;
     ivy_engine_hold_event(&rt->engine, page, event, &acts);
@@ -402,8 +402,8 @@ static uint64_t hold_release_expired(struct ivy_rt *rt)
 {
     uint64_t now = now_ns(), next = 0;
     for (size_t i = 0; i < rt->nheld;) {
-        uint64_t page = rt->held_pages[i], until = rt->hold_until[page];
-        if (!page_holding(rt, page) || !rt->parked[page] || hold_check(rt, page, now)) {
+        uint64_t page = rt->held_pages[i], until = rt->pg[page].hold_until;
+        if (!page_holding(rt, page) || !rt->pg[page].parked || hold_check(rt, page, now)) {
             if (!page_holding(rt, page))
                 TRACE(rt, trace_hold, IVY_TR_HOLD_END, page, NULL);
             rt->held_pages[i] = rt->held_pages[--rt->nheld];
@@ -418,7 +418,7 @@ static uint64_t hold_release_expired(struct ivy_rt *rt)
 
 static void park(struct ivy_rt *rt, const struct ivy_msg *m)
 {
-    struct parked *p = list_append(&rt->parked[m->page], m);
+    struct parked *p = list_append(&rt->pg[m->page].parked, m);
     if (page_holding(rt, m->page)) {
         p->held = true; /* by the window, not by an acquisition: counted apart */
         rt->stats.held++;
@@ -432,28 +432,28 @@ static void park(struct ivy_rt *rt, const struct ivy_msg *m)
 /* Re-deliver, in arrival order, what the engine parked for `page`. */
 static void unpark(struct ivy_rt *rt, uint64_t page)
 {
-    for (struct parked *p = rt->parked[page]; p; p = p->next)
+    for (struct parked *p = rt->pg[page].parked; p; p = p->next)
         if (!p->held)
             rt->stats.unparked++;
-    list_to_fifo(rt, &rt->parked[page]);
+    list_to_fifo(rt, &rt->pg[page].parked);
 }
 
 static void fault_done(struct ivy_rt *rt, uint64_t page)
 {
-    if (rt->remote[page]) {
+    if (rt->pg[page].remote) {
         rt->stats.faults_remote++;
         rt->waiting_remote--;
     } else {
         rt->stats.faults_local++;
     }
-    rt->remote[page] = 0;
+    rt->pg[page].remote = 0;
     uint64_t now = now_ns();
     rt->done_ns = now; /* a HOLD that follows starts its window here */
     probe_fault_end(rt, page, now);
-    if (!rt->fault_t0[page])
+    if (!rt->pg[page].fault_t0)
         return;
-    uint64_t ns = now - rt->fault_t0[page];
-    rt->fault_t0[page] = 0;
+    uint64_t ns = now - rt->pg[page].fault_t0;
+    rt->pg[page].fault_t0 = 0;
     unsigned b = 0;
     while (b + 1 < IVY_RT_LAT_BUCKETS && (ns >> (b + 1)))
         b++;
@@ -469,8 +469,8 @@ static void send_action(struct ivy_rt *rt, const struct ivy_action *a)
     const struct ivy_msg *m = &a->msg;
     bool request = m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE;
     if (request && m->requester == rt->cfg.self) {
-        if (!rt->remote[a->page]) { /* a stale classic-Ivy read asks again: same fault */
-            rt->remote[a->page] = 1;
+        if (!rt->pg[a->page].remote) { /* a stale classic-Ivy read asks again: same fault */
+            rt->pg[a->page].remote = 1;
             rt->waiting_remote++;
         }
     } else if (request) {
@@ -485,7 +485,7 @@ static void send_action(struct ivy_rt *rt, const struct ivy_action *a)
                    ivy_msg_name(m->type), a->to, rt->cfg.nnodes);
         return;
     }
-    probe_message(&rt->last_sent[a->page], m->type, a->to);
+    probe_message(&rt->pg[a->page].last_sent, m->type, a->to);
     if (__builtin_expect(rt->test_drops != 0, 0) && probe_test_drop(rt, a))
         return;
     bool data = m->type == IVY_MSG_REPLY && (m->flags & IVY_REPLY_DATA);
@@ -556,14 +556,14 @@ static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
         rt->stats.faults_write++;
     else
         rt->stats.faults_read++;
-    if (rt->fault_count[page] != UINT32_MAX)
-        rt->fault_count[page]++;
+    if (rt->pg[page].fault_count != UINT32_MAX)
+        rt->pg[page].fault_count++;
     uint64_t now = now_ns();
-    if (!rt->fault_t0[page])
-        rt->fault_t0[page] = now;
+    if (!rt->pg[page].fault_t0)
+        rt->pg[page].fault_t0 = now;
     probe_fault_read(rt, page, um->arg.pagefault.feat.ptid, now);
-    if (write && rt->write_off[page] == NO_WATCH)
-        rt->write_off[page] = (uint16_t)(addr % IVY_PAGE_SIZE & ~7u);
+    if (write && rt->pg[page].write_off == NO_WATCH)
+        rt->pg[page].write_off = (uint16_t)(addr % IVY_PAGE_SIZE & ~7u);
     struct ivy_actions acts;
     acts.n = 0;
     ivy_engine_fault(&rt->engine, page, write, &acts);
@@ -630,7 +630,7 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
      * is served at once; one that others wait behind keeps it, parked behind
      * them until the loop's next pass releases them all (arrival order). */
     if ((m->type == IVY_MSG_READ || m->type == IVY_MSG_WRITE) && page_holding(rt, m->page) &&
-        !rt->parked[m->page])
+        !rt->pg[m->page].parked)
         hold_check(rt, m->page, now_ns());
     /* What the pure decoder cannot check: does the message fit the page's
      * state (a reply answers our request, an ack one we wait for, ...)? The
@@ -648,7 +648,7 @@ void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_fr
                    (unsigned long long)m->txid);
         return;
     }
-    probe_message(&rt->last_recv[m->page], m->type, c->peer);
+    probe_message(&rt->pg[m->page].last_recv, m->type, c->peer);
     if (m->type == IVY_MSG_REPLY) {
         rt->stats.reply_hops += m->hops;
         if (f->data) {
@@ -677,7 +677,9 @@ static void release_faulters(struct ivy_rt *rt)
     struct uffdio_range r = {rt->cfg.guest_addr, rt->cfg.size};
     if (ioctl(rt->uffd, UFFDIO_UNREGISTER, &r) == 0)
         rt->registered = false;
-    ioctl(rt->uffd, UFFDIO_WAKE, &r);
+    /* Best effort at the end of the node's life: a failure leaves nothing to report to, and a
+     * faulter still blocked is woken when the userfaultfd is closed right after. */
+    (void)ioctl(rt->uffd, UFFDIO_WAKE, &r);
     probe_all_released(rt);
 }
 
@@ -697,65 +699,90 @@ static void read_answers(struct ivy_rt *rt)
     }
 }
 
+#define LOOP_EVENTS 64
+
+/* Phase 1: feed the engine the hold windows that ran out; the earliest still running (0: none). */
+static uint64_t loop_release_holds(struct ivy_rt *rt)
+{
+    uint64_t next_release = 0;
+    while (rt->nheld && !rt->failed) {
+        next_release = hold_release_expired(rt);
+        if (!rt->fifo.len)
+            break;
+        drain_fifo(rt); /* may park new requests behind a window: look again */
+    }
+    return next_release;
+}
+
+/* Phase 2: wait for events: busy-poll while a reply is due (cfg.poll_us), then sleep, no
+ * longer than the next hold window. The number of events, or -1 with errno. */
+static int loop_wait(struct ivy_rt *rt, struct epoll_event *evs, uint64_t next_release)
+{
+    int n = 0;
+    PROF(rt, PROF_EPOLL_IN);
+    if (rt->waiting_remote && rt->cfg.poll_us) {
+        /* A reply is due within tens of microseconds: poll for it rather than
+         * sleep, since waking an idle CPU costs as much again on a VM host. */
+        uint64_t until = now_ns() + (uint64_t)rt->cfg.poll_us * 1000u;
+        do
+            n = epoll_wait(rt->epfd, evs, LOOP_EVENTS, 0);
+        while (n == 0 && now_ns() < until);
+    }
+    if (n == 0 && next_release) {
+        uint64_t now = now_ns(), ns = next_release > now ? next_release - now : 0;
+        struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+        n = epoll_pwait2(rt->epfd, evs, LOOP_EVENTS, &ts, NULL);
+    } else if (n == 0) {
+        n = epoll_wait(rt->epfd, evs, LOOP_EVENTS, -1);
+    }
+    PROF(rt, PROF_EPOLL_OUT);
+    return n;
+}
+
+/* Phase 3: serve each event (faults, frames, heartbeats); true once asked to stop. */
+static bool loop_dispatch(struct ivy_rt *rt, const struct epoll_event *evs, int n)
+{
+    bool stop = false;
+    for (int i = 0; i < n && !rt->failed; i++) {
+        uint64_t tag = evs[i].data.u64;
+        if (tag == EP_STOP) {
+            stop = true;
+        } else if (tag == EP_UFFD) {
+            read_faults(rt);
+        } else if (tag == EP_TIMER) {
+            link_heartbeat(rt);
+        } else {
+            struct conn *c = &rt->conns[tag];
+            if (c->fd < 0)
+                continue;
+            if (evs[i].events & EPOLLOUT)
+                link_flush(rt, c);
+            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                link_read(rt, c);
+        }
+    }
+    return stop;
+}
+
 static void *event_loop(void *arg)
 {
     struct ivy_rt *rt = arg;
-    struct epoll_event evs[64];
+    struct epoll_event evs[LOOP_EVENTS];
     bool stop = false;
     /* The hold window is tens of microseconds: the default 50 us timer slack
      * would stretch every epoll timeout below to several windows. */
-    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); /* cannot fail for a valid slack; only precision */
     while (!stop && !rt->failed) {
-        int n = 0;
-        uint64_t next_release = 0;
-        while (rt->nheld && !rt->failed) {
-            next_release = hold_release_expired(rt);
-            if (!rt->fifo.len)
-                break;
-            drain_fifo(rt); /* may park new requests behind a window: look again */
-        }
-        PROF(rt, PROF_EPOLL_IN);
-        if (rt->waiting_remote && rt->cfg.poll_us) {
-            /* A reply is due within tens of microseconds: poll for it rather than
-             * sleep, since waking an idle CPU costs as much again on a VM host. */
-            uint64_t until = now_ns() + (uint64_t)rt->cfg.poll_us * 1000u;
-            do
-                n = epoll_wait(rt->epfd, evs, 64, 0);
-            while (n == 0 && now_ns() < until);
-        }
-        if (n == 0 && next_release) {
-            uint64_t now = now_ns(), ns = next_release > now ? next_release - now : 0;
-            struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
-            n = epoll_pwait2(rt->epfd, evs, 64, &ts, NULL);
-        } else if (n == 0) {
-            n = epoll_wait(rt->epfd, evs, 64, -1);
-        }
-        PROF(rt, PROF_EPOLL_OUT);
+        uint64_t next_release = loop_release_holds(rt);
+        int n = loop_wait(rt, evs, next_release);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             rt_fail(rt, "epoll_wait: %s", strerror(errno));
             break;
         }
-        for (int i = 0; i < n && !rt->failed; i++) {
-            uint64_t tag = evs[i].data.u64;
-            if (tag == EP_STOP) {
-                stop = true;
-            } else if (tag == EP_UFFD) {
-                read_faults(rt);
-            } else if (tag == EP_TIMER) {
-                link_heartbeat(rt);
-            } else {
-                struct conn *c = &rt->conns[tag];
-                if (c->fd < 0)
-                    continue;
-                if (evs[i].events & EPOLLOUT)
-                    link_flush(rt, c);
-                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-                    link_read(rt, c);
-            }
-        }
-        read_answers(rt);
+        stop = loop_dispatch(rt, evs, n);
+        read_answers(rt); /* phase 4: answers the requests just sent may already have */
     }
     if (!rt->failed)
         link_say_bye(rt);
@@ -828,19 +855,31 @@ static int setup_loop(struct ivy_rt *rt, char *err, size_t errlen)
         return -1;
     }
     struct epoll_event ev = {.events = EPOLLIN};
-    ev.data.u64 = EP_UFFD;
-    epoll_ctl(rt->epfd, EPOLL_CTL_ADD, rt->uffd, &ev);
-    ev.data.u64 = EP_STOP;
-    epoll_ctl(rt->epfd, EPOLL_CTL_ADD, rt->stopfd, &ev);
-    ev.data.u64 = EP_TIMER;
-    epoll_ctl(rt->epfd, EPOLL_CTL_ADD, rt->timerfd, &ev);
+    const struct { int fd; uint64_t tag; const char *name; } own[] = {
+        {rt->uffd, EP_UFFD, "userfaultfd"}, {rt->stopfd, EP_STOP, "stop eventfd"}, {rt->timerfd, EP_TIMER, "timerfd"}};
+    for (unsigned i = 0; i < sizeof own / sizeof own[0]; i++) {
+        ev.data.u64 = own[i].tag;
+        if (epoll_ctl(rt->epfd, EPOLL_CTL_ADD, own[i].fd, &ev)) {
+            snprintf(err, errlen, "epoll_ctl adding the %s: %s", own[i].name, strerror(errno));
+            return -1;
+        }
+    }
     for (unsigned i = 0; i < rt->cfg.nnodes; i++) {
         struct conn *c = &rt->conns[i];
         if (c->fd < 0)
             continue;
-        int one = 1;
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+        int one = 1, flags = fcntl(c->fd, F_GETFL);
+        /* A link that cannot be made non-blocking would stall the whole loop; one without
+         * TCP_NODELAY (not TCP, e.g. a socketpair in the tests) only loses latency. */
+        if (flags < 0 || fcntl(c->fd, F_SETFL, flags | O_NONBLOCK)) {
+            snprintf(err, errlen, "making the link to node %u (fd %d) non-blocking: %s", i, c->fd, strerror(errno));
+            return -1;
+        }
+        if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) && errno != EOPNOTSUPP &&
+            errno != ENOPROTOOPT) {
+            snprintf(err, errlen, "TCP_NODELAY on the link to node %u (fd %d): %s", i, c->fd, strerror(errno));
+            return -1;
+        }
         c->in = malloc(IN_CAP);
         if (!c->in) {
             snprintf(err, errlen, "out of memory");
@@ -916,20 +955,11 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
         }
     }
     rt->pages = calloc(rt->npages, sizeof *rt->pages);
-    rt->mapped = calloc(rt->npages, 1);
-    rt->remote = calloc(rt->npages, 1);
-    rt->fault_t0 = calloc(rt->npages, sizeof *rt->fault_t0);
-    rt->fault_count = calloc(rt->npages, sizeof *rt->fault_count);
-    rt->parked = calloc(rt->npages, sizeof *rt->parked);
-    rt->hold_until = calloc(rt->npages, sizeof *rt->hold_until);
+    rt->pg = calloc(rt->npages, sizeof *rt->pg);
     rt->hold_ns = (uint64_t)cfg->hold_us * 1000u;
-    rt->write_off = malloc(rt->npages * sizeof *rt->write_off);
-    rt->watch_off = malloc(rt->npages * sizeof *rt->watch_off);
-    rt->watch_val = calloc(rt->npages, sizeof *rt->watch_val);
-    for (uint64_t p = 0; rt->write_off && rt->watch_off && p < rt->npages; p++)
-        rt->write_off[p] = rt->watch_off[p] = NO_WATCH;
-    if (!rt->pages || !rt->mapped || !rt->remote || !rt->fault_t0 || !rt->fault_count || !rt->parked ||
-        !rt->hold_until || !rt->write_off || !rt->watch_off || !rt->watch_val || probe_init(rt)) {
+    for (uint64_t p = 0; rt->pg && p < rt->npages; p++)
+        rt->pg[p].write_off = rt->pg[p].watch_off = NO_WATCH;
+    if (!rt->pages || !rt->pg) {
         snprintf(err, errlen, "out of memory for %llu pages", (unsigned long long)rt->npages);
         ivy_rt_destroy(rt);
         return NULL;
@@ -965,7 +995,7 @@ static int map_range(struct ivy_rt *rt, uint64_t first, uint64_t n)
         rt->stats.continues++;
         uint64_t done = r == 0 ? n : c.mapped > 0 ? (uint64_t)c.mapped / IVY_PAGE_SIZE : 0;
         for (uint64_t p = first; p < first + done; p++)
-            rt->mapped[p] = MAP_RW;
+            rt->pg[p].mapped = MAP_RW;
         first += done;
         n -= done;
         if (r == -EEXIST && done == 0) {
@@ -988,7 +1018,7 @@ static int map_owned_up_front(struct ivy_rt *rt)
     struct ivy_actions acts; /* the row's actions: none */
     uint64_t run = 0;
     for (uint64_t p = 0; p <= rt->npages; p++) {
-        if (p < rt->npages && rt->mapped[p] == MAP_NONE && ivy_engine_map_owned(&rt->engine, p, &acts)) {
+        if (p < rt->npages && rt->pg[p].mapped == MAP_NONE && ivy_engine_map_owned(&rt->engine, p, &acts)) {
             run++;
             continue;
         }
@@ -1012,7 +1042,11 @@ int ivy_rt_start(struct ivy_rt *rt)
     uint64_t ns = (uint64_t)rt->cfg.heartbeat_ms * 1000000ull;
     struct itimerspec its = {{(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)},
                              {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)}};
-    timerfd_settime(rt->timerfd, 0, &its, NULL);
+    if (timerfd_settime(rt->timerfd, 0, &its, NULL)) {
+        /* Without it no heartbeat is sent and no silent peer is noticed. */
+        rt_fail(rt, "timerfd_settime: %s", strerror(errno));
+        return -1;
+    }
     int r = pthread_create(&rt->thread, NULL, event_loop, rt);
     if (r) {
         rt_fail(rt, "pthread_create: %s", strerror(r));
@@ -1075,27 +1109,18 @@ void ivy_rt_destroy(struct ivy_rt *rt)
         free(rt->conns[i].out);
         link_free_keys(&rt->conns[i]);
     }
-    for (uint64_t p = 0; rt->parked && p < rt->npages; p++) {
-        while (rt->parked[p]) {
-            struct parked *next = rt->parked[p]->next;
-            free(rt->parked[p]);
-            rt->parked[p] = next;
+    for (uint64_t p = 0; rt->pg && p < rt->npages; p++) {
+        while (rt->pg[p].parked) {
+            struct parked *next = rt->pg[p].parked->next;
+            free(rt->pg[p].parked);
+            rt->pg[p].parked = next;
         }
     }
     free(rt->fifo.q);
     free(rt->pages);
-    free(rt->mapped);
-    free(rt->remote);
-    free(rt->fault_t0);
-    free(rt->fault_count);
-    free(rt->parked);
-    free(rt->hold_until);
+    free(rt->pg);
     free(rt->held_pages);
-    free(rt->write_off);
-    free(rt->watch_off);
-    free(rt->watch_val);
     trace_destroy(rt);
-    probe_free(rt);
     free(rt);
 }
 
@@ -1118,7 +1143,7 @@ unsigned ivy_rt_top_pages(const struct ivy_rt *rt, uint64_t *pages, uint32_t *co
 {
     unsigned filled = 0;
     for (uint64_t p = 0; p < rt->npages; p++) {
-        uint32_t c = __atomic_load_n(&rt->fault_count[p], __ATOMIC_RELAXED);
+        uint32_t c = __atomic_load_n(&rt->pg[p].fault_count, __ATOMIC_RELAXED);
         if (!c || (filled == n && c <= counts[n - 1]))
             continue;
         unsigned i = filled < n ? filled++ : n - 1;

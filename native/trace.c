@@ -137,7 +137,7 @@ void trace_action(struct ivy_rt *rt, const struct ivy_action *a)
         [IVY_ACT_UNPARK] = IVY_TR_UNPARK, [IVY_ACT_DONE] = IVY_TR_DONE,
     };
     uint8_t kind = a->kind < sizeof kinds ? kinds[a->kind] : 0;
-    if (!kind || (a->kind == IVY_ACT_UNPARK && !rt->parked[a->page]))
+    if (!kind || (a->kind == IVY_ACT_UNPARK && !rt->pg[a->page].parked))
         return; /* SEND: link_send records the frame (or it went to this node's own queue);
                    the engine unparks after every grant, usually with nothing parked */
     struct ivy_trace_record *r = trace_slot(rt->trace, kind, a->page);
@@ -150,10 +150,10 @@ void trace_action(struct ivy_rt *rt, const struct ivy_action *a)
         r->peer = a->msg.requester;
     } else if (a->kind == IVY_ACT_DONE) {
         /* Before fault_done() clears them: was a request sent, and since when did we wait. */
-        bool remote = rt->remote[a->page];
+        bool remote = rt->pg[a->page].remote;
         r->type = remote;
         r->txid = remote ? rt->pages[a->page].txid : 0;
-        r->version = rt->fault_t0[a->page] ? r->ns - rt->fault_t0[a->page] : 0;
+        r->version = rt->pg[a->page].fault_t0 ? r->ns - rt->pg[a->page].fault_t0 : 0;
     }
     trace_commit(rt->trace);
 }
