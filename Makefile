@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	@$(MAKE) --no-print-directory libssl
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel cffi
-	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test,plot]'
 	$(PY) native/build.py --testkit
 	touch $@
 

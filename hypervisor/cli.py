@@ -241,6 +241,15 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     merge.add_argument("inputs", nargs="+", type=Path, metavar="NODE_TRACE", help="a file `ivyvm node` wrote")
     merge.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.json", help="the merged trace")
     merge.set_defaults(handler=cmd_trace_merge)
+    report = commands.add_parser("report", help="draw a --stats-json profile as PNG files (docs/profile.md)",
+                                 description="Draw STATS.json (from --stats-json) as latency.png, timeline.png "
+                                             "and pages.png; with TRACE (from --trace) faults over time come "
+                                             "from the trace. Needs matplotlib: pip install 'ivyvm[plot]'.")
+    report.add_argument("stats", type=Path, metavar="STATS.json")
+    report.add_argument("trace", type=Path, nargs="?", default=None, metavar="TRACE")
+    report.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
+                        help="where the PNG files go (default: beside STATS.json)")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 
@@ -340,6 +349,27 @@ def cmd_node(args: argparse.Namespace) -> int:
         if problem:
             return usage_error(f"trace {trace_file}: {problem}")
     return run_node(cluster, args.id, args.verbose, args.stats, trace_file, args.stats_json)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hypervisor import report
+    try:
+        doc, trace_faults = report.read_inputs(args.stats, args.trace)
+    except report.ReportError as e:
+        return usage_error(str(e))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return fail(Status.HOST, report.MISSING_PLOT)
+    out_dir = args.output or args.stats.resolve().parent
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = report.draw(doc, trace_faults, out_dir)
+    except OSError as e:
+        return fail(Status.HOST, f"cannot write the plots to {out_dir}: {e.strerror or e}")
+    for path in paths:
+        sys.stdout.write(f"{path}\n")
+    return 0
 
 
 def cmd_trace_merge(args: argparse.Namespace) -> int:
