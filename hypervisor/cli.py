@@ -21,7 +21,7 @@ from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, NoReturn, Sequence  # noqa: E402
 
-from hypervisor import config, netns, profile, stopsignals  # noqa: E402
+from hypervisor import config, netns, profile, report, stopsignals  # noqa: E402
 from hypervisor.base import SECRET_ENV, StdoutConsole  # noqa: E402
 from hypervisor.cluster import launch_local  # noqa: E402
 from hypervisor.config import MANAGERS, MIB, READ_OWNERSHIP, ConfigError  # noqa: E402
@@ -352,7 +352,6 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hypervisor import report
     try:
         doc, trace_faults = report.read_inputs(args.stats, args.trace)
     except report.ReportError as e:
