@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench import dsm_bench, guests, hostload, plots
+from bench import dsm_bench, guests, hostload, netns_bench, plots
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     guests.print_guest_tables(guest_results)
     print("\n" + hostload.describe(host))
     draw(core, guest_results, args.plots)
+    network = netns_bench.collect(args.quick)     # the emulated network between nodes (root only)
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"dsm": core, "guests": guest_results, "host": host}, indent=2))
+        args.json.write_text(json.dumps({"dsm": core, "guests": guest_results, "host": host, "netns": network},
+                                        indent=2))
         print(f"\nall results: {args.json}")
     return 0
 

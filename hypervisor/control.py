@@ -36,7 +36,7 @@ class ControlError(Exception):
 
 class Msg(enum.IntEnum):
     JOIN = 1      # k -> 0: image digest and machine shape, checked by node 0
-    GO = 2        # 0 -> k: RAM is loaded, start the vCPUs
+    GO = 2        # 0 -> k: RAM is loaded, start the vCPUs (payload: the guest-TSC offset)
     IO = 3        # k -> 0: a port access of a remote vCPU
     IO_DONE = 4   # 0 -> k: its result (reads), or its completion (writes)
     IRQ = 5       # either way: queue `vector` for `target`
@@ -50,6 +50,7 @@ class Msg(enum.IntEnum):
 
 
 JOIN = struct.Struct("<32sIQ")     # image sha256, vcpus, mem
+GO = struct.Struct("<q")           # the guest-TSC offset every vCPU takes (hypervisor/clock.py)
 IO = struct.Struct("<IHHBBxxI")    # seq, vcpu, port, size, is_write, value
 IO_DONE = struct.Struct("<IHxxI")  # seq, vcpu, value
 IRQ = struct.Struct("<HH")         # target vcpu, vector
@@ -65,7 +66,7 @@ PAGE_STATE = struct.Struct("<HHIQBBBBHxxQQIIBxHI")
 # and how many requests wait for the page there (parked or held)
 
 _FIXED_SIZE = {
-    Msg.JOIN: JOIN.size, Msg.GO: 0, Msg.IO: IO.size, Msg.IO_DONE: IO_DONE.size,
+    Msg.JOIN: JOIN.size, Msg.GO: GO.size, Msg.IO: IO.size, Msg.IO_DONE: IO_DONE.size,
     Msg.IRQ: IRQ.size, Msg.PARKED: PARKED.size, Msg.PING: PING.size, Msg.BYE: 0,
     Msg.PAGE_QUERY: PAGE_QUERY.size, Msg.PAGE_STATE: PAGE_STATE.size,
 }

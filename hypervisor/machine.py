@@ -254,6 +254,17 @@ class Machine:
             slot.irq.close()
             self._kick(slot)
 
+    def tsc_offset(self) -> int:
+        """The guest-TSC offset of this node's first vCPU (hypervisor/clock.py)."""
+        from hypervisor import clock
+        return clock.offset_of(self._slots[self.local_vcpus[0]].vcpu)
+
+    def align_tsc(self, offset: int) -> list[int]:
+        """Every local vCPU gets `offset` before it runs; the offsets they report after."""
+        from hypervisor import clock
+        assert not self._started, "a running vCPU's clock must not jump"
+        return clock.align((slot.vcpu for slot in self._slots.values()), offset)
+
     def inject(self, vcpu: int, vector: int) -> None:
         """Queue `vector` for local vCPU `vcpu` and make it notice (guest ABI section 5)."""
         slot = self._slots.get(vcpu)

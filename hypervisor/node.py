@@ -8,7 +8,7 @@ every DSM server runs:
 
     RAM (node 0 writes boot tables and image) -> DSM mesh, authenticated
     -> DSM core started -> control channel to node 0, JOIN checked by node 0
-    -> GO from node 0 -> vCPUs start
+    -> GO from node 0 (with the guest-TSC offset) -> vCPUs start
 
 Failure handling: whichever notices first, the DSM core (a peer silent or
 gone while a page is awaited) or the control channel (EOF, silence, garbage),
@@ -123,11 +123,14 @@ class Node:
                         self.dsm = self.joiner.connect_dsm(machine, dsm_listener)
                         self.joiner.as_head(digest, control_listener, progress, self.channels)
                     self._time_limit = self.joiner.time_limit(machine)
+                    # One guest clock: node 0's offset on every vCPU of every node.
+                    offset = machine.tsc_offset()
+                    machine.align_tsc(offset)
                     for channel in self.channels.values():
-                        channel.send(control.encode(Msg.GO))
+                        channel.send(control.encode(Msg.GO, control.GO.pack(offset)))
                 else:
                     self.dsm = self.joiner.connect_dsm(machine, dsm_listener)
-                    self.joiner.as_member(digest, self.channels)
+                    machine.align_tsc(self.joiner.as_member(digest, self.channels))
                 self.control.start_clocks()
                 self._spawn(self._watch_dsm, "dsm-watch")
                 for peer, channel in self.channels.items():

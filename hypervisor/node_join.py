@@ -135,8 +135,10 @@ class Joiner:
         finally:
             listener.close()
 
-    def as_member(self, digest: bytes, channels: dict[int, Channel]) -> None:
-        """Node k > 0: connect to node 0's control port, JOIN and wait for GO, into `channels`."""
+    def as_member(self, digest: bytes, channels: dict[int, Channel]) -> int:
+        """Node k > 0: connect to node 0's control port, JOIN and wait for GO, into `channels`.
+
+        Returns GO's guest-TSC offset, which every vCPU here takes (hypervisor/clock.py)."""
         host, port = self.config.nodes[0].control_address
         deadline = time.monotonic() + self.config.setup_timeout
         try:
@@ -156,5 +158,7 @@ class Joiner:
             raise NodeError(status, f"node {self.id}: refused by node 0: {line}")
         if frame.type is not Msg.GO:
             raise NodeError(Status.CLUSTER, f"node 0 sent {frame.type.name} instead of GO")
+        (offset,) = control.GO.unpack(frame.payload)
         sock.settimeout(SILENCE_SECONDS)
         channels[0] = channel
+        return offset

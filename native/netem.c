@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -138,6 +139,9 @@ int ivy_netem_run(const int *tap_fds, int nports, int stop_fd, const struct ivy_
     struct pollfd fds[IVY_NETEM_MAX_PORTS + 1];
     memset(ports, 0, sizeof ports);
     memset(stats, 0, sizeof *stats);
+    /* A sleeping thread's wake-ups are late by up to its timer slack (50 us by
+     * default): that much error on every frame would swamp a 100 us delay. */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
     int rc = -1;
     for (int i = 0; i < nports; i++) {
         ports[i].fd = tap_fds[i];

@@ -165,6 +165,15 @@ class kvm_run(ctypes.Structure):
     ]
 
 
+class kvm_device_attr(ctypes.Structure):
+    _fields_ = [("flags", u32), ("group", u32), ("attr", u64), ("addr", u64)]
+
+
+# vCPU device attributes (KVM_{HAS,GET,SET}_DEVICE_ATTR on a vCPU fd).
+KVM_VCPU_TSC_CTRL = 0            # group: the vCPU's TSC
+KVM_VCPU_TSC_OFFSET = 0          # attr: guest TSC = host TSC (scaled) + this offset, as a signed u64
+
+
 # --- ioctl numbers -----------------------------------------------------------
 # /dev/kvm
 KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
@@ -185,6 +194,9 @@ KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
 KVM_INTERRUPT = _IOW(KVMIO, 0x86, kvm_interrupt)
 KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)
+KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xE1, kvm_device_attr)
+KVM_GET_DEVICE_ATTR = _IOW(KVMIO, 0xE2, kvm_device_attr)
+KVM_HAS_DEVICE_ATTR = _IOW(KVMIO, 0xE3, kvm_device_attr)
 
 
 class Cap(enum.IntEnum):

@@ -154,6 +154,30 @@ class Vcpu(_Fd):
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         _call(self.fd, abi.KVM_SET_CPUID2, ctypes.addressof(cpuid))
 
+    def has_device_attr(self, group: int, attr: int) -> bool:
+        """KVM_HAS_DEVICE_ATTR: whether this vCPU has the attribute (ENXIO: it has not)."""
+        query = abi.kvm_device_attr(0, group, attr, 0)
+        try:
+            _call(self.fd, abi.KVM_HAS_DEVICE_ATTR, ctypes.addressof(query))
+        except KvmError as err:
+            if err.errno in (errno.ENXIO, errno.EINVAL, errno.ENOTTY):
+                return False
+            raise
+        return True
+
+    def get_device_attr(self, group: int, attr: int) -> int:
+        """KVM_GET_DEVICE_ATTR of a 64-bit attribute."""
+        value = ctypes.c_uint64()
+        query = abi.kvm_device_attr(0, group, attr, ctypes.addressof(value))
+        _call(self.fd, abi.KVM_GET_DEVICE_ATTR, ctypes.addressof(query))
+        return value.value
+
+    def set_device_attr(self, group: int, attr: int, value: int) -> None:
+        """KVM_SET_DEVICE_ATTR of a 64-bit attribute."""
+        word = ctypes.c_uint64(value & (2**64 - 1))
+        query = abi.kvm_device_attr(0, group, attr, ctypes.addressof(word))
+        _call(self.fd, abi.KVM_SET_DEVICE_ATTR, ctypes.addressof(query))
+
     def interrupt(self, vector: int) -> None:
         irq = abi.kvm_interrupt(vector)
         _call(self.fd, abi.KVM_INTERRUPT, ctypes.addressof(irq))

@@ -206,7 +206,7 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     (io(seq=2, vcpu=2), "node 1 sent I/O seq 2, expected 1"),
     (frame(Msg.PARKED, control.PARKED.pack(9)), "node 1 said 9 vCPUs parked; it runs 2"),
     (frame(Msg.FAILED, control.STATUS.pack(-7) + b"x"), "FAILED carries status -7"),
-    (frame(Msg.GO), "node 1 sent GO, which node 0 never expects"),
+    (frame(Msg.GO, control.GO.pack(0)), "node 1 sent GO, which node 0 never expects"),
     (frame(Msg.PING, control.PING.pack(1, 0, 0), flags=0x80), "node 1 sent PING with unknown flags 0x80"),
 ])
 def test_a_forged_frame_to_node_0_loses_the_peer_in_one_line(forged: Frame, needle: str,
