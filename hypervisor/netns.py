@@ -29,9 +29,10 @@ import struct
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .config import ClusterConfig
 from .status import Status
@@ -225,6 +226,41 @@ class EmulatedNetwork:
                     stream.close()
             self.helper = None
         delete_namespaces(self.names)
+
+
+@dataclass(frozen=True)
+class VethPair:
+    namespaces: tuple[str, str]
+    devices: tuple[str, str]
+    addresses: tuple[str, str]
+
+
+@contextmanager
+def veth_pair(subnet: str = "10.98.0") -> Iterator[VethPair]:
+    """Two fresh namespaces joined by a bare veth pair (the kernel's own link, no emulator).
+
+    For nodes a test starts by hand in each namespace, as on two hosts. The
+    names follow this module's scheme (the sweep covers them); both ends are
+    created inside the namespaces, so the host never sees a device.
+    """
+    check_available()
+    sweep_stale()
+    tag = f"{os.getpid()}-{secrets.token_hex(3)}"
+    pair = VethPair((f"{PREFIX}{tag}-0", f"{PREFIX}{tag}-1"), (DEVICE, DEVICE), (f"{subnet}.1", f"{subnet}.2"))
+    steps = [("netns", "add", pair.namespaces[0]), ("netns", "add", pair.namespaces[1]),
+             ("-n", pair.namespaces[0], "link", "add", DEVICE, "type", "veth", "peer", "name", DEVICE,
+              "netns", pair.namespaces[1])]
+    for name, address in zip(pair.namespaces, pair.addresses):
+        steps += [("-n", name, "addr", "add", f"{address}/30", "dev", DEVICE), ("-n", name, "link", "set", DEVICE, "up"),
+                  ("-n", name, "link", "set", "lo", "up")]
+    try:
+        for args in steps:
+            proc = _ip(*args)
+            if proc.returncode != 0:
+                raise NetnsError(Status.HOST, f"ip {' '.join(args)}: {proc.stderr.strip()}")
+        yield pair
+    finally:
+        delete_namespaces(pair.namespaces)
 
 
 def _package_path() -> str:

@@ -3,40 +3,29 @@
 This is the README's "Across real hosts" setup as a user runs it: one
 cluster.toml, `ivyvm node --config F --id K` on each host, the secret from
 IVYVM_SECRET or secret_file, the nodes bound to their own addresses (not
-loopback). The namespaces and the veth pair are private to each test: named
-after this process's pid, addressed in 10.200.0.0/16 only inside them, and
-deleted in `finally` whatever happens; the host's own interfaces are never
-touched.
+loopback). The namespaces and the veth pair (hypervisor/netns.py's
+veth_pair) are private to each test: named after this process's pid and a
+random tag, addressed in 10.98.0.0/30 only inside them, and deleted in
+`finally` whatever happens; the host's own interfaces are never touched.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from hypervisor import netns
 from hypervisor.status import Status
 from tests.cluster.common import (DETECTION_BOUND, IVYVM, START_BOUND, await_exits, finish, guest_elf, lines_of,
                                   processes_mentioning, start_node, verdict, wait_for_output, write_cluster)
 from tests.conftest import ROOT, requires_kvm, requires_netns
-
-_serial = itertools.count()
-
-
-@dataclass(frozen=True)
-class VethPair:
-    namespaces: tuple[str, str]
-    devices: tuple[str, str]
-    addresses: tuple[str, str]
-
 
 def ip(*args: str) -> None:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
@@ -44,37 +33,15 @@ def ip(*args: str) -> None:
         raise AssertionError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
-def namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
 @contextmanager
-def veth_pair() -> Iterator[VethPair]:
-    """Two fresh namespaces, each holding one end of a veth pair with a /30 between them."""
-    serial = next(_serial)
-    tag = f"{os.getpid()}x{serial}"                  # device names: at most 15 characters
-    ns = (f"ivyvm{tag}a", f"ivyvm{tag}b")
-    dev = (f"iv{tag}a", f"iv{tag}b")
-    subnet = f"10.200.{(os.getpid() + serial) % 256}"
-    pair = VethPair(ns, dev, (f"{subnet}.1", f"{subnet}.2"))
-    try:
-        for name in ns:
-            ip("netns", "add", name)
-        # Created inside the first namespace and moved: the host never sees either end.
-        ip("-n", ns[0], "link", "add", dev[0], "type", "veth", "peer", "name", dev[1], "netns", ns[1])
-        for name, device, address in zip(ns, dev, pair.addresses):
-            ip("-n", name, "addr", "add", f"{address}/30", "dev", device)
-            ip("-n", name, "link", "set", device, "up")
-            ip("-n", name, "link", "set", "lo", "up")
+def veth_pair() -> Iterator[netns.VethPair]:
+    """Two fresh namespaces joined by a veth pair (hypervisor/netns.py), checked gone afterwards."""
+    with netns.veth_pair() as pair:
         yield pair
-    finally:
-        for name in ns:
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
-    assert not set(ns) & namespaces(), f"namespaces {ns} outlived the test"
+    assert not set(pair.namespaces) & netns.namespaces(), f"namespaces {pair.namespaces} outlived the test"
 
 
-def cluster_file(tmp_path: Path, pair: VethPair, image: Path, vcpus: int = 2, extra: str = "") -> Path:
+def cluster_file(tmp_path: Path, pair: netns.VethPair, image: Path, vcpus: int = 2, extra: str = "") -> Path:
     return write_cluster(tmp_path, image, vcpus, [f"{a}:7000" for a in pair.addresses], extra=extra)
 
 

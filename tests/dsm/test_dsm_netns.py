@@ -1,12 +1,12 @@
 """Two hosts: DSM nodes in two network namespaces joined by a veth pair."""
 from __future__ import annotations
 
-import os
 import subprocess
 from typing import Iterator
 
 import pytest
 
+from hypervisor import netns
 from hypervisor.devkit.cluster import Cluster
 from hypervisor.native_consts import PAGE_SIZE
 
@@ -20,25 +20,9 @@ def ip(*args: str) -> None:
 @pytest.fixture
 def two_hosts() -> Iterator[tuple[list[str], list[list[str]], list[str]]]:
     """(namespace names, command prefixes, addresses) for two fresh namespaces on a private /30."""
-    tag = f"{os.getpid() % 100000}"
-    names = [f"ivydsm{tag}a", f"ivydsm{tag}b"]
-    veths = [f"ivy{tag}a", f"ivy{tag}b"]
-    subnet = f"10.213.{os.getpid() % 250}"
-    addrs = [f"{subnet}.1", f"{subnet}.2"]
-    try:
-        for ns in names:
-            ip("netns", "add", ns)
-        ip("link", "add", veths[0], "type", "veth", "peer", "name", veths[1])
-        for ns, veth, addr in zip(names, veths, addrs):
-            ip("link", "set", veth, "netns", ns)
-            ip("-n", ns, "addr", "add", f"{addr}/30", "dev", veth)
-            ip("-n", ns, "link", "set", veth, "up")
-            ip("-n", ns, "link", "set", "lo", "up")
-        yield names, [["ip", "netns", "exec", ns] for ns in names], addrs
-    finally:
-        for ns in names:  # deleting a namespace deletes its end of the veth, and so the pair
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", veths[0]], capture_output=True)
+    with netns.veth_pair() as pair:
+        names = list(pair.namespaces)
+        yield names, [["ip", "netns", "exec", ns] for ns in names], list(pair.addresses)
 
 
 def test_two_hosts_share_ram(two_hosts) -> None:
@@ -59,7 +43,7 @@ def test_cut_cable_is_detected_and_named(two_hosts) -> None:
     with Cluster(2, pages=32, hosts=addrs, prefixes=prefixes) as cluster:
         node0, node1 = cluster.workers
         node1.call("run", workload="write_pages", pages_list=[7], value=3)
-        ip("-n", names[1], "link", "set", f"ivy{os.getpid() % 100000}b", "down")
+        ip("-n", names[1], "link", "set", netns.DEVICE, "down")
         node0.call("run", workload="touch_timed", pages_list=[7], write=0, background=True)
         r = node0.call("wait_failed", seconds=5.0)
         assert r["failed"] and r["elapsed"] < 5.0, r
