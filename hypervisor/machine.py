@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from hypervisor import boot
+from hypervisor import boot, clock
 from hypervisor.devices import (LOCAL_PORTS, PORT_PARK, PORT_WAIT, GuestIoError, InterruptRouter, LocalInterrupts,
                                 PortIo, build_bus, describe_access)
 from hypervisor.kvm import Kvm, KvmError, Vcpu
@@ -256,12 +256,10 @@ class Machine:
 
     def tsc_offset(self) -> int:
         """The guest-TSC offset of this node's first vCPU (hypervisor/clock.py)."""
-        from hypervisor import clock
         return clock.offset_of(self._slots[self.local_vcpus[0]].vcpu)
 
     def align_tsc(self, offset: int) -> list[int]:
         """Every local vCPU gets `offset` before it runs; the offsets they report after."""
-        from hypervisor import clock
         assert not self._started, "a running vCPU's clock must not jump"
         return clock.align((slot.vcpu for slot in self._slots.values()), offset)
 
