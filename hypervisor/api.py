@@ -100,6 +100,7 @@ class GuestResult:
     stats: list[dict[str, Any]]    # per node: {"node", "vcpus", "dsm"}; "dsm" is None on one node
     seconds: float                 # wall time of the whole run
     stderr: str = field(default="", repr=False)   # other lines ivyvm said (several nodes only)
+    supervisor_pid: int | None = None   # the `ivyvm run` process of several nodes (names its --netns namespaces)
 
     @property
     def lines(self) -> list[str]:
@@ -202,4 +203,4 @@ def _run_supervised(argv: list[str], timeout: float | None) -> GuestResult:
                                               f"{signal.Signals(-status).name}", console)
     if status in _CLASSES and lines:
         raise _CLASSES[status](status, said.rstrip(), console)
-    return GuestResult(status, console, stats, seconds, said)
+    return GuestResult(status, console, stats, seconds, said, proc.pid)
