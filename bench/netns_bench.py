@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.floors import summary
-from bench.guests import BENCH_BUILD, build_bench_guests, tsc_hz
+from bench.guests import build_bench_guests, tsc_hz
 from hypervisor import netns, run_guest
 from hypervisor.devkit.cluster import Cluster
 
@@ -57,9 +57,7 @@ def pagewalk(hz: float, build: str, **network: Any) -> dict:
 
 def measure(quick: bool) -> dict[str, Any]:
     npages = 100 if quick else 400
-    build = "build" if quick else BENCH_BUILD          # quick: the test build's smaller pagewalk
-    if not quick:
-        build_bench_guests()
+    build = build_bench_guests(quick)          # quick: the smaller guests of the smoke run
     hz = tsc_hz()
     results: dict[str, Any] = {"loopback": {"read_fault": read_faults(npages), "pagewalk": pagewalk(hz, build)}}
     for delay in DELAYS_US:
