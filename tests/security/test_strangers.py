@@ -27,7 +27,7 @@ from hypervisor import handshake as hs
 from hypervisor.cluster import write_config
 from hypervisor.config import loopback_cluster
 from hypervisor.handshake import ClusterShape, HandshakeError, accept_peers, connect_mesh, handshake, listen
-from hypervisor.node import LISTEN_FDS_ENV
+from hypervisor.base import LISTEN_FDS_ENV
 from tests.conftest import ROOT, guest_elf, requires_kvm
 
 SECRET = b"strangers-test-secret-" + os.urandom(8).hex().encode()

@@ -27,7 +27,7 @@ from hypervisor.cluster import write_config
 from hypervisor.config import loopback_cluster
 from hypervisor.control import Msg
 from hypervisor.handshake import listen
-from hypervisor.node import LISTEN_FDS_ENV
+from hypervisor.base import LISTEN_FDS_ENV
 from hypervisor.status import Status
 from tests.conftest import ROOT, guest_elf, requires_kvm
 from tests.security.proxy import Proxy, Tamper, drop, flip, forged_record, inject, passthrough, reorder, replay
