@@ -140,7 +140,9 @@ class Node:
                     self._sampler = profile.FaultSampler(self.dsm).start()
                 self._run_started = time.monotonic()
                 self._watchdog = self.control.pages.watchdog = watchdog.Watchdog(
-                    self.id, self.config.nnodes, self.dsm, self.config.stall_warn, self.control.pages.ask, say).start()
+                    self.id, self.config.nnodes, self.dsm, self.config.stall_warn, self.control.pages.ask, say,
+                    quiet=lambda: self._closing.is_set() or machine.result is not None
+                    or (self.dsm is not None and self.dsm.error is not None)).start()
                 result = machine.run()
                 return self._finish(result)
             finally:

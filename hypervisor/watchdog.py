@@ -142,9 +142,13 @@ class Watchdog:
     """Names every fault outstanding longer than `stall_warn` seconds, once, with every node's state."""
 
     def __init__(self, node: int, nnodes: int, dsm: DsmNode, stall_warn: float,
-                 ask: Callable[[int, int], None], say: Callable[[str], None]) -> None:
+                 ask: Callable[[int, int], None], say: Callable[[str], None],
+                 quiet: Callable[[], bool] = lambda: False) -> None:
         self.node, self.nnodes, self.dsm, self.stall_warn = node, nnodes, dsm, stall_warn
         self._ask, self._say = ask, say
+        # True once the run is ending or the DSM has failed: its own line names the cause (a lost
+        # peer), and a stall line said beside it would only repeat it.
+        self._quiet = quiet
         self._lock = threading.Lock()
         self._queries: dict[int, _Query] = {}
         self._named: set[tuple[int, int]] = set()     # (vcpu, page) of stalls already named
@@ -209,6 +213,8 @@ class Watchdog:
         with self._lock:
             query = self._queries.pop(qid, None)
         if query is None:
+            return
+        if self._quiet():
             return
         others = {n: query.answers.get(n) for n in range(self.nnodes) if n != self.node}
         self._say(stall_line(self.node, self.nnodes, query.stall, query.here, others))

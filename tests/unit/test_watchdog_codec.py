@@ -96,3 +96,16 @@ def test_a_stall_is_named_once_when_every_node_answered_and_again_only_if_it_ret
     dsm.stalls = [{"vcpu": 1, "page": 7, "age_ns": 2_000_000_000}]
     dog.check()
     assert [qid for qid, _ in asked] == [1, 2], "a stall that ended and came back is new"
+
+
+def test_nothing_is_said_once_the_run_ends_or_the_dsm_failed() -> None:
+    dsm, lines = FakeDsm(), []
+    failed = [False]
+    dog = watchdog.Watchdog(1, 2, dsm, 2.0, lambda qid, page: None, lines.append,  # type: ignore[arg-type]
+                            quiet=lambda: failed[0])
+    dsm.stalls = [{"vcpu": 1, "page": 7, "age_ns": 2_100_000_000}]
+    dog.check()
+    failed[0] = True        # a silent peer: the DSM's own line names it
+    answer = watchdog.decode_state(frame_of(watchdog.encode_state(1, 0, 1, 7, INFO)), 0, 2, NPAGES)[3]
+    dog.answered(1, 0, answer)
+    assert lines == []
