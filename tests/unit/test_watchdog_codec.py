@@ -106,6 +106,6 @@ def test_nothing_is_said_once_the_run_ends_or_the_dsm_failed() -> None:
     dsm.stalls = [{"vcpu": 1, "page": 7, "age_ns": 2_100_000_000}]
     dog.check()
     failed[0] = True        # a silent peer: the DSM's own line names it
-    answer = watchdog.decode_state(frame_of(watchdog.encode_state(1, 0, 1, 7, INFO)), 0, 2, NPAGES)[3]
-    dog.answered(1, 0, answer)
+    answer = watchdog.decode_state(frame_of(watchdog.encode_state(1, 0, 1, 7, INFO)), 0, 3, NPAGES)[3]
+    dog.answered(1, 0, answer)     # every other node answered: the line would be said now
     assert lines == []
