@@ -143,6 +143,8 @@ static void check_page(const struct ivy_engine *e, const struct ivy_page *p)
     /* Asking for the page => not the owner. */
     IVY_ASSERT(!(p->owner && (p->pending == IVY_WANT_READ || p->pending == IVY_WANT_WRITE ||
                               p->pending == IVY_READ_STALE)));
+    /* The migratory mark lives at the owner only, and only with the option. */
+    IVY_ASSERT(!p->migratory || (p->owner && e->cfg.migratory));
     /* INITIAL is never left and re-entered; only node 0 owns it. */
     IVY_ASSERT(p->state != IVY_INITIAL || !p->owner || e->cfg.self == 0);
 }
@@ -236,6 +238,11 @@ static void downgrade_to_shared(struct ivy_page *p, uint64_t page, struct ivy_ac
     p->state = IVY_SHARED;
 }
 
+static uint8_t migratory_flag(const struct ivy_page *p)
+{
+    return p->migratory ? IVY_REPLY_MIGRATORY : 0;
+}
+
 static uint8_t data_flag(const struct ivy_page *p, const struct ivy_msg *m)
 {
     return m->version == p->version ? 0 : IVY_REPLY_DATA;
@@ -303,6 +310,16 @@ static void fault_owner_write_invalidates(struct ivy_engine *e, struct ivy_page 
     invalidate_copies(e, p, page, p->copyset & ~NODE_BIT(e->cfg.self), out);
 }
 
+/* The reader that was just handed the page (GiantVM) writes it while only
+ * the previous owner still holds a copy: read-then-write, so the page is
+ * marked migratory and its next reader is granted it whole. */
+static void fault_owner_write_migrates(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                       const struct ivy_msg *m, struct ivy_actions *out)
+{
+    p->migratory = 1;
+    fault_owner_write_invalidates(e, p, page, m, out);
+}
+
 static void fault_request_read(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
                                const struct ivy_msg *m, struct ivy_actions *out)
 {
@@ -343,13 +360,23 @@ static void serve_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
         emit(out, IVY_ACT_ZAP, page);
     struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, page, m->requester, p->version,
                                     p->copyset & ~NODE_BIT(e->cfg.self), m->txid);
-    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | data_flag(p, m));
+    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | data_flag(p, m) | migratory_flag(p));
     reply.hops = m->hops;
     p->state = IVY_INVALID;
     p->owner = 0;
     p->copyset = 0;
     p->probowner = m->requester;
+    p->migratory = 0;
     emit_send(e, out, m->requester, &reply);
+}
+
+/* A migratory page's reader is served as a writer would be: it becomes the
+ * sole holder, so its coming write faults locally with no message. */
+static void serve_read_migratory(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                 const struct ivy_msg *m, struct ivy_actions *out)
+{
+    IVY_ASSERT(p->migratory && p->state == IVY_MODIFIED && p->copyset == NODE_BIT(e->cfg.self));
+    serve_write(e, p, page, m, out);
 }
 
 static void serve_read_handover(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
@@ -364,7 +391,18 @@ static void serve_read_handover(struct ivy_engine *e, struct ivy_page *p, uint64
     p->owner = 0;
     p->copyset = 0;
     p->probowner = m->requester;
+    p->migratory = 0;
     emit_send(e, out, m->requester, &reply);
+}
+
+/* The last migratory grantee read but never wrote before another reader
+ * came: the page is read-shared after all, so it is served as any read. */
+static void serve_read_migratory_unused(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                        const struct ivy_msg *m, struct ivy_actions *out)
+{
+    IVY_ASSERT(p->migratory && p->state == IVY_SHARED && p->copyset == NODE_BIT(e->cfg.self));
+    p->migratory = 0;
+    serve_read_handover(e, p, page, m, out);
 }
 
 static void serve_read_keep(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
@@ -387,6 +425,7 @@ static void take_write_reply(struct ivy_engine *e, struct ivy_page *p, const str
     p->owner = 1;
     p->probowner = e->cfg.self;
     p->copyset = NODE_BIT(e->cfg.self);
+    p->migratory = (m->flags & IVY_REPLY_MIGRATORY) != 0;
     if (p->state == IVY_INITIAL)
         p->state = IVY_INVALID; /* touched now; still no access until granted */
 }
@@ -413,6 +452,20 @@ static void reply_read_owner(struct ivy_engine *e, struct ivy_page *p, uint64_t 
     p->owner = 1;
     p->copyset = m->copyset | NODE_BIT(e->cfg.self);
     p->probowner = e->cfg.self;
+    emit(out, IVY_ACT_MAP_RO, page);
+    emit(out, IVY_ACT_DONE, page);
+    finish(e, p, page, true, out);
+}
+
+/* A migratory grant: owner and sole holder, readable; the write that the
+ * read-then-write pattern predicts then faults locally (fault_owner_write_alone),
+ * which is also how the engine learns that the grantee wrote. */
+static void reply_read_migratory(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                 const struct ivy_msg *m, struct ivy_actions *out)
+{
+    take_write_reply(e, p, m);
+    IVY_ASSERT(p->migratory);
+    p->state = IVY_SHARED;
     emit(out, IVY_ACT_MAP_RO, page);
     emit(out, IVY_ACT_DONE, page);
     finish(e, p, page, true, out);
@@ -528,6 +581,30 @@ static int touch_writable(const struct ivy_engine *e, const struct ivy_page *p, 
     return e->cfg.first_touch == IVY_TOUCH_WRITE;
 }
 
+static int migratory_on(const struct ivy_engine *e)
+{
+    return e->cfg.migratory && e->cfg.read_ownership == IVY_READ_GIANTVM;
+}
+
+static int read_then_write(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)m;
+    const uint64_t others = p->copyset & ~NODE_BIT(e->cfg.self);
+    return migratory_on(e) && p->state == IVY_SHARED && others != 0 && (others & (others - 1)) == 0;
+}
+
+static int page_migratory(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)m;
+    return migratory_on(e) && p->migratory;
+}
+
+static int reply_grants_migratory(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)e, (void)p;
+    return (m->flags & IVY_REPLY_MIGRATORY) != 0;
+}
+
 static int copies_elsewhere(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
 {
     (void)m;
@@ -603,7 +680,20 @@ static const char *reply_fits(const struct ivy_engine *e, const struct ivy_page 
         return "a reply without data for a version this node does not have";
     if ((m->flags & IVY_REPLY_DATA) && access_of(p) != 0)
         return "page bytes for a page that is still readable here";
+    if ((m->flags & IVY_REPLY_MIGRATORY) && !migratory_on(e))
+        return "a migratory grant in a cluster without migratory pages";
+    if ((m->flags & IVY_REPLY_MIGRATORY) && !(m->flags & IVY_REPLY_OWNERSHIP))
+        return "a migratory grant without ownership";
     return NULL;
+}
+
+static const char *migratory_grant_fits(const struct ivy_engine *e, const struct ivy_page *p,
+                                        const struct ivy_msg *m)
+{
+    const char *why = reply_fits(e, p, m);
+    if (!why && (m->copyset & ~NODE_BIT(e->cfg.self)) != 0)
+        why = "a migratory grant that lists other copies";
+    return why;
 }
 
 static const char *reply_with_ownership(const struct ivy_engine *e, const struct ivy_page *p,
@@ -667,6 +757,8 @@ static const struct ivy_row ROWS[] = {
         "SHARED, MAP_RO DONE, no message"),
     ROW(fault_owner_write_alone, fault_owner_write_alone, EV(WRITE_FAULT), ST(INITIAL) | ST(SHARED), PD(IDLE) | PD(HOLDING),
         OWNER, WHEN(no_copies_elsewhere), NO_GUARD, "grant_write: MODIFIED, version + 1, MAP_RW DONE"),
+    ROW(fault_owner_write_migrates, fault_owner_write_migrates, EV(WRITE_FAULT), ST(SHARED), PD(IDLE) | PD(HOLDING),
+        OWNER, WHEN(read_then_write), NO_GUARD, "migratory := 1, then as fault_owner_write_invalidates"),
     ROW(fault_owner_write_invalidates, fault_owner_write_invalidates, EV(WRITE_FAULT), ST(INITIAL) | ST(SHARED),
         PD(IDLE) | PD(HOLDING), OWNER, WHEN(copies_elsewhere), NO_GUARD,
         "WAIT_ACKS, INVALIDATE every other copy holder"),
@@ -684,6 +776,11 @@ static const struct ivy_row ROWS[] = {
     ROW(serve_write, serve_write, EV(WRITE), ST(INITIAL) | ST(SHARED) | ST(MODIFIED), PD(IDLE), OWNER, ALWAYS,
         GUARD(request_from_elsewhere),
         "INVALID non-owner, ZAP, REPLY+OWNERSHIP with the copyset minus self"),
+    ROW(serve_read_migratory, serve_read_migratory, EV(READ), ST(MODIFIED), PD(IDLE), OWNER, WHEN(page_migratory),
+        GUARD(request_from_elsewhere), "as serve_write: the reader gets REPLY+OWNERSHIP+MIGRATORY, no copy stays"),
+    ROW(serve_read_migratory_unused, serve_read_migratory_unused, EV(READ), ST(SHARED), PD(IDLE), OWNER,
+        WHEN(page_migratory), GUARD(request_from_elsewhere),
+        "the grantee never wrote: migratory := 0, then as serve_read_handover"),
     ROW(serve_read_handover, serve_read_handover, EV(READ), ST(INITIAL) | ST(SHARED) | ST(MODIFIED), PD(IDLE), OWNER,
         WHEN(giantvm_reads), GUARD(request_from_elsewhere),
         "SHARED non-owner (WRPROTECT or MAP_RO first), REPLY+OWNERSHIP with the copyset"),
@@ -696,6 +793,9 @@ static const struct ivy_row ROWS[] = {
     ROW(reply_write_invalidates, reply_write_invalidates, EV(REPLY), ANY_STATE, PD(WANT_WRITE), NOT_OWNER,
         WHEN(reply_lists_copies), GUARD(reply_with_ownership),
         "owner, WAIT_ACKS, INVALIDATE the reply's copyset but self"),
+    ROW(reply_read_migratory, reply_read_migratory, EV(REPLY), ST(INITIAL) | ST(INVALID), PD(WANT_READ), NOT_OWNER,
+        WHEN(reply_grants_migratory), GUARD(migratory_grant_fits),
+        "OWNER|SHARED, sole holder, migratory := 1, MAP_RO DONE (the write then faults locally)"),
     ROW(reply_read_owner, reply_read_owner, EV(REPLY), ST(INITIAL) | ST(INVALID), PD(WANT_READ), NOT_OWNER,
         WHEN(reply_grants_ownership), GUARD(reply_fits),
         "OWNER|SHARED, copyset = reply's + self, MAP_RO DONE (GiantVM)"),
@@ -786,7 +886,7 @@ void ivy_engine_init(struct ivy_engine *e, const struct ivy_config *cfg, struct 
 {
     IVY_ASSERT(cfg->nnodes >= 1 && cfg->nnodes <= IVY_MAX_NODES && cfg->self < cfg->nnodes);
     IVY_ASSERT(cfg->read_ownership <= IVY_READ_IVY && cfg->manager <= IVY_MGR_FIXED);
-    IVY_ASSERT(cfg->hold <= 1 && cfg->first_touch <= IVY_TOUCH_WRITE);
+    IVY_ASSERT(cfg->hold <= 1 && cfg->first_touch <= IVY_TOUCH_WRITE && cfg->migratory <= 1);
     e->cfg = *cfg;
     e->pages = pages;
     e->next_txid = 1;

@@ -87,6 +87,8 @@ enum ivy_msg_type {
 /* Reply flags. */
 #define IVY_REPLY_DATA 0x1u      /* page bytes follow (else: version matched) */
 #define IVY_REPLY_OWNERSHIP 0x2u /* the requester becomes the owner */
+#define IVY_REPLY_MIGRATORY 0x4u /* with OWNERSHIP on a READ's reply: the page is migratory, the
+                                    requester is its sole holder (cfg.migratory only) */
 
 struct ivy_msg {
     uint8_t type;  /* enum ivy_msg_type */
@@ -104,7 +106,7 @@ struct ivy_page {
     uint8_t state;   /* enum ivy_state */
     uint8_t owner;   /* bool: this node owns the page */
     uint8_t pending; /* enum ivy_pending */
-    uint8_t reserved;
+    uint8_t migratory; /* bool, kept by the owner: read-then-write detected (cfg.migratory) */
     uint16_t probowner; /* at a manager (central/fixed): the recorded owner */
     uint16_t reserved2;
     uint64_t copyset;   /* authoritative only at the owner */
@@ -120,6 +122,8 @@ struct ivy_config {
     uint8_t manager;        /* enum ivy_manager */
     uint8_t hold;           /* bool: an owner's completed fault starts a hold window */
     uint8_t first_touch;    /* enum ivy_first_touch */
+    uint8_t migratory;      /* bool: a page read then written by one node is granted whole on
+                               its next read (GiantVM reads only; docs/protocol.md) */
     uint64_t npages;
 };
 

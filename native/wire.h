@@ -151,7 +151,7 @@ static inline enum ivy_wire_status ivy_wire_decode(const uint8_t *buf, size_t le
         ivy_get16(buf + offsetof(struct ivy_wire_hdr, reserved1)) != 0 ||
         ivy_get32(buf + offsetof(struct ivy_wire_hdr, reserved2)) != 0)
         return IVY_WIRE_BAD_RESERVED;
-    uint8_t allowed_flags = type == IVY_MSG_REPLY ? (IVY_REPLY_DATA | IVY_REPLY_OWNERSHIP) : 0;
+    uint8_t allowed_flags = type == IVY_MSG_REPLY ? (IVY_REPLY_DATA | IVY_REPLY_OWNERSHIP | IVY_REPLY_MIGRATORY) : 0;
     if (flags & ~allowed_flags)
         return IVY_WIRE_BAD_FLAGS;
     uint32_t want_len = (type == IVY_MSG_REPLY && (flags & IVY_REPLY_DATA)) ? IVY_PAGE_SIZE : 0;

@@ -111,6 +111,11 @@ MUTANTS: dict[str, tuple[str, str]] = {
     "serve_read_keep_forgets_reader": (
         "    downgrade_to_shared(p, page, out);\n    p->copyset |= NODE_BIT(m->requester);\n",
         "    downgrade_to_shared(p, page, out);\n"),
+    # serve_read_migratory grants the page whole but the server keeps its
+    # copy mapped: the reader's write then leaves a stale readable copy.
+    "serve_read_migratory_keeps_copy": (
+        "    serve_write(e, p, page, m, out);\n}\n",
+        "    serve_write(e, p, page, m, out);\n    out->a[0].kind = IVY_ACT_WRPROTECT;\n}\n"),
 }
 
 
@@ -207,6 +212,7 @@ class PageState:
     version: int
     acks_missing: int
     txid: int
+    migratory: bool = False
 
 
 # The engine's names, with the values of this very build (engine.h is their one source).
@@ -219,6 +225,7 @@ MGR_DYNAMIC, MGR_CENTRAL, MGR_FIXED = _lib.IVY_MGR_DYNAMIC, _lib.IVY_MGR_CENTRAL
 MSG_READ, MSG_WRITE, MSG_REPLY = _lib.IVY_MSG_READ, _lib.IVY_MSG_WRITE, _lib.IVY_MSG_REPLY
 MSG_INVALIDATE, MSG_INV_ACK = _lib.IVY_MSG_INVALIDATE, _lib.IVY_MSG_INV_ACK
 REPLY_DATA, REPLY_OWNERSHIP = _lib.IVY_REPLY_DATA, _lib.IVY_REPLY_OWNERSHIP
+REPLY_MIGRATORY = _lib.IVY_REPLY_MIGRATORY
 ACT_SEND, ACT_MAP_RO, ACT_MAP_RW, ACT_ZAP = _lib.IVY_ACT_SEND, _lib.IVY_ACT_MAP_RO, _lib.IVY_ACT_MAP_RW, _lib.IVY_ACT_ZAP
 ACT_WRPROTECT, ACT_WAKE, ACT_PARK = _lib.IVY_ACT_WRPROTECT, _lib.IVY_ACT_WAKE, _lib.IVY_ACT_PARK
 ACT_UNPARK, ACT_DONE, ACT_HOLD = _lib.IVY_ACT_UNPARK, _lib.IVY_ACT_DONE, _lib.IVY_ACT_HOLD
@@ -290,7 +297,7 @@ class CEngine:
     def __init__(self, self_id: int, nnodes: int, npages: int,
                  read_ownership: int = READ_GIANTVM, manager: int = MGR_DYNAMIC,
                  hold: bool = False, first_touch: int = TOUCH_READ,
-                 mutant: str | None = None) -> None:
+                 migratory: bool = False, mutant: str | None = None) -> None:
         mod = load(mutant)
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib
@@ -304,7 +311,7 @@ class CEngine:
         cfg = self.ffi.new("struct ivy_config *", {
             "self": self_id, "nnodes": nnodes, "read_ownership": read_ownership,
             "manager": manager, "hold": int(hold), "first_touch": first_touch,
-            "npages": npages})
+            "migratory": int(migratory), "npages": npages})
         self._check(self.lib.ivy_test_init(self._engine, cfg, self._pages))
 
     def _check(self, rc: int) -> None:
@@ -356,7 +363,7 @@ class CEngine:
     def page(self, page: int) -> PageState:
         p = self._pages[page]
         return PageState(p.state, bool(p.owner), p.pending, p.probowner, p.copyset, p.version,
-                         p.acks_missing, p.txid)
+                         p.acks_missing, p.txid, bool(p.migratory))
 
     def _actions(self) -> list[Action]:
         out = self._out
@@ -381,7 +388,8 @@ def describe(action: Action) -> str:
     if action.msg is None:
         return f"{name}(p{action.page})"
     m = action.msg
-    flags = "+".join(n for f, n in ((REPLY_DATA, "DATA"), (REPLY_OWNERSHIP, "OWN")) if m.flags & f)
+    flags = "+".join(n for f, n in ((REPLY_DATA, "DATA"), (REPLY_OWNERSHIP, "OWN"),
+                                    (REPLY_MIGRATORY, "MIG")) if m.flags & f)
     body = (f"{MSG_NAMES.get(m.type, m.type)} p{m.page} req={m.requester} from={m.sender} "
             f"v={m.version} cs={m.copyset:#x} hops={m.hops}{' ' + flags if flags else ''}")
     return f"{name}->{action.to}({body})" if action.kind == ACT_SEND else f"{name}({body})"

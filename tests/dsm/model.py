@@ -19,7 +19,7 @@ from tests.dsm.engine_ffi import (
     ACT_WRPROTECT, ACT_ZAP, EV_HOLD_EXPIRED, EV_MAP_OWNED, EV_READ_FAULT, EV_STORE_SEEN, EV_WRITE_FAULT,
     EVENT_NAMES, HOLDING, IDLE, INITIAL, INVALID, MGR_DYNAMIC, MGR_FIXED, MODIFIED,
     MSG_INV_ACK, MSG_INVALIDATE, MSG_READ, MSG_REPLY, MSG_WRITE, PENDING_NAMES, READ_GIANTVM,
-    READ_STALE, REPLY_DATA, REPLY_OWNERSHIP, SHARED, STATE_NAMES, TOUCH_READ, TOUCH_WRITE,
+    READ_STALE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP, SHARED, STATE_NAMES, TOUCH_READ, TOUCH_WRITE,
     WAIT_ACKS, WANT_READ, WANT_WRITE, Action, Msg, PageState, Row,
 )
 
@@ -46,6 +46,7 @@ class Entry:
     version: int = 0
     unacked: set[int] = field(default_factory=set)
     txid: int = 0
+    migratory: bool = False
 
 
 # -- the table's vocabulary ----------------------------------------------------
@@ -98,6 +99,8 @@ ROWS: list[ModelRow] = [
     row("fault_initial_read", "fault_initial_read", {EV_READ_FAULT}, {INITIAL}, {IDLE}, OWNER),
     row("fault_owner_write_alone", "fault_owner_write_alone", {EV_WRITE_FAULT}, {INITIAL, SHARED},
         {IDLE, HOLDING}, OWNER, when="no_copies_elsewhere"),
+    row("fault_owner_write_migrates", "fault_owner_write_migrates", {EV_WRITE_FAULT}, {SHARED},
+        {IDLE, HOLDING}, OWNER, when="read_then_write"),
     row("fault_owner_write_invalidates", "fault_owner_write_invalidates", {EV_WRITE_FAULT},
         {INITIAL, SHARED}, {IDLE, HOLDING}, OWNER, when="copies_elsewhere"),
     row("read_fault_request", "fault_request_read", {EV_READ_FAULT}, {INITIAL, INVALID}, {IDLE},
@@ -113,6 +116,10 @@ ROWS: list[ModelRow] = [
         guard="forward_has_a_target"),
     row("serve_write", "serve_write", {MSG_WRITE}, {INITIAL, SHARED, MODIFIED}, {IDLE}, OWNER,
         guard="request_from_elsewhere"),
+    row("serve_read_migratory", "serve_read_migratory", {MSG_READ}, {MODIFIED}, {IDLE}, OWNER,
+        when="page_migratory", guard="request_from_elsewhere"),
+    row("serve_read_migratory_unused", "serve_read_migratory_unused", {MSG_READ}, {SHARED}, {IDLE},
+        OWNER, when="page_migratory", guard="request_from_elsewhere"),
     row("serve_read_handover", "serve_read_handover", {MSG_READ}, {INITIAL, SHARED, MODIFIED},
         {IDLE}, OWNER, when="giantvm_reads", guard="request_from_elsewhere"),
     row("serve_read_keep", "serve_read_keep", {MSG_READ}, {INITIAL, SHARED, MODIFIED}, {IDLE},
@@ -122,6 +129,8 @@ ROWS: list[ModelRow] = [
         when="reply_lists_none", guard="reply_with_ownership"),
     row("reply_write_invalidates", "reply_write_invalidates", {MSG_REPLY}, ANY_STATE,
         {WANT_WRITE}, NOT_OWNER, when="reply_lists_copies", guard="reply_with_ownership"),
+    row("reply_read_migratory", "reply_read_migratory", {MSG_REPLY}, {INITIAL, INVALID},
+        {WANT_READ}, NOT_OWNER, when="reply_grants_migratory", guard="migratory_grant_fits"),
     row("reply_read_owner", "reply_read_owner", {MSG_REPLY}, {INITIAL, INVALID}, {WANT_READ},
         NOT_OWNER, when="reply_grants_ownership", guard="reply_fits"),
     row("reply_read_copy", "reply_read_copy", {MSG_REPLY}, {INITIAL, INVALID}, {WANT_READ},
@@ -148,13 +157,15 @@ ROWS: list[ModelRow] = [
 class ModelNode:
     def __init__(self, self_id: int, nnodes: int, npages: int,
                  read_ownership: int = READ_GIANTVM, manager: int = MGR_DYNAMIC,
-                 hold: bool = False, first_touch: int = TOUCH_READ) -> None:
+                 hold: bool = False, first_touch: int = TOUCH_READ,
+                 migratory: bool = False) -> None:
         self.me = self_id
         self.nnodes = nnodes
         self.giantvm_reads_mode = read_ownership == READ_GIANTVM
         self.manager_scheme = manager
         self.hold = hold
         self.first_touch = first_touch
+        self.migratory = migratory
         self.counter = 1
         self.row = -1  # index in ROWS of the row that handled the last event
         self.pages: list[Entry] = []
@@ -191,7 +202,7 @@ class ModelNode:
     def page(self, page: int) -> PageState:
         e = self.pages[page]
         return PageState(e.state, e.owner, e.pending, e.probowner, mask(e.copyset), e.version,
-                         mask(e.unacked), e.txid)
+                         mask(e.unacked), e.txid, e.migratory)
 
     def set_version(self, page: int, version: int) -> None:
         self.pages[page].version = version
@@ -244,6 +255,19 @@ class ModelNode:
 
     def touch_writable(self, e: Entry, m: Msg | None) -> bool:
         return self.first_touch == TOUCH_WRITE
+
+    def _migratory_pages(self) -> bool:
+        return self.migratory and self.giantvm_reads_mode
+
+    def read_then_write(self, e: Entry, m: Msg | None) -> bool:
+        return self._migratory_pages() and e.state == SHARED and len(e.copyset - {self.me}) == 1
+
+    def page_migratory(self, e: Entry, m: Msg | None) -> bool:
+        return self._migratory_pages() and e.migratory
+
+    def reply_grants_migratory(self, e: Entry, m: Msg | None) -> bool:
+        assert m is not None
+        return bool(m.flags & REPLY_MIGRATORY)
 
     def copies_elsewhere(self, e: Entry, m: Msg | None) -> bool:
         return bool(e.copyset - {self.me})
@@ -298,7 +322,18 @@ class ModelNode:
             return "a reply without data for a version this node does not have"
         if m.flags & REPLY_DATA and self.access(m.page):
             return "page bytes for a page that is still readable here"
+        if m.flags & REPLY_MIGRATORY and not self._migratory_pages():
+            return "a migratory grant in a cluster without migratory pages"
+        if m.flags & REPLY_MIGRATORY and not m.flags & REPLY_OWNERSHIP:
+            return "a migratory grant without ownership"
         return None
+
+    def migratory_grant_fits(self, e: Entry, m: Msg | None) -> str | None:
+        assert m is not None
+        why = self._reply_fits(e, m)
+        if why is None and nodes_of(m.copyset) - {self.me}:
+            return "a migratory grant that lists other copies"
+        return why
 
     def reply_with_ownership(self, e: Entry, m: Msg | None) -> str | None:
         assert m is not None
@@ -401,6 +436,11 @@ class ModelNode:
         e.txid = self._new_txid()
         self._start_invalidation(page, e, e.copyset - {self.me}, out)
 
+    def fault_owner_write_migrates(self, page: int, e: Entry, m: Msg | None,
+                                   out: list[Action]) -> None:
+        e.migratory = True  # read, then written while only the previous owner kept a copy
+        self.fault_owner_write_invalidates(page, e, m, out)
+
     def fault_request_read(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         self._ask(page, e, False, out)
 
@@ -433,16 +473,26 @@ class ModelNode:
         if e.state in (SHARED, MODIFIED):
             out.append(Action(ACT_ZAP, page))
         copyset = e.copyset - {self.me}
-        data = self._elide(e, m)
+        flags = REPLY_OWNERSHIP | self._elide(e, m) | (REPLY_MIGRATORY if e.migratory else 0)
         e.state, e.owner, e.copyset, e.probowner = INVALID, False, set(), m.requester
+        e.migratory = False  # the mark goes with ownership
         self._send(out, m.requester, MSG_REPLY, page, m.requester, e.version, mask(copyset),
-                   m.txid, REPLY_OWNERSHIP | data, m.hops)
+                   m.txid, flags, m.hops)
+
+    def serve_read_migratory(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        # the reader is served as a writer: it will be the only holder
+        self.serve_write(page, e, m, out)
+
+    def serve_read_migratory_unused(self, page: int, e: Entry, m: Msg | None,
+                                    out: list[Action]) -> None:
+        e.migratory = False  # the last grantee only read: another reader means read sharing
+        self.serve_read_handover(page, e, m, out)
 
     def serve_read_handover(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         assert m is not None
         self._freeze_for_readers(page, e, out)
         copyset = set(e.copyset)
-        e.owner, e.copyset, e.probowner = False, set(), m.requester
+        e.owner, e.copyset, e.probowner, e.migratory = False, set(), m.requester, False
         self._send(out, m.requester, MSG_REPLY, page, m.requester, e.version, mask(copyset),
                    m.txid, REPLY_OWNERSHIP | self._elide(e, m), m.hops)
 
@@ -456,6 +506,7 @@ class ModelNode:
     def _own_for_write(self, e: Entry, m: Msg) -> None:
         self._take_version(e, m)
         e.owner, e.probowner, e.copyset = True, self.me, {self.me}
+        e.migratory = bool(m.flags & REPLY_MIGRATORY)
         if e.state == INITIAL:
             e.state = INVALID
 
@@ -475,6 +526,13 @@ class ModelNode:
         self._take_version(e, m)
         e.state, e.owner, e.probowner = SHARED, True, self.me
         e.copyset = nodes_of(m.copyset) | {self.me}
+        out += [Action(ACT_MAP_RO, page), Action(ACT_DONE, page)]
+        self._completed(page, e, out, woke_parked=True)
+
+    def reply_read_migratory(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        assert m is not None
+        self._own_for_write(e, m)
+        e.state = SHARED  # readable only: the predicted write faults here, with no message
         out += [Action(ACT_MAP_RO, page), Action(ACT_DONE, page)]
         self._completed(page, e, out, woke_parked=True)
 

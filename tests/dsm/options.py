@@ -2,8 +2,10 @@
 
 `giantvm` / `ivy` (read ownership), `dynamic` / `central` / `fixed`
 (manager), `hold` (the hold window), `touch-write` (node 0's first read of
-an untouched page is granted write access). Omitted words take the first
-value; ALL_OPTIONS is every combination, in the canonical spelling.
+an untouched page is granted write access), `migratory` (a page read then
+written by one node is granted whole on its next read; GiantVM reads only,
+so `ivy,migratory` is refused). Omitted words take the first value;
+ALL_OPTIONS is every combination, in the canonical spelling.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from tests.dsm.engine_ffi import MANAGERS, MGR_DYNAMIC, READ_GIANTVM, READ_OWNER
 
 HOLD = {"no-hold": False, "hold": True}
 FIRST_TOUCH = {f"touch-{name}": value for name, value in engine_ffi.FIRST_TOUCH.items()}
-_DIMENSIONS = (READ_OWNERSHIP, MANAGERS, HOLD, FIRST_TOUCH)
+MIGRATORY = {"no-migratory": False, "migratory": True}
+_DIMENSIONS = (READ_OWNERSHIP, MANAGERS, HOLD, FIRST_TOUCH, MIGRATORY)
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,15 @@ class EngineOptions:
     manager: int = MGR_DYNAMIC
     hold: bool = False
     first_touch: int = TOUCH_READ
+    migratory: bool = False
+
+    def __post_init__(self) -> None:
+        if self.migratory and self.read_ownership != READ_GIANTVM:
+            raise ValueError("migratory pages need giantvm reads (a read that moves ownership)")
 
     def spelled(self) -> str:
         """The canonical --options string: the two base words, then any non-default one."""
-        values = (self.read_ownership, self.manager, self.hold, self.first_touch)
+        values = (self.read_ownership, self.manager, self.hold, self.first_touch, self.migratory)
         words = []
         for i, (dim, value) in enumerate(zip(_DIMENSIONS, values)):
             word = next(w for w, v in dim.items() if v == value)
@@ -51,4 +59,5 @@ def parse_options(text: str) -> EngineOptions:
 
 
 ALL_OPTIONS = [EngineOptions(*combo).spelled()
-               for combo in itertools.product(*(dim.values() for dim in _DIMENSIONS))]
+               for combo in itertools.product(*(dim.values() for dim in _DIMENSIONS))
+               if not (combo[4] and combo[0] != READ_GIANTVM)]

@@ -111,12 +111,12 @@ class Simulation:
         o = self.opts
         if engine_factory is None:
             self.engines = [CEngine(n, nodes, self.npages, o.read_ownership, o.manager, o.hold,
-                                    o.first_touch, mutant=mutant) for n in range(nodes)]
+                                    o.first_touch, o.migratory, mutant=mutant) for n in range(nodes)]
         else:
             self.engines = [engine_factory(n, nodes, self.npages, o.read_ownership, o.manager,
-                                           o.hold, o.first_touch) for n in range(nodes)]
+                                           o.hold, o.first_touch, o.migratory) for n in range(nodes)]
         self.models = ([ModelNode(n, nodes, self.npages, o.read_ownership, o.manager, o.hold,
-                                  o.first_touch) for n in range(nodes)]
+                                  o.first_touch, o.migratory) for n in range(nodes)]
                        if compare_model else None)
         self.links: dict[tuple[int, int], deque[tuple[Msg, int | None]]] = {
             (a, b): deque() for a in range(nodes) for b in range(nodes) if a != b}
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=None)
     parser.add_argument("--options", default=None,
                         help=f"comma-separated words, e.g. ivy,central,hold (all: {len(ALL_OPTIONS)} "
-                             "combinations of giantvm|ivy, dynamic|central|fixed, hold, touch-write)")
+                             "combinations of giantvm|ivy, dynamic|central|fixed, hold, touch-write, migratory)")
     parser.add_argument("--faults", type=int, default=40)
     parser.add_argument("--pages", type=int, default=None, help="pages (default: 1-4 from the seed)")
     parser.add_argument("--no-load", action="store_true", help="node 0's loader wrote no page")

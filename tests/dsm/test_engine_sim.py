@@ -1,8 +1,8 @@
 """Thousands of simulator seeds over every option, and proof that the
 simulator's checks catch broken protocols.
 
-2400 seeds: 100 per option combination (read ownership x manager x hold x
-first touch), node counts cycling through 2..8, each with 40 random faults
+3600 seeds: 100 per option combination (read ownership x manager x hold x
+first touch x migratory pages, the last with GiantVM reads only), node counts cycling through 2..8, each with 40 random faults
 on 1-4 pages. A failure prints the command that replays it.
 """
 from __future__ import annotations
@@ -51,6 +51,12 @@ def test_random_schedules(options: str) -> None:
         assert coverage["fault_initial_read_writable"] and not coverage["fault_initial_read"]
     else:
         assert not coverage["fault_initial_read_writable"]
+    migratory_rows = ("fault_owner_write_migrates", "serve_read_migratory", "serve_read_migratory_unused",
+                      "reply_read_migratory")
+    if "migratory" in options.split(","):
+        assert all(coverage[row] for row in migratory_rows), {row: coverage[row] for row in migratory_rows}
+    else:
+        assert not any(coverage[row] for row in migratory_rows)
     assert totals["parked"] and totals["elided"] and totals["spurious"] and totals["hops"]
 
 

@@ -149,3 +149,19 @@ def test_protocol_doc_table_is_the_c_table() -> None:
     assert table_doc.render(text, c_rows()) == text, "docs/protocol.md is stale: make protocol-doc"
     for r in c_rows():
         assert f"| `{r.name}` |" in text
+
+
+MIGRATORY_MUTANT = "serve_read_migratory_keeps_copy"
+
+
+def test_check_engine_catches_a_broken_migratory_grant() -> None:
+    """serve_read_migratory compiled to leave the server's copy mapped read-only
+    (WRPROTECT in place of ZAP) while granting the page whole: the sweep fails
+    on it with the model, and by the invariants alone without it."""
+    with pytest.raises(SimFailure) as with_model:
+        sweep(3, mutant=MIGRATORY_MUTANT)
+    assert "row serve_read_migratory" in str(with_model.value)
+    with pytest.raises(SimFailure) as invariants_only:
+        sweep(3, compare_model=False, mutant=MIGRATORY_MUTANT)
+    assert f"--mutant {MIGRATORY_MUTANT}" in str(invariants_only.value)
+    assert "migratory" in str(invariants_only.value)
