@@ -173,6 +173,9 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     run.add_argument("--manager", choices=MANAGERS, default="dynamic",
                      help="with --nodes: how a fault finds a page's owner: probable-owner forwarding (dynamic, "
                           "default), node 0 records every owner (central), node p %% N does (fixed)")
+    run.add_argument("--migratory", action="store_true",
+                     help="with --nodes: migratory pages: a page one node read then wrote is granted whole on "
+                          "its next read (one round trip per read-modify-write; giantvm reads only)")
     run.add_argument("--poll-us", type=microseconds, default=None, metavar="US",
                      help="with --nodes: busy-poll this long for an awaited reply before sleeping (default 0: "
                           "sleep at once; pays only with a CPU to spare per node, see docs/dsm.md)")
@@ -305,7 +308,7 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                                        args.read_ownership, args.manager, args.stats, args.poll_us,
                                        args.hold_us, args.timeout, args.stall_warn, shaping, trace_file,
-                                       stats_json, started))
+                                       stats_json, started, args.migratory))
     if args.stats or stats_json is not None:
         problem = no_dsm_profile(stats_json)
         if problem:

@@ -39,7 +39,7 @@ DEFAULT_STALL_WARN = 2.0
 MAX_SECONDS = 86400.0
 # Every key a config may hold; anything else is refused with its name (a typo
 # such as `memory = "128M"` must not leave RAM at its default unnoticed).
-CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "secret_file", "setup_timeout",
+CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "secret_file", "setup_timeout",
                 "timeout", "stall_warn", "trace") + DSM_TUNING
 NODE_KEYS = ("id", "address", "vcpus", "control_port")
 MAX_CONFIG_BYTES = 1 << 20     # a 64-node config is a few KiB
@@ -85,6 +85,7 @@ class ClusterConfig:
     hold_us: int | None = None
     timeout: float | None = None           # seconds the run may take; None: no limit
     stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
+    migratory: bool = False      # migratory pages (hypervisor.dsm.DsmOptions); every node must agree
     trace: Path | None = None    # each node writes its DSM trace to this path with .nodeK before the suffix
 
     @property
@@ -168,7 +169,7 @@ def parse_address(text: str) -> tuple[str, int]:
 def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list[tuple[int, int]],
                      read_ownership: str = "giantvm", manager: str = "dynamic",
                      poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
-                     stall_warn: float = DEFAULT_STALL_WARN) -> ClusterConfig:
+                     stall_warn: float = DEFAULT_STALL_WARN, migratory: bool = False) -> ClusterConfig:
     """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1.
 
     `ports` holds each node's (DSM port, control port).
@@ -178,7 +179,8 @@ def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list
     placement = contiguous_placement(vcpus, nnodes)
     nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i][0], placement[i], ports[i][1]) for i in range(nnodes))
     return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager,
-                                  poll_us=poll_us, hold_us=hold_us, timeout=timeout, stall_warn=stall_warn))
+                                  poll_us=poll_us, hold_us=hold_us, timeout=timeout, stall_warn=stall_warn,
+                                  migratory=migratory))
 
 
 def check_seconds(what: str, value: object) -> float:
@@ -219,6 +221,12 @@ def _whole(value: object, what: str, low: int, high: int) -> int:
         raise ConfigError(f"{what} must be a whole number, not {_shown(value)}")
     if not low <= value <= high:
         raise ConfigError(f"{what} {value}: must be between {low} and {high}")
+    return value
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, not {_shown(value)}")
     return value
 
 
@@ -326,6 +334,7 @@ def load_config(path: Path) -> ClusterConfig:
         image=image, vcpus=vcpus, mem=mem, nodes=tuple(sorted(nodes, key=lambda n: n.id)),
         read_ownership=_text(cluster.get("read_ownership", "giantvm"), f"{where} read_ownership"),
         manager=_text(cluster.get("manager", "dynamic"), f"{where} manager"),
+        migratory=_flag(cluster.get("migratory", False), f"{where} migratory"),
         secret_file=base_path(path, secret_file) if secret_file else None,
         setup_timeout=float(setup_timeout),
         poll_us=_microseconds(cluster, "poll_us", path),
@@ -367,6 +376,9 @@ def _checked(config: ClusterConfig) -> ClusterConfig:
         raise ConfigError(f"read_ownership {config.read_ownership!r}: expected one of {', '.join(READ_OWNERSHIP)}")
     if config.manager not in MANAGERS:
         raise ConfigError(f"manager {config.manager!r}: expected one of {', '.join(MANAGERS)}")
+    if config.migratory and config.read_ownership != "giantvm":
+        raise ConfigError(f"migratory = true needs read_ownership = \"giantvm\" (a read that moves ownership), "
+                          f"not {config.read_ownership!r}")
     addresses = [a for n in config.nodes for a in (n.address, n.control_address)]
     if len(set(addresses)) != len(addresses):
         raise ConfigError("two nodes share a port (each node uses its PORT and its control_port, "

@@ -54,6 +54,10 @@ class DsmOptions:
 
     read_ownership: str = "giantvm"
     manager: str = "dynamic"
+    # Migratory pages (docs/protocol.md): a page one node read then wrote is
+    # granted whole on its next read, so a read-modify-write takes one round
+    # trip instead of two. GiantVM reads only. Off by default (bench: guest (d)).
+    migratory: bool = False
     heartbeat_ms: int = HEARTBEAT_MS
     timeout_ms: int = TIMEOUT_MS
     # Busy-poll this long for an expected reply before sleeping in epoll. Off by
@@ -89,6 +93,11 @@ class DsmOptions:
             raise DsmError(f"read_ownership {self.read_ownership!r}: expected one of {', '.join(READ_OWNERSHIP)}")
         if self.manager not in MANAGERS:
             raise DsmError(f"manager {self.manager!r}: expected one of {', '.join(MANAGERS)}")
+        if not isinstance(self.migratory, bool):
+            raise DsmError(f"migratory {self.migratory!r}: expected true or false")
+        if self.migratory and self.read_ownership != "giantvm":
+            raise DsmError(f"migratory pages need read_ownership \"giantvm\" (a read that moves ownership), "
+                           f"not {self.read_ownership!r}")
         if not 0 <= self.poll_us <= 1_000_000:
             raise DsmError(f"poll_us {self.poll_us} must be between 0 and 1000000")
         if not 0 <= self.dsm_priority <= 99:
@@ -165,6 +174,7 @@ class DsmNode:
         cfg.nnodes = nnodes
         cfg.read_ownership = self.options.read_ownership_code
         cfg.manager = self.options.manager_code
+        cfg.migratory = int(self.options.migratory)
         cfg.memfd = self.ram.memfd
         cfg.guest_addr = self.ram.guest_addr
         cfg.vmm_addr = self.ram.vmm_addr

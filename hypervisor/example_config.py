@@ -26,6 +26,7 @@ secret_file = "secret"
 # Optional, with their defaults:
 # read_ownership = "giantvm"   # or "ivy": whether a read moves page ownership
 # manager = "dynamic"          # or "central", "fixed": how a fault finds a page's owner
+# migratory = false            # true: a page read then written by one node moves whole on its next read
 # setup_timeout = 20           # seconds every node has to join
 # poll_us = 0                  # busy-poll for an awaited page (pays with a spare core per node)
 # hold_us = 50                 # a page just granted stays this long for the woken vCPU

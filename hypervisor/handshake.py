@@ -44,7 +44,7 @@ from hypervisor import crypto
 from hypervisor.dsm import PAGE_SIZE, PROTOCOL_VERSION, DsmError, DsmOptions
 
 HELLO_MAGIC = b"IVYH"
-HELLO = struct.Struct("<4sHHHHQIBBB1x32s")
+HELLO = struct.Struct("<4sHHHHQIBBBB32s")
 GREETING_MAGIC = b"IVYA"
 GREETING = struct.Struct("<4sH2x32s")   # magic, protocol version, the acceptor's nonce
 # One secret guards both ports, so the channel is named in the hello (which the
@@ -76,11 +76,13 @@ class ClusterShape:
     page_size: int = PAGE_SIZE
     read_ownership: int = 0
     manager: int = 0
+    migratory: int = 0
 
     @classmethod
     def of(cls, nnodes: int, ram_size: int, options: DsmOptions | None = None) -> "ClusterShape":
         options = options or DsmOptions()
-        return cls(nnodes, ram_size, PAGE_SIZE, options.read_ownership_code, options.manager_code)
+        return cls(nnodes, ram_size, PAGE_SIZE, options.read_ownership_code, options.manager_code,
+                   int(options.migratory))
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,13 @@ class _Hello:
     read_ownership: int
     manager: int
     purpose: int
+    migratory: int
     nonce: bytes
 
     def pack(self) -> bytes:
         return HELLO.pack(HELLO_MAGIC, self.proto, self.nnodes, self.sender, self.target, self.ram_size,
-                          self.page_size, self.read_ownership, self.manager, self.purpose, self.nonce)
+                          self.page_size, self.read_ownership, self.manager, self.purpose, self.migratory,
+                          self.nonce)
 
 
 ANY_NODE = 0xFFFF
@@ -168,7 +172,8 @@ def _mismatches(mine: _Hello, theirs: _Hello, self_id: int, expected: Collection
     if theirs.target not in (self_id, ANY_NODE):
         out.append(f"node id: {peer} wanted to reach node {theirs.target}, this is node {self_id}")
     for field, label in (("nnodes", "cluster size"), ("ram_size", "RAM size"), ("page_size", "page size"),
-                         ("read_ownership", "read_ownership"), ("manager", "manager")):
+                         ("read_ownership", "read_ownership"), ("manager", "manager"),
+                         ("migratory", "migratory")):
         a, b = getattr(mine, field), getattr(theirs, field)
         if a != b:
             out.append(f"{label}: this node has {a}, {peer} has {b}")
@@ -209,7 +214,7 @@ def handshake(sock: socket.socket, *, self_id: int, shape: ClusterShape, secret:
             who = f"node {target}" + (f" at {who}" if who != "the peer" else "")
     deadline = time.monotonic() + timeout
     mine = _Hello(proto, shape.nnodes, self_id, target, shape.ram_size, shape.page_size,
-                  shape.read_ownership, shape.manager, PURPOSES[purpose], os.urandom(32))
+                  shape.read_ownership, shape.manager, PURPOSES[purpose], shape.migratory, os.urandom(32))
     if initiator:
         return _initiate(sock, mine, self_id, expected, secret, deadline, who)
     return _accept(sock, mine, self_id, expected, secret, deadline, who)

@@ -30,6 +30,7 @@ struct ivy_rt_config {
     uint16_t nnodes;
     uint8_t read_ownership; /* enum ivy_read_ownership */
     uint8_t manager;        /* enum ivy_manager */
+    uint8_t migratory;      /* bool: migratory pages (ivy_config.migratory; GiantVM reads only) */
     int memfd;              /* backs both views; kept open by the caller */
     uint64_t guest_addr;    /* MAP_SHARED view the guest (and KVM) touches */
     uint64_t vmm_addr;      /* MAP_SHARED view the runtime reads and writes */

@@ -84,6 +84,12 @@ def test_protocol_option_mismatch() -> None:
     assert_refused(r[1], "manager")
 
 
+def test_migratory_mismatch_refused_on_both_sides() -> None:
+    r = run_pair({"shape": ClusterShape(2, 1 << 20, migratory=1)}, {})
+    assert_refused(r[0], "migratory: this node has 1")
+    assert_refused(r[1], "migratory: this node has 0")
+
+
 def test_wrong_node_id() -> None:
     r = run_pair({"expected": {2}, "shape": ClusterShape(3, 1 << 20)}, {"shape": ClusterShape(3, 1 << 20)})
     assert_refused(r[0], "expected node 2", "node 1")

@@ -145,3 +145,28 @@ def test_a_node_runs_its_dsm_with_the_configured_timing(tmp_path: Path) -> None:
     assert Node(tuned, 1, b"s" * 32).options == DsmOptions(manager="fixed", poll_us=40, hold_us=0)
     plain = load_config(write(tmp_path, TUNED.format("")))
     assert Node(plain, 1, b"s" * 32).options == DsmOptions()
+
+
+def test_migratory_pages_are_a_cluster_option_every_node_gets(tmp_path: Path) -> None:
+    from hypervisor.cluster import write_config
+    from hypervisor.dsm import DsmOptions
+    from hypervisor.handshake import ClusterShape
+    from hypervisor.node import Node
+    assert load_config(write(tmp_path, TUNED.format(""))).migratory is False
+    config = load_config(write(tmp_path, TUNED.format("migratory = true")))
+    assert config.migratory is True
+    node = Node(config, 1, b"s" * 32)
+    assert node.options == DsmOptions(migratory=True)
+    assert node.shape == ClusterShape(2, config.mem, migratory=1)   # the handshake makes peers agree
+    written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)], migratory=True)
+    assert load_config(write_config(written, tmp_path)).migratory is True
+
+
+@pytest.mark.parametrize("line, message", [
+    ('migratory = "yes"', "migratory must be true or false, not 'yes'"),
+    ("migratory = 1", "migratory must be true or false, not 1"),
+    ('migratory = true\nread_ownership = "ivy"', 'migratory = true needs read_ownership = "giantvm"'),
+])
+def test_bad_migratory_option_is_named(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, TUNED.format(line)))
