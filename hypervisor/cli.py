@@ -287,6 +287,9 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
     if args.mem - args.vcpus * STACK_SIZE <= MIB:
         return RunOutcome(Status.USAGE, f"--mem {args.mem} leaves no room for a guest beside {args.vcpus} x "
                                         "64 KiB stacks", True)
+    if getattr(args, "migratory", False) and args.read_ownership != "giantvm":
+        return RunOutcome(Status.USAGE, f"--migratory needs --read-ownership giantvm (a read that moves "
+                                        f"ownership), not {args.read_ownership}", True)
     try:
         shaping = shaping_of(args)
     except ValueError as e:
