@@ -224,11 +224,13 @@ def bench_guests(core_read_us: float, core_placement: str, quick: bool = False) 
     hz = tsc_hz()
     costs = bench_page_costs(build, hz, 1 if quick else 3)
     workloads = bench_workloads(build, hz, (4,) if quick else (4, 8))
+    from bench.migratory import bench_migratory  # it builds on this module's runner
+    migratory = bench_migratory(build, hz, 1 if quick else 3)
     floor_e = costs["one_node"]["first_touch"]["median_us"] + core_read_us
     return {"tsc_hz": hz, "page_costs": costs, "workloads": workloads,
             "floor_e": {"first_touch_one_node_us": costs["one_node"]["first_touch"]["median_us"],
                         "core_remote_read_us": core_read_us, "core_placement": core_placement, "us": floor_e},
-            "targets": targets(costs, workloads, core_read_us)}
+            "targets": targets(costs, workloads, core_read_us), "migratory": migratory}
 
 
 def _ratio_text(got: float, better: str) -> str:
@@ -258,6 +260,10 @@ def print_guest_tables(r: dict[str, Any]) -> None:
             lambda v: f"{v / 1e6:,.1f} M incr/s")
         print(f"{w['label']:64s} {fmt(w['one_node']):>16s} {fmt(w['many_nodes']) + ' (' + str(w['nodes']) + ')':>20s} "
               f"{_ratio_text(w['many_nodes'] / w['one_node'], w['better']):>28s}")
+
+    if "migratory" in r:
+        from bench.migratory import print_migratory
+        print_migratory(r["migratory"])
 
     print("\n== issue 10 targets (ratios within this run)")
     print(f"{'what':80s} {'ratio':>7s} {'target':>10s} {'better':>7s}  verdict")

@@ -65,6 +65,17 @@ def test_workloads_and_targets_say_which_direction_is_better(results: dict) -> N
 
 
 @requires_kvm
+def test_migratory_pages_are_measured_on_and_off(results: dict) -> None:
+    from bench.migratory import FIGURES
+    m = results["migratory"]
+    assert m["runs"] == 1
+    for f in FIGURES:
+        row = m[f]
+        assert row["off_us"] > 0 and row["on_us"] > 0 and row["better"] == "lower", f
+        assert row["on_vs_off"] == row["on_us"] / row["off_us"]
+
+
+@requires_kvm
 def test_tables_are_words_with_units(results: dict, capsys: pytest.CaptureFixture[str]) -> None:
     guests.print_guest_tables(results)
     print(hostload.describe(results["host"]))
@@ -78,6 +89,7 @@ def test_tables_are_words_with_units(results: dict, capsys: pytest.CaptureFixtur
     assert out.count("is better") >= len(results["workloads"])
     assert out.count(" met") + out.count("missed") >= len(results["targets"])
     assert out.startswith("\n== guest-level page costs")
+    assert "== migratory pages: 2 nodes, on against off" in out
     assert "host: load average" in out
 
 
