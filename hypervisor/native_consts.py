@@ -22,6 +22,7 @@ WIRE_HDR_SIZE = int(lib.IVY_WIRE_HDR_SIZE)
 WIRE_MAX_FRAME = int(lib.IVY_WIRE_MAX_FRAME)
 REPLY_DATA = int(lib.IVY_REPLY_DATA)
 REPLY_OWNERSHIP = int(lib.IVY_REPLY_OWNERSHIP)
+REPLY_MIGRATORY = int(lib.IVY_REPLY_MIGRATORY)
 HEARTBEAT_MS = int(lib.IVY_RT_HEARTBEAT_MS)   # a link's PING period unless configured
 TIMEOUT_MS = int(lib.IVY_RT_TIMEOUT_MS)       # a peer silent this long is lost unless configured
 ERR_LEN = int(lib.IVY_RT_ERR_LEN)

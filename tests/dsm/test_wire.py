@@ -8,7 +8,7 @@ import pytest
 from hypervisor._ivy_native import ffi, lib
 from hypervisor.memory import GuestRam
 from hypervisor.dsm import DsmNode
-from hypervisor.native_consts import (FailKind, MAX_NODES, PAGE_SIZE, REPLY_DATA, REPLY_OWNERSHIP, WIRE_HDR_SIZE, WIRE_MAGIC,
+from hypervisor.native_consts import (FailKind, MAX_NODES, PAGE_SIZE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP, WIRE_HDR_SIZE, WIRE_MAGIC,
                                       WIRE_PROTO, WireType)
 from tests.dsm.frames import HDR, pack
 from tests.dsm.sealed_peer import sealed_pair
@@ -16,7 +16,7 @@ from tests.dsm.sealed_peer import sealed_pair
 NPAGES, NNODES = 64, 4
 READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = (WireType[name] for name in (
     "READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK", "PING", "BYE"))
-DATA, OWNERSHIP = REPLY_DATA, REPLY_OWNERSHIP
+DATA, OWNERSHIP, MIGRATORY = REPLY_DATA, REPLY_OWNERSHIP, REPLY_MIGRATORY
 
 
 def frame(type_: int = READ, flags: int = 0, payload_len: int | None = None, requester: int = 1, sender: int = 1,
@@ -50,7 +50,8 @@ def test_header_is_packed_little_endian() -> None:
 
 
 @pytest.mark.parametrize("type_,flags", [(READ, 0), (WRITE, 0), (REPLY, 0), (REPLY, OWNERSHIP),
-                                          (REPLY, DATA), (REPLY, DATA | OWNERSHIP), (INVALIDATE, 0),
+                                          (REPLY, DATA), (REPLY, DATA | OWNERSHIP),
+                                          (REPLY, DATA | OWNERSHIP | MIGRATORY), (INVALIDATE, 0),
                                           (INV_ACK, 0)])
 def test_encode_decode_round_trip(type_: int, flags: int) -> None:
     msg = ffi.new("struct ivy_msg *", {"type": type_, "flags": flags, "requester": 2, "sender": 3, "hops": 5,
@@ -90,7 +91,7 @@ BAD_CASES = {
     "reserved u16": (frame(reserved=(0, 1, 0)), lib.IVY_WIRE_BAD_RESERVED),
     "reserved u32": (frame(reserved=(0, 0, 1 << 31)), lib.IVY_WIRE_BAD_RESERVED),
     "flags on a request": (frame(READ, flags=DATA), lib.IVY_WIRE_BAD_FLAGS),
-    "unknown reply flag": (frame(REPLY, flags=max(DATA, OWNERSHIP) << 1), lib.IVY_WIRE_BAD_FLAGS),
+    "unknown reply flag": (frame(REPLY, flags=max(DATA, OWNERSHIP, MIGRATORY) << 1), lib.IVY_WIRE_BAD_FLAGS),
     "payload on a request": (frame(WRITE, payload_len=PAGE_SIZE, payload=bytes(PAGE_SIZE)), lib.IVY_WIRE_BAD_LENGTH),
     "data reply short payload": (frame(REPLY, DATA, payload_len=PAGE_SIZE - 1, payload=bytes(PAGE_SIZE - 1)),
                                  lib.IVY_WIRE_BAD_LENGTH),
