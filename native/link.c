@@ -96,7 +96,8 @@ static void link_send_sealed(struct ivy_rt *rt, struct conn *c, const uint8_t *h
     ssize_t n = send(c->fd, c->out + c->out_off, c->out_len, MSG_NOSIGNAL);
     PROF(rt, PROF_SENT);
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
-        rt_fail(rt, "sending to node %u failed: %s", c->peer, strerror(errno));
+        rt_fail_as(rt, IVY_FAIL_PEER_LOST, c->peer, IVY_RT_NO_PAGE, "send",
+                   "sending to node %u failed: %s", c->peer, strerror(errno));
         return;
     }
     size_t done = n < 0 ? 0 : (size_t)n;
