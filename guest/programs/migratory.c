@@ -52,23 +52,6 @@ static void note_bad(uintptr_t page, uint64_t got, uint64_t want)
     }
 }
 
-/* A fixed shuffle (Fisher-Yates on xorshift64): the same order in every run. */
-static void shuffle(void)
-{
-    uint64_t x = 0x9e3779b97f4a7c15ull;
-    for (unsigned i = 0; i < MIGRATORY_PAGES; i++)
-        order[i] = i;
-    for (unsigned i = MIGRATORY_PAGES - 1; i > 0; i--) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        unsigned j = (unsigned)(x % (i + 1));
-        uint32_t t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
-}
-
 /* One round: each page's word read, checked and written back plus one. */
 static void take_turn(unsigned round, int timing)
 {
@@ -114,7 +97,7 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
     if (cpu != 0 && cpu != other)
         return 0;
     if (cpu == 0) {
-        shuffle();
+        rt_shuffle(order, MIGRATORY_PAGES, 0x9e3779b97f4a7c15ull);
         for (unsigned i = 0; i < MAX_TIMED; i++)
             samples[i] = 0;
     }

@@ -81,23 +81,6 @@ static void verify_page(uintptr_t page, struct check *c)
     }
 }
 
-/* A fixed shuffle (Fisher-Yates on xorshift64): the same order in every run. */
-static void shuffle(void)
-{
-    uint64_t x = 0x2545f4914f6cdd1dull;
-    for (unsigned i = 0; i < PAGECOST_PAGES; i++)
-        order[i] = i;
-    for (unsigned i = PAGECOST_PAGES - 1; i > 0; i--) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        unsigned j = (unsigned)(x % (i + 1));
-        uint32_t t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
-}
-
 /* One timed access per page of region r; `shuffled` picks the order. */
 static void run_phase(unsigned phase, unsigned r, int shuffled)
 {
@@ -192,7 +175,7 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
     if (cpu != 0 && cpu != writer)
         return 0;
     if (cpu == 0) {
-        shuffle();
+        rt_shuffle(order, PAGECOST_PAGES, 0x2545f4914f6cdd1dull);
         memset(samples, 0, sizeof samples);
     }
     rt_barrier_wait(&pair, parties);

@@ -282,6 +282,22 @@ void rt_barrier_wait(rt_barrier_t *b, unsigned n)
 
 void rt_barrier(void) { rt_barrier_wait(&all_cpus_barrier, rt_ncpus); }
 
+void rt_shuffle(uint32_t *order, unsigned n, uint64_t seed)
+{
+    uint64_t x = seed ? seed : 1; /* xorshift never leaves 0 */
+    for (unsigned i = 0; i < n; i++)
+        order[i] = i;
+    for (unsigned i = n ? n - 1 : 0; i > 0; i--) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        unsigned j = (unsigned)(x % (i + 1));
+        uint32_t t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+}
+
 /* ---- entry from crt0.S, at CPL3 ---- */
 
 _Noreturn void rt_start(unsigned cpu, unsigned ncpus, unsigned long ram);

@@ -161,6 +161,10 @@ typedef struct {
 void rt_barrier_wait(rt_barrier_t *b, unsigned n);
 void rt_barrier(void);                         /* all vCPUs of this VM */
 
+/* order[0..n) becomes a permutation of 0..n-1 fixed by seed (Fisher-Yates on
+ * xorshift64): guests that walk pages out of order get the same order every run. */
+void rt_shuffle(uint32_t *order, unsigned n, uint64_t seed);
+
 /* ---- interrupts ---- */
 
 /* This vCPU's index, from the stack pointer: runtime code always runs on the

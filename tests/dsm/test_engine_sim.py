@@ -16,6 +16,7 @@ from tests.dsm.engine_ffi import (
     Msg,
 )
 from tests.dsm.model import Entry, ModelNode
+from tests.dsm.disagreeing_model import simulation_with_a_model_off_by_one_hop
 from tests.dsm.sim import ALL_OPTIONS, Simulation, SimFailure
 
 SEEDS_PER_OPTION = 100
@@ -161,17 +162,6 @@ def test_simulator_catches_a_broken_protocol(mutant: type[ModelNode], options: s
 def test_engine_and_model_agree_decision_by_decision() -> None:
     """The comparison is live: a model that disagrees on one decision is reported."""
 
-    class OffByOneHop(ModelNode):
-        def _send(self, out: list[Action], to: int, kind: int, page: int, requester: int,
-                  version: int, copyset: int = 0, txid: int = 0, flags: int = 0,
-                  hops: int = 0) -> None:
-            super()._send(out, to, kind, page, requester, version, copyset, txid, flags,
-                          hops + (kind == MSG_REPLY))
-
-    sim = Simulation(1, 3, "giantvm,dynamic", map_owned=False)
-    sim.models = [OffByOneHop(n, 3, sim.npages) for n in range(3)]
-    for page in range(sim.npages):
-        if sim.engines[0].page(page).version:
-            sim.models[0].set_version(page, 1)
+    sim = simulation_with_a_model_off_by_one_hop()
     with pytest.raises(SimFailure, match="engine and model disagree"):
         sim.run()

@@ -13,9 +13,10 @@ import pytest
 
 from tests.dsm import model, table_doc
 from tests.dsm.engine_ffi import (
-    MSG_INV_ACK, MSG_READ, MSG_REPLY, MSG_WRITE, REPLY_OWNERSHIP, WANT_READ, Action, CEngine, Msg,
+    MSG_INV_ACK, MSG_READ, MSG_REPLY, MSG_WRITE, REPLY_OWNERSHIP, WANT_READ, CEngine, Msg,
     c_rows,
 )
+from tests.dsm.disagreeing_model import simulation_with_a_model_off_by_one_hop
 from tests.dsm.sim import ROW_NAMES, Simulation, SimFailure, sweep, uncovered
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,18 +92,7 @@ def test_check_engine_catches_a_broken_handler() -> None:
 
 
 def test_a_failure_prints_only_the_fields_that_differ() -> None:
-    class OffByOneHop(model.ModelNode):
-        def _send(self, out: list[Action], to: int, kind: int, page: int, requester: int,
-                  version: int, copyset: int = 0, txid: int = 0, flags: int = 0,
-                  hops: int = 0) -> None:
-            super()._send(out, to, kind, page, requester, version, copyset, txid, flags,
-                          hops + (kind == MSG_REPLY))
-
-    sim = Simulation(1, 3, "giantvm,dynamic", map_owned=False)
-    sim.models = [OffByOneHop(n, 3, sim.npages) for n in range(3)]
-    for page in range(sim.npages):
-        if sim.engines[0].page(page).version:
-            sim.models[0].set_version(page, 1)
+    sim = simulation_with_a_model_off_by_one_hop()
     with pytest.raises(SimFailure) as failure:
         sim.run()
     head = str(failure.value).split("\nreplay:")[0]
