@@ -163,6 +163,7 @@ class Node:
 
     def _finish(self, result: RunResult) -> int:
         """Turn the local machine's end into the cluster's: report once, stop the others."""
+        result = self._blame_the_dsm(result)
         interrupted = result.status == Status.INTERRUPTED and not result.error   # a signal to this node
         if self.id == 0:
             message = stopsignals.interrupted_line() if interrupted else result.message
@@ -201,6 +202,15 @@ class Node:
             if result.status not in (*SAID_BY_EVERY_NODE, Status.INTERRUPTED):
                 report(result.status, message)
         return result.status
+
+    def _blame_the_dsm(self, result: RunResult) -> RunResult:
+        """A guest that faults after its node's DSM core failed ran on pages nobody served any more:
+        the failure is the DSM's (a lost peer, a refused frame), not the guest's."""
+        guest_faults = (Status.GUEST_IO, Status.TRIPLE_FAULT, Status.ENTRY_FAILURE)
+        if result.status in guest_faults and self.dsm is not None and self.dsm.failure is not None:
+            line, status = dsm_failure(self.id, self.dsm)
+            return RunResult(status, line, error=True)
+        return result
 
     def _linger(self) -> None:
         """Give peers a moment to leave before the DSM says BYE, so none sees its server vanish."""
