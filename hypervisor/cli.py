@@ -24,7 +24,7 @@ from typing import Callable, NoReturn, Sequence  # noqa: E402
 from hypervisor import config, netns, profile, report, stopsignals  # noqa: E402
 from hypervisor.base import SECRET_ENV, StdoutConsole  # noqa: E402
 from hypervisor.cluster import launch_local  # noqa: E402
-from hypervisor.config import MANAGERS, MIB, READ_OWNERSHIP, ConfigError  # noqa: E402
+from hypervisor.config import FIRST_TOUCH, MANAGERS, MIB, READ_OWNERSHIP, ConfigError  # noqa: E402
 from hypervisor.dsm import HOLD_US_DEFAULT  # noqa: E402
 from hypervisor.example_config import EXAMPLE_CONFIG  # noqa: E402
 from hypervisor.loader import STACK_SIZE, LoaderError, load_image  # noqa: E402
@@ -173,6 +173,9 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     run.add_argument("--manager", choices=MANAGERS, default="dynamic",
                      help="with --nodes: how a fault finds a page's owner: probable-owner forwarding (dynamic, "
                           "default), node 0 records every owner (central), node p %% N does (fixed)")
+    run.add_argument("--first-touch", choices=FIRST_TOUCH, default="read",
+                     help="with --nodes: what node 0's first read of a page nobody touched gets: a readable copy "
+                          "(read, default) or write access at once (write: a read-modify-write faults once)")
     run.add_argument("--migratory", action="store_true",
                      help="with --nodes: migratory pages: a page one node read then wrote is granted whole on "
                           "its next read (one round trip per read-modify-write; giantvm reads only)")
@@ -311,7 +314,7 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                                        args.read_ownership, args.manager, args.stats, args.poll_us,
                                        args.hold_us, args.timeout, args.stall_warn, shaping, trace_file,
-                                       stats_json, started, args.migratory))
+                                       stats_json, started, args.migratory, args.first_touch))
     if args.stats or stats_json is not None:
         problem = no_dsm_profile(stats_json)
         if problem:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .files import InputFileError, read_regular
 from hypervisor.base import SECRET_ENV
-from hypervisor.native_consts import MANAGERS, MAX_NODES, READ_OWNERSHIP
+from hypervisor.native_consts import FIRST_TOUCH, MANAGERS, MAX_NODES, READ_OWNERSHIP
 
 MAX_VCPUS = 64
 MIB = 1 << 20
@@ -39,7 +39,7 @@ DEFAULT_STALL_WARN = 2.0
 MAX_SECONDS = 86400.0
 # Every key a config may hold; anything else is refused with its name (a typo
 # such as `memory = "128M"` must not leave RAM at its default unnoticed).
-CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "secret_file", "setup_timeout",
+CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "first_touch", "secret_file", "setup_timeout",
                 "timeout", "stall_warn", "trace") + DSM_TUNING
 NODE_KEYS = ("id", "address", "vcpus", "control_port")
 MAX_CONFIG_BYTES = 1 << 20     # a 64-node config is a few KiB
@@ -86,6 +86,7 @@ class ClusterConfig:
     timeout: float | None = None           # seconds the run may take; None: no limit
     stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
     migratory: bool = False      # migratory pages (hypervisor.dsm.DsmOptions); every node must agree
+    first_touch: str = "read"    # what node 0's first read of an untouched page gets (node-local)
     trace: Path | None = None    # each node writes its DSM trace to this path with .nodeK before the suffix
 
     @property
@@ -169,7 +170,8 @@ def parse_address(text: str) -> tuple[str, int]:
 def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list[tuple[int, int]],
                      read_ownership: str = "giantvm", manager: str = "dynamic",
                      poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
-                     stall_warn: float = DEFAULT_STALL_WARN, migratory: bool = False) -> ClusterConfig:
+                     stall_warn: float = DEFAULT_STALL_WARN, migratory: bool = False,
+                     first_touch: str = "read") -> ClusterConfig:
     """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1.
 
     `ports` holds each node's (DSM port, control port).
@@ -180,7 +182,7 @@ def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list
     nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i][0], placement[i], ports[i][1]) for i in range(nnodes))
     return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager,
                                   poll_us=poll_us, hold_us=hold_us, timeout=timeout, stall_warn=stall_warn,
-                                  migratory=migratory))
+                                  migratory=migratory, first_touch=first_touch))
 
 
 def check_seconds(what: str, value: object) -> float:
@@ -335,6 +337,7 @@ def load_config(path: Path) -> ClusterConfig:
         read_ownership=_text(cluster.get("read_ownership", "giantvm"), f"{where} read_ownership"),
         manager=_text(cluster.get("manager", "dynamic"), f"{where} manager"),
         migratory=_flag(cluster.get("migratory", False), f"{where} migratory"),
+        first_touch=_text(cluster.get("first_touch", "read"), f"{where} first_touch"),
         secret_file=base_path(path, secret_file) if secret_file else None,
         setup_timeout=float(setup_timeout),
         poll_us=_microseconds(cluster, "poll_us", path),
@@ -376,6 +379,8 @@ def _checked(config: ClusterConfig) -> ClusterConfig:
         raise ConfigError(f"read_ownership {config.read_ownership!r}: expected one of {', '.join(READ_OWNERSHIP)}")
     if config.manager not in MANAGERS:
         raise ConfigError(f"manager {config.manager!r}: expected one of {', '.join(MANAGERS)}")
+    if config.first_touch not in FIRST_TOUCH:
+        raise ConfigError(f"first_touch {config.first_touch!r}: expected one of {', '.join(FIRST_TOUCH)}")
     if config.migratory and config.read_ownership != "giantvm":
         raise ConfigError(f"migratory = true needs read_ownership = \"giantvm\" (a read that moves ownership), "
                           f"not {config.read_ownership!r}")

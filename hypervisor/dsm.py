@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from hypervisor import trace
 from hypervisor._ivy_native import ffi, lib
-from hypervisor.native_consts import (ERR_LEN, HEARTBEAT_MS, MANAGERS, MAX_NODES, NO_NODE, NO_PAGE, PAGE_SIZE,
+from hypervisor.native_consts import (ERR_LEN, FIRST_TOUCH, HEARTBEAT_MS, MANAGERS, MAX_NODES, NO_NODE, NO_PAGE, PAGE_SIZE,
                                       READ_OWNERSHIP, TIMEOUT_MS, WIRE_PROTO, FailKind, WireType)
 
 PROTOCOL_VERSION = WIRE_PROTO
@@ -58,6 +58,10 @@ class DsmOptions:
     # granted whole on its next read, so a read-modify-write takes one round
     # trip instead of two. GiantVM reads only. Off by default (bench: guest (d)).
     migratory: bool = False
+    # What node 0's first read of a page nobody touched since boot is granted
+    # (docs/protocol.md, the worked example): "read" (default) or "write", which
+    # saves the write fault of a read-modify-write. Node-local: peers need not agree.
+    first_touch: str = "read"
     heartbeat_ms: int = HEARTBEAT_MS
     timeout_ms: int = TIMEOUT_MS
     # Busy-poll this long for an expected reply before sleeping in epoll. Off by
@@ -93,6 +97,8 @@ class DsmOptions:
             raise DsmError(f"read_ownership {self.read_ownership!r}: expected one of {', '.join(READ_OWNERSHIP)}")
         if self.manager not in MANAGERS:
             raise DsmError(f"manager {self.manager!r}: expected one of {', '.join(MANAGERS)}")
+        if self.first_touch not in FIRST_TOUCH:
+            raise DsmError(f"first_touch {self.first_touch!r}: expected one of {', '.join(FIRST_TOUCH)}")
         if not isinstance(self.migratory, bool):
             raise DsmError(f"migratory {self.migratory!r}: expected true or false")
         if self.migratory and self.read_ownership != "giantvm":
@@ -175,6 +181,7 @@ class DsmNode:
         cfg.read_ownership = self.options.read_ownership_code
         cfg.manager = self.options.manager_code
         cfg.migratory = int(self.options.migratory)
+        cfg.first_touch = int(FIRST_TOUCH[self.options.first_touch])
         cfg.memfd = self.ram.memfd
         cfg.guest_addr = self.ram.guest_addr
         cfg.vmm_addr = self.ram.vmm_addr

@@ -26,6 +26,7 @@ secret_file = "secret"
 # Optional, with their defaults:
 # read_ownership = "giantvm"   # or "ivy": whether a read moves page ownership
 # manager = "dynamic"          # or "central", "fixed": how a fault finds a page's owner
+# first_touch = "read"         # or "write": node 0's first read of an untouched page gets write access
 # migratory = false            # true: a page read then written by one node moves whole on its next read
 # setup_timeout = 20           # seconds every node has to join
 # poll_us = 0                  # busy-poll for an awaited page (pays with a spare core per node)

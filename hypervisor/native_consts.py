@@ -39,3 +39,4 @@ State = enum.IntEnum("State", enum_members(ffi, "enum ivy_state", "IVY_"))
 Pending = enum.IntEnum("Pending", enum_members(ffi, "enum ivy_pending", "IVY_"))
 READ_OWNERSHIP = lowercase(enum_members(ffi, "enum ivy_read_ownership", "IVY_READ_"))   # default first
 MANAGERS = lowercase(enum_members(ffi, "enum ivy_manager", "IVY_MGR_"))
+FIRST_TOUCH = lowercase(enum_members(ffi, "enum ivy_first_touch", "IVY_TOUCH_"))   # default first

@@ -915,6 +915,10 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
         snprintf(err, errlen, "read_ownership %u / manager %u out of range", cfg->read_ownership, cfg->manager);
         return NULL;
     }
+    if (cfg->first_touch > IVY_TOUCH_WRITE) {
+        snprintf(err, errlen, "first_touch %u out of range", cfg->first_touch);
+        return NULL;
+    }
     if (cfg->migratory > 1 || (cfg->migratory && cfg->read_ownership != IVY_READ_GIANTVM)) {
         snprintf(err, errlen, "migratory %u: a flag, and only with giantvm reads", cfg->migratory);
         return NULL;
@@ -970,7 +974,8 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     }
     struct ivy_config ec = {.self = cfg->self, .nnodes = cfg->nnodes, .read_ownership = cfg->read_ownership,
                             .manager = cfg->manager, .hold = cfg->hold_us != 0,
-                            .migratory = cfg->migratory, .npages = rt->npages};
+                            .migratory = cfg->migratory, .first_touch = cfg->first_touch,
+                            .npages = rt->npages};
     ivy_engine_init(&rt->engine, &ec, rt->pages);
     if (trace_create(rt, err, errlen) || setup_uffd(rt, err, errlen) || setup_loop(rt, err, errlen)) {
         ivy_rt_destroy(rt);

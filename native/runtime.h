@@ -31,6 +31,7 @@ struct ivy_rt_config {
     uint8_t read_ownership; /* enum ivy_read_ownership */
     uint8_t manager;        /* enum ivy_manager */
     uint8_t migratory;      /* bool: migratory pages (ivy_config.migratory; GiantVM reads only) */
+    uint8_t first_touch;    /* enum ivy_first_touch: what node 0's first read of an untouched page gets */
     int memfd;              /* backs both views; kept open by the caller */
     uint64_t guest_addr;    /* MAP_SHARED view the guest (and KVM) touches */
     uint64_t vmm_addr;      /* MAP_SHARED view the runtime reads and writes */

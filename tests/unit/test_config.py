@@ -170,3 +170,25 @@ def test_migratory_pages_are_a_cluster_option_every_node_gets(tmp_path: Path) ->
 def test_bad_migratory_option_is_named(tmp_path: Path, line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, TUNED.format(line)))
+
+
+def test_first_touch_is_read_from_the_file_and_written_back(tmp_path: Path) -> None:
+    from hypervisor.cluster import write_config
+    from hypervisor.dsm import DsmOptions
+    from hypervisor.node import Node
+    assert load_config(write(tmp_path, TUNED.format(""))).first_touch == "read"
+    config = load_config(write(tmp_path, TUNED.format('first_touch = "write"')))
+    assert config.first_touch == "write"
+    assert Node(config, 1, b"s" * 32).options == DsmOptions(first_touch="write")
+    written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)],
+                               first_touch="write")
+    assert load_config(write_config(written, tmp_path)).first_touch == "write"
+
+
+@pytest.mark.parametrize("line, message", [
+    ('first_touch = "always"', "first_touch 'always': expected one of read, write"),
+    ("first_touch = 1", "first_touch must be a string, not 1"),
+])
+def test_bad_first_touch_is_named(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, TUNED.format(line)))
