@@ -71,18 +71,6 @@ static void take_turn(unsigned round, int timing)
     }
 }
 
-static uint32_t median(uint32_t *v, unsigned n)
-{
-    for (unsigned gap = n / 2; gap > 0; gap /= 2)
-        for (unsigned i = gap; i < n; i++)
-            for (unsigned j = i; j >= gap && v[j - gap] > v[j]; j -= gap) {
-                uint32_t t = v[j];
-                v[j] = v[j - gap];
-                v[j - gap] = t;
-            }
-    return v[n / 2];
-}
-
 int main(unsigned cpu, unsigned ncpus, unsigned long ram)
 {
     (void)ram;
@@ -121,7 +109,7 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
                   (unsigned long)check.page, (unsigned long)check.got, (unsigned long)check.want);
         rt_exit(1);
     }
-    rt_printf("MEDIAN migratory: rmw=%u\n", median(samples, timed));
+    rt_printf("MEDIAN migratory: rmw=%u\n", rt_median(samples, timed));
     rt_printf("PASS migratory: vcpus=%u pages=%u rounds=%u timed=%u rmw=%lu\n", ncpus, MIGRATORY_PAGES,
               MIGRATORY_ROUNDS, timed, (unsigned long)total);
     rt_exit(0);

@@ -123,19 +123,6 @@ static void writer_verifies(void)
     }
 }
 
-static uint32_t median(uint32_t *v, unsigned n)
-{
-    /* Shell sort in place: the samples are not needed in order afterwards. */
-    for (unsigned gap = n / 2; gap > 0; gap /= 2)
-        for (unsigned i = gap; i < n; i++)
-            for (unsigned j = i; j >= gap && v[j - gap] > v[j]; j -= gap) {
-                uint32_t t = v[j];
-                v[j] = v[j - gap];
-                v[j - gap] = t;
-            }
-    return v[n / 2];
-}
-
 static void print_histogram(unsigned phase)
 {
     uint32_t hist[HIST_BUCKETS] = {0};
@@ -211,7 +198,7 @@ int main(unsigned cpu, unsigned ncpus, unsigned long ram)
         print_histogram(p);
         n += rt_snprintf(line + n, sizeof line - (size_t)n, " %s=%lu", phase_names[p], (unsigned long)totals[p]);
         m += rt_snprintf(medians + m, sizeof medians - (size_t)m, " %s=%u", phase_names[p],
-                         median(samples[p], PAGECOST_PAGES));
+                         rt_median(samples[p], PAGECOST_PAGES));
     }
     rt_printf("%s\n", medians);
     rt_printf("%s\n", line);

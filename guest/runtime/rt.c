@@ -282,6 +282,19 @@ void rt_barrier_wait(rt_barrier_t *b, unsigned n)
 
 void rt_barrier(void) { rt_barrier_wait(&all_cpus_barrier, rt_ncpus); }
 
+uint32_t rt_median(uint32_t *v, unsigned n)
+{
+    /* Shell sort: no recursion and no scratch memory, for guests with small stacks. */
+    for (unsigned gap = n / 2; gap > 0; gap /= 2)
+        for (unsigned i = gap; i < n; i++)
+            for (unsigned j = i; j >= gap && v[j - gap] > v[j]; j -= gap) {
+                uint32_t t = v[j];
+                v[j] = v[j - gap];
+                v[j - gap] = t;
+            }
+    return v[n / 2];
+}
+
 void rt_shuffle(uint32_t *order, unsigned n, uint64_t seed)
 {
     uint64_t x = seed ? seed : 1; /* xorshift never leaves 0 */

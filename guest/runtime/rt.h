@@ -164,6 +164,8 @@ void rt_barrier(void);                         /* all vCPUs of this VM */
 /* order[0..n) becomes a permutation of 0..n-1 fixed by seed (Fisher-Yates on
  * xorshift64): guests that walk pages out of order get the same order every run. */
 void rt_shuffle(uint32_t *order, unsigned n, uint64_t seed);
+/* The median of v[0..n), n > 0; sorts v in place (the samples are not needed in order afterwards). */
+uint32_t rt_median(uint32_t *v, unsigned n);
 
 /* ---- interrupts ---- */
 
