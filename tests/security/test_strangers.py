@@ -114,7 +114,8 @@ def test_unauthenticated_hello_gets_no_proof_and_no_shape() -> None:
             while len(greeting) < hs.GREETING.size:
                 greeting += stranger.recv(hs.GREETING.size - len(greeting))
             hello = hs._Hello(hs.PROTOCOL_VERSION, SHAPE.nnodes, 0, 1, SHAPE.ram_size, SHAPE.page_size,
-                              SHAPE.read_ownership, SHAPE.manager, hs.PURPOSES[b"dsm"], os.urandom(32)).pack()
+                              SHAPE.read_ownership, SHAPE.manager, hs.PURPOSES[b"dsm"], SHAPE.migratory,
+                              os.urandom(32)).pack()
             stranger.sendall(hello + os.urandom(hs.PROOF_SIZE))
             answer = b""
             while chunk := stranger.recv(4096):
