@@ -352,22 +352,30 @@ static void request_forward(struct ivy_engine *e, struct ivy_page *p, uint64_t p
         p->probowner = m->requester;
 }
 
+/* The owner's half of every grant that moves ownership: the reply, and the
+ * owner forgetting the page is its own (the requester is now the probable owner). */
+static void hand_over(struct ivy_engine *e, struct ivy_page *p, uint64_t page, const struct ivy_msg *m,
+                      uint64_t copyset, uint8_t flags, struct ivy_actions *out)
+{
+    struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, page, m->requester, p->version, copyset, m->txid);
+    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | flags);
+    reply.hops = m->hops;
+    p->owner = 0;
+    p->copyset = 0;
+    p->probowner = m->requester;
+    p->migratory = 0;
+    emit_send(e, out, m->requester, &reply);
+}
+
 static void serve_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
                         const struct ivy_msg *m, struct ivy_actions *out)
 {
     assert_can_serve(p);
     if (access_of(p) > 0)
         emit(out, IVY_ACT_ZAP, page);
-    struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, page, m->requester, p->version,
-                                    p->copyset & ~NODE_BIT(e->cfg.self), m->txid);
-    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | data_flag(p, m) | migratory_flag(p));
-    reply.hops = m->hops;
     p->state = IVY_INVALID;
-    p->owner = 0;
-    p->copyset = 0;
-    p->probowner = m->requester;
-    p->migratory = 0;
-    emit_send(e, out, m->requester, &reply);
+    hand_over(e, p, page, m, p->copyset & ~NODE_BIT(e->cfg.self),
+              (uint8_t)(data_flag(p, m) | migratory_flag(p)), out);
 }
 
 /* A migratory page's reader is served as a writer would be: it becomes the
@@ -384,15 +392,7 @@ static void serve_read_handover(struct ivy_engine *e, struct ivy_page *p, uint64
 {
     assert_can_serve(p);
     downgrade_to_shared(p, page, out);
-    struct ivy_msg reply = make_msg(e, IVY_MSG_REPLY, page, m->requester, p->version,
-                                    p->copyset, m->txid);
-    reply.flags = (uint8_t)(IVY_REPLY_OWNERSHIP | data_flag(p, m));
-    reply.hops = m->hops;
-    p->owner = 0;
-    p->copyset = 0;
-    p->probowner = m->requester;
-    p->migratory = 0;
-    emit_send(e, out, m->requester, &reply);
+    hand_over(e, p, page, m, p->copyset, data_flag(p, m), out);
 }
 
 /* The last migratory grantee read but never wrote before another reader
