@@ -152,7 +152,9 @@ def test_without_root_one_line_and_the_usage_status() -> None:
     if os.geteuid() != 0:
         argv = IVYVM
     else:
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *IVYVM]
+        # Not root, but able to read a checkout that lives in a private (0700) directory.
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", *IVYVM]
     proc = subprocess.run(argv + ["run", str(guest_elf("hello")), "--vcpus", "2", "--nodes", "2", "--netns"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
