@@ -334,6 +334,21 @@ static void fault_request_write(struct ivy_engine *e, struct ivy_page *p, uint64
     ask(e, p, page, true, out);
 }
 
+/* No faulter waits yet: the reply's MAP_RO installs the copy before the
+ * vCPU's access, and its DONE completes no fault. Every later transition is
+ * a read copy's: the prefetcher joins the copyset and is invalidated. */
+static void prefetch_request(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                             const struct ivy_msg *m, struct ivy_actions *out)
+{
+    fault_request_read(e, p, page, m, out);
+}
+
+static void prefetch_needless(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                              const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)e, (void)p, (void)page, (void)m, (void)out; /* present, asked for, owned, or option off */
+}
+
 static void request_park(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
                          const struct ivy_msg *m, struct ivy_actions *out)
 {
@@ -586,6 +601,13 @@ static int migratory_on(const struct ivy_engine *e)
     return e->cfg.migratory && e->cfg.read_ownership == IVY_READ_GIANTVM;
 }
 
+/* A classic-Ivy read leaves ownership where it is: a prefetch only adds a copy. */
+static int prefetch_on(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)p, (void)m;
+    return e->cfg.prefetch && e->cfg.read_ownership == IVY_READ_IVY;
+}
+
 static int read_then_write(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
 {
     (void)m;
@@ -766,6 +788,11 @@ static const struct ivy_row ROWS[] = {
         NO_GUARD, "WANT_READ, READ to ivy_engine_route()"),
     ROW(write_fault_request, fault_request_write, EV(WRITE_FAULT), ST(INITIAL) | ST(INVALID) | ST(SHARED), PD(IDLE), NOT_OWNER,
         ALWAYS, NO_GUARD, "WANT_WRITE, WRITE to ivy_engine_route()"),
+    /* prefetch */
+    ROW(prefetch_request, prefetch_request, EV(PREFETCH), ST(INITIAL) | ST(INVALID), PD(IDLE), NOT_OWNER,
+        WHEN(prefetch_on), NO_GUARD, "as read_fault_request: WANT_READ, READ; the reply maps it before any fault"),
+    ROW(prefetch_needless, prefetch_needless, EV(PREFETCH), ANY_STATE, ANY_PENDING, EITHER, ALWAYS, NO_GUARD,
+        "nothing: the page is readable, asked for or owned here, or the option is off"),
     /* requests */
     ROW(request_park, request_park, REQUESTS, ANY_STATE, ACQUIRING, EITHER, ALWAYS, GUARD(request_from_elsewhere),
         "PARK until the acquisition completes"),
@@ -838,6 +865,7 @@ static const struct {
     [IVY_EV_HOLD_EXPIRED] = {"hold expired", NULL},
     [IVY_EV_STORE_SEEN] = {"store seen", NULL},
     [IVY_EV_MAP_OWNED] = {"map owned", NULL},
+    [IVY_EV_PREFETCH] = {"prefetch", NULL},
 };
 
 /* ------------------------------------------------------------- dispatch */
@@ -886,7 +914,7 @@ void ivy_engine_init(struct ivy_engine *e, const struct ivy_config *cfg, struct 
 {
     IVY_ASSERT(cfg->nnodes >= 1 && cfg->nnodes <= IVY_MAX_NODES && cfg->self < cfg->nnodes);
     IVY_ASSERT(cfg->read_ownership <= IVY_READ_IVY && cfg->manager <= IVY_MGR_FIXED);
-    IVY_ASSERT(cfg->hold <= 1 && cfg->first_touch <= IVY_TOUCH_WRITE && cfg->migratory <= 1);
+    IVY_ASSERT(cfg->hold <= 1 && cfg->first_touch <= IVY_TOUCH_WRITE && cfg->migratory <= 1 && cfg->prefetch <= 1);
     e->cfg = *cfg;
     e->pages = pages;
     e->next_txid = 1;
@@ -932,6 +960,11 @@ void ivy_engine_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, 
 {
     IVY_ASSERT(event == IVY_EV_HOLD_EXPIRED || event == IVY_EV_STORE_SEEN);
     local_event(e, page, event, out);
+}
+
+void ivy_engine_prefetch(struct ivy_engine *e, uint64_t page, struct ivy_actions *out)
+{
+    local_event(e, page, IVY_EV_PREFETCH, out);
 }
 
 struct ivy_verdict ivy_engine_check(const struct ivy_engine *e, const struct ivy_msg *m)

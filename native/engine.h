@@ -124,6 +124,8 @@ struct ivy_config {
     uint8_t first_touch;    /* enum ivy_first_touch */
     uint8_t migratory;      /* bool: a page read then written by one node is granted whole on
                                its next read (GiantVM reads only; docs/protocol.md) */
+    uint8_t prefetch;       /* bool: IVY_EV_PREFETCH asks for a read copy before any fault
+                               (classic Ivy reads only, so a prefetch never moves ownership) */
     uint64_t npages;
 };
 
@@ -181,7 +183,8 @@ enum ivy_event {
     IVY_EV_HOLD_EXPIRED = 8, /* the page's hold window ran out */
     IVY_EV_STORE_SEEN = 9,   /* the writer woken by the hold's grant has stored */
     IVY_EV_MAP_OWNED = 10,   /* node 0, before start: it maps an owned page writable up front */
-    IVY_EV_MAX = 10
+    IVY_EV_PREFETCH = 11,    /* the runtime expects a read of the page soon (a sequential run) */
+    IVY_EV_MAX = 11
 };
 
 /* Row owner mask bits. */
@@ -233,6 +236,11 @@ void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write,
  * or IVY_EV_STORE_SEEN. */
 void ivy_engine_hold_event(struct ivy_engine *e, uint64_t page, unsigned event,
                            struct ivy_actions *out);
+
+/* The runtime expects a read of the page soon (IVY_EV_PREFETCH): with the
+ * prefetch option, an absent page is asked for as a read fault would ask,
+ * so its copy is mapped before the vCPU touches it; otherwise nothing. */
+void ivy_engine_prefetch(struct ivy_engine *e, uint64_t page, struct ivy_actions *out);
 
 /* Which row takes message m now (m->page < npages, node ids < nnodes: the
  * wire layer's checks): row >= 0, or -1 with why it does not fit the page

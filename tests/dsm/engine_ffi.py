@@ -77,6 +77,9 @@ int ivy_test_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_a
 int ivy_test_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out)
 { IVY_TEST_CALL(ivy_engine_hold_event(e, page, event, out)); }
 
+int ivy_test_prefetch(struct ivy_engine *e, uint64_t page, struct ivy_actions *out)
+{ IVY_TEST_CALL(ivy_engine_prefetch(e, page, out)); }
+
 int ivy_test_check(const struct ivy_engine *e, const struct ivy_msg *m, struct ivy_verdict *v)
 { IVY_TEST_CALL(*v = ivy_engine_check(e, m)); }
 
@@ -92,6 +95,7 @@ int ivy_test_set_version(struct ivy_engine *e, uint64_t page, uint64_t version);
 int ivy_test_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_actions *out);
 int ivy_test_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out);
 int ivy_test_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out);
+int ivy_test_prefetch(struct ivy_engine *e, uint64_t page, struct ivy_actions *out);
 int ivy_test_check(const struct ivy_engine *e, const struct ivy_msg *m, struct ivy_verdict *v);
 int ivy_test_map_owned(struct ivy_engine *e, uint64_t page, struct ivy_actions *out, bool *mapped);
 const char *ivy_test_failure(void);
@@ -116,6 +120,12 @@ MUTANTS: dict[str, tuple[str, str]] = {
     "serve_read_migratory_keeps_copy": (
         "    serve_write(e, p, page, m, out);\n}\n",
         "    serve_write(e, p, page, m, out);\n    out->a[0].kind = IVY_ACT_WRPROTECT;\n}\n"),
+    # prefetch_request maps the bytes it still has instead of asking: a copy
+    # that was invalidated (or never fetched) is read as if it were current.
+    "prefetch_maps_without_asking": (
+        "    fault_request_read(e, p, page, m, out);\n}\n\nstatic void prefetch_needless(",
+        "    (void)m;\n    p->state = IVY_SHARED;\n    emit(out, IVY_ACT_MAP_RO, page);\n}\n\n"
+        "static void prefetch_needless("),
 }
 
 
@@ -233,6 +243,7 @@ TOUCH_READ, TOUCH_WRITE = _lib.IVY_TOUCH_READ, _lib.IVY_TOUCH_WRITE
 EV_READ_FAULT, EV_WRITE_FAULT = _lib.IVY_EV_READ_FAULT, _lib.IVY_EV_WRITE_FAULT
 EV_HOLD_EXPIRED, EV_STORE_SEEN = _lib.IVY_EV_HOLD_EXPIRED, _lib.IVY_EV_STORE_SEEN
 EV_MAP_OWNED = _lib.IVY_EV_MAP_OWNED
+EV_PREFETCH = _lib.IVY_EV_PREFETCH
 ROW_NOT_OWNER, ROW_OWNER = _lib.IVY_ROW_NOT_OWNER, _lib.IVY_ROW_OWNER
 
 ACTION_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_action_kind", "IVY_ACT_").items()}
@@ -297,7 +308,8 @@ class CEngine:
     def __init__(self, self_id: int, nnodes: int, npages: int,
                  read_ownership: int = READ_GIANTVM, manager: int = MGR_DYNAMIC,
                  hold: bool = False, first_touch: int = TOUCH_READ,
-                 migratory: bool = False, mutant: str | None = None) -> None:
+                 migratory: bool = False, prefetch: bool = False,
+                 mutant: str | None = None) -> None:
         mod = load(mutant)
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib
@@ -311,7 +323,7 @@ class CEngine:
         cfg = self.ffi.new("struct ivy_config *", {
             "self": self_id, "nnodes": nnodes, "read_ownership": read_ownership,
             "manager": manager, "hold": int(hold), "first_touch": first_touch,
-            "migratory": int(migratory), "npages": npages})
+            "migratory": int(migratory), "prefetch": int(prefetch), "npages": npages})
         self._check(self.lib.ivy_test_init(self._engine, cfg, self._pages))
 
     def _check(self, rc: int) -> None:
@@ -337,6 +349,10 @@ class CEngine:
 
     def hold_event(self, page: int, event: int) -> list[Action]:
         self._check(self.lib.ivy_test_hold_event(self._engine, page, event, self._out))
+        return self._actions()
+
+    def prefetch(self, page: int) -> list[Action]:
+        self._check(self.lib.ivy_test_prefetch(self._engine, page, self._out))
         return self._actions()
 
     def map_owned(self, page: int) -> bool:

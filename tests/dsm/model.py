@@ -16,7 +16,7 @@ from typing import Callable
 
 from tests.dsm.engine_ffi import (
     ACT_DONE, ACT_HOLD, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE,
-    ACT_WRPROTECT, ACT_ZAP, EV_HOLD_EXPIRED, EV_MAP_OWNED, EV_READ_FAULT, EV_STORE_SEEN, EV_WRITE_FAULT,
+    ACT_WRPROTECT, ACT_ZAP, EV_HOLD_EXPIRED, EV_MAP_OWNED, EV_PREFETCH, EV_READ_FAULT, EV_STORE_SEEN, EV_WRITE_FAULT,
     EVENT_NAMES, HOLDING, IDLE, INITIAL, INVALID, MGR_DYNAMIC, MGR_FIXED, MODIFIED,
     MSG_INV_ACK, MSG_INVALIDATE, MSG_READ, MSG_REPLY, MSG_WRITE, PENDING_NAMES, READ_GIANTVM,
     READ_STALE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP, SHARED, STATE_NAMES, TOUCH_READ, TOUCH_WRITE,
@@ -54,6 +54,7 @@ FAULTS = {EV_READ_FAULT, EV_WRITE_FAULT}
 REQUESTS = {MSG_READ, MSG_WRITE}
 ANY_STATE = {INITIAL, INVALID, SHARED, MODIFIED}
 ACQUIRING = {WANT_READ, WANT_WRITE, WAIT_ACKS, READ_STALE}
+ANY_PENDING = {IDLE, HOLDING} | ACQUIRING
 OWNER, NOT_OWNER, EITHER = {True}, {False}, {True, False}
 
 
@@ -107,6 +108,10 @@ ROWS: list[ModelRow] = [
         NOT_OWNER),
     row("write_fault_request", "fault_request_write", {EV_WRITE_FAULT}, {INITIAL, INVALID, SHARED},
         {IDLE}, NOT_OWNER),
+    # prefetch
+    row("prefetch_request", "prefetch_request", {EV_PREFETCH}, {INITIAL, INVALID}, {IDLE}, NOT_OWNER,
+        when="prefetch_on"),
+    row("prefetch_needless", "prefetch_needless", {EV_PREFETCH}, ANY_STATE, ANY_PENDING, EITHER),
     # requests
     row("request_park", "request_park", REQUESTS, ANY_STATE, ACQUIRING, EITHER,
         guard="request_from_elsewhere"),
@@ -158,7 +163,7 @@ class ModelNode:
     def __init__(self, self_id: int, nnodes: int, npages: int,
                  read_ownership: int = READ_GIANTVM, manager: int = MGR_DYNAMIC,
                  hold: bool = False, first_touch: int = TOUCH_READ,
-                 migratory: bool = False) -> None:
+                 migratory: bool = False, prefetch: bool = False) -> None:
         self.me = self_id
         self.nnodes = nnodes
         self.giantvm_reads_mode = read_ownership == READ_GIANTVM
@@ -166,6 +171,7 @@ class ModelNode:
         self.hold = hold
         self.first_touch = first_touch
         self.migratory = migratory
+        self.prefetching = prefetch
         self.counter = 1
         self.row = -1  # index in ROWS of the row that handled the last event
         self.pages: list[Entry] = []
@@ -242,6 +248,9 @@ class ModelNode:
         assert self._run(EV_MAP_OWNED, page, None) == []
         return True
 
+    def prefetch(self, page: int) -> list[Action]:
+        return self._run(EV_PREFETCH, page, None)
+
     def hold_event(self, page: int, event: int) -> list[Action]:
         assert event in (EV_HOLD_EXPIRED, EV_STORE_SEEN)
         return self._run(event, page, None)
@@ -255,6 +264,9 @@ class ModelNode:
 
     def touch_writable(self, e: Entry, m: Msg | None) -> bool:
         return self.first_touch == TOUCH_WRITE
+
+    def prefetch_on(self, e: Entry, m: Msg | None) -> bool:
+        return self.prefetching and not self.giantvm_reads_mode  # a read copy, never ownership
 
     def _migratory_pages(self) -> bool:
         return self.migratory and self.giantvm_reads_mode
@@ -446,6 +458,12 @@ class ModelNode:
 
     def fault_request_write(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         self._ask(page, e, True, out)
+
+    def prefetch_request(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        self._ask(page, e, False, out)  # no faulter yet: the reply maps the copy ahead of it
+
+    def prefetch_needless(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        pass  # readable, asked for or owned here already, or prefetch is off
 
     def request_park(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         out.append(Action(ACT_PARK, page, 0, m))

@@ -111,12 +111,13 @@ class Simulation:
         o = self.opts
         if engine_factory is None:
             self.engines = [CEngine(n, nodes, self.npages, o.read_ownership, o.manager, o.hold,
-                                    o.first_touch, o.migratory, mutant=mutant) for n in range(nodes)]
+                                    o.first_touch, o.migratory, o.prefetch, mutant=mutant)
+                            for n in range(nodes)]
         else:
             self.engines = [engine_factory(n, nodes, self.npages, o.read_ownership, o.manager,
                                            o.hold, o.first_touch, o.migratory) for n in range(nodes)]
         self.models = ([ModelNode(n, nodes, self.npages, o.read_ownership, o.manager, o.hold,
-                                  o.first_touch, o.migratory) for n in range(nodes)]
+                                  o.first_touch, o.migratory, o.prefetch) for n in range(nodes)]
                        if compare_model else None)
         self.links: dict[tuple[int, int], deque[tuple[Msg, int | None]]] = {
             (a, b): deque() for a in range(nodes) for b in range(nodes) if a != b}
@@ -131,6 +132,8 @@ class Simulation:
         self.waiting: dict[tuple[int, int], list[Faulter]] = {}
         self.ready: list[Faulter] = []
         self.faults_left = faults
+        # The runtime's prefetches: a read expected soon, with no faulter yet.
+        self.prefetches_left = faults // 2 if self.opts.prefetch else 0
         self.next_value = 1
         self.stats = Stats()
         self.trace: deque[str | tuple[int, str | Msg, list[Action]]] = deque(maxlen=60)
@@ -254,6 +257,12 @@ class Simulation:
                              lambda: self.engines[f.node].fault(f.page, f.write),
                              lambda: self.models[f.node].fault(f.page, f.write))  # type: ignore[index]
         self._perform(f.node, f.page, actions)
+
+    def _prefetch(self, node: int, page: int) -> None:
+        actions = self._call(node, "prefetch", page, None,
+                             lambda: self.engines[node].prefetch(page),
+                             lambda: self.models[node].prefetch(page))  # type: ignore[index]
+        self._perform(node, page, actions)
 
     def _deliver(self, node: int, msg: Msg, payload: int | None) -> None:
         if msg.type == MSG_REPLY and msg.flags & REPLY_DATA:
@@ -478,6 +487,8 @@ class Simulation:
             choices += ["expire"]
         if self.stored:
             choices += ["store"] * 2
+        if self.prefetches_left > 0:
+            choices += ["prefetch"]
         if not choices:
             return False
         self.stats.steps += 1
@@ -493,6 +504,9 @@ class Simulation:
             node, page = self.rng.choice(sorted(pool))
             pool.discard((node, page))
             self._hold_event(node, page, EV_HOLD_EXPIRED if pick == "expire" else EV_STORE_SEEN)
+        elif pick == "prefetch":
+            self.prefetches_left -= 1
+            self._prefetch(self.rng.randrange(self.nnodes), self.rng.randrange(self.npages))
         elif pick == "retry":
             f = self.ready.pop(self.rng.randrange(len(self.ready)))
             self._attempt(f)
@@ -565,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=None)
     parser.add_argument("--options", default=None,
                         help=f"comma-separated words, e.g. ivy,central,hold (all: {len(ALL_OPTIONS)} "
-                             "combinations of giantvm|ivy, dynamic|central|fixed, hold, touch-write, migratory)")
+                             "combinations of giantvm|ivy, dynamic|central|fixed, hold, touch-write, migratory, prefetch)")
     parser.add_argument("--faults", type=int, default=40)
     parser.add_argument("--pages", type=int, default=None, help="pages (default: 1-4 from the seed)")
     parser.add_argument("--no-load", action="store_true", help="node 0's loader wrote no page")

@@ -2,7 +2,8 @@
 simulator's checks catch broken protocols.
 
 3600 seeds: 100 per option combination (read ownership x manager x hold x
-first touch x migratory pages, the last with GiantVM reads only), node counts cycling through 2..8, each with 40 random faults
+first touch x migratory pages x prefetch, migratory with GiantVM reads only,
+prefetch with classic Ivy reads only), node counts cycling through 2..8, each with 40 random faults
 on 1-4 pages. A failure prints the command that replays it.
 """
 from __future__ import annotations
@@ -58,6 +59,10 @@ def test_random_schedules(options: str) -> None:
         assert all(coverage[row] for row in migratory_rows), {row: coverage[row] for row in migratory_rows}
     else:
         assert not any(coverage[row] for row in migratory_rows)
+    if "prefetch" in options.split(","):
+        assert coverage["prefetch_request"] and coverage["prefetch_needless"]
+    assert not any(coverage[row] for row in ("prefetch_request", "prefetch_needless")
+                   if "prefetch" not in options.split(","))
     assert totals["parked"] and totals["elided"] and totals["spurious"] and totals["hops"]
 
 

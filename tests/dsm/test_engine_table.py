@@ -155,3 +155,19 @@ def test_check_engine_catches_a_broken_migratory_grant() -> None:
         sweep(3, compare_model=False, mutant=MIGRATORY_MUTANT)
     assert f"--mutant {MIGRATORY_MUTANT}" in str(invariants_only.value)
     assert "migratory" in str(invariants_only.value)
+
+
+PREFETCH_MUTANT = "prefetch_maps_without_asking"
+
+
+def test_check_engine_catches_a_prefetch_that_maps_without_asking() -> None:
+    """prefetch_request compiled to map the bytes the node already has in place
+    of asking the owner: the sweep fails on it with the model, and by its
+    read checks alone without it (a read returns an older write)."""
+    with pytest.raises(SimFailure) as with_model:
+        sweep(3, mutant=PREFETCH_MUTANT)
+    assert "row prefetch_request" in str(with_model.value)
+    with pytest.raises(SimFailure) as invariants_only:
+        sweep(3, compare_model=False, mutant=PREFETCH_MUTANT)
+    assert f"--mutant {PREFETCH_MUTANT}" in str(invariants_only.value)
+    assert "prefetch" in str(invariants_only.value)
