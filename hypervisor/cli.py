@@ -179,6 +179,9 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     run.add_argument("--migratory", action="store_true",
                      help="with --nodes: migratory pages: a page one node read then wrote is granted whole on "
                           "its next read (one round trip per read-modify-write; giantvm reads only)")
+    run.add_argument("--prefetch", action="store_true",
+                     help="with --nodes: a read fault continuing a sequential run asks for the following pages "
+                          "as read copies before the vCPU touches them (adaptive window; ivy reads only)")
     run.add_argument("--poll-us", type=microseconds, default=None, metavar="US",
                      help="with --nodes: busy-poll this long for an awaited reply before sleeping (default 0: "
                           "sleep at once; pays only with a CPU to spare per node, see docs/dsm.md)")
@@ -293,6 +296,9 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
     if getattr(args, "migratory", False) and args.read_ownership != "giantvm":
         return RunOutcome(Status.USAGE, f"--migratory needs --read-ownership giantvm (a read that moves "
                                         f"ownership), not {args.read_ownership}", True)
+    if getattr(args, "prefetch", False) and args.read_ownership != "ivy":
+        return RunOutcome(Status.USAGE, f"--prefetch needs --read-ownership ivy (a read copy that leaves "
+                                        f"ownership in place), not {args.read_ownership}", True)
     try:
         shaping = shaping_of(args)
     except ValueError as e:
@@ -314,7 +320,8 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
         return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
                                        args.read_ownership, args.manager, args.stats, args.poll_us,
                                        args.hold_us, args.timeout, args.stall_warn, shaping, trace_file,
-                                       stats_json, started, args.migratory, args.first_touch))
+                                       stats_json, started, args.migratory, args.first_touch,
+                                       args.prefetch))
     if args.stats or stats_json is not None:
         problem = no_dsm_profile(stats_json)
         if problem:

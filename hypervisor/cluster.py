@@ -73,6 +73,7 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
         f'manager = "{config.manager}"',
         f"migratory = {'true' if config.migratory else 'false'}",
         f'first_touch = "{config.first_touch}"',
+        f"prefetch = {'true' if config.prefetch else 'false'}",
     ] + [f"{key} = {value}" for key, value in config.dsm_tuning().items()]
     lines.append(f"stall_warn = {config.stall_warn!r}")
     if config.timeout is not None:
@@ -90,7 +91,8 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
                  poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
                  stall_warn: float = DEFAULT_STALL_WARN, shaping: Shaping | None = None,
                  trace_file: Path | None = None, stats_json: Path | None = None,
-                 started: float | None = None, migratory: bool = False, first_touch: str = "read") -> int:
+                 started: float | None = None, migratory: bool = False, first_touch: str = "read",
+                 prefetch: bool = False) -> int:
     """`shaping` given: every node in a namespace of its own (hypervisor.netns), links shaped so."""
     deadline = None if timeout is None else (started or time.monotonic()) + timeout
     with ExitStack() as stack:
@@ -102,13 +104,15 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
                 say(str(err))
                 return err.status
         return _launch(image, vcpus, mem, nnodes, verbose, read_ownership, manager, stats, poll_us, hold_us,
-                       timeout, stall_warn, deadline, network, trace_file, stats_json, migratory, first_touch)
+                       timeout, stall_warn, deadline, network, trace_file, stats_json, migratory, first_touch,
+                       prefetch)
 
 
 def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_ownership: str, manager: str,
             stats: bool, poll_us: int | None, hold_us: int | None, timeout: float | None, stall_warn: float,
             deadline: float | None, network: EmulatedNetwork | None, trace_file: Path | None,
-            stats_json: Path | None, migratory: bool = False, first_touch: str = "read") -> int:
+            stats_json: Path | None, migratory: bool = False, first_touch: str = "read",
+            prefetch: bool = False) -> int:
     # On loopback the supervisor binds every node's ports and hands them over; in
     # namespaces each node binds its own address, which no other process shares.
     listeners = bind_listeners(nnodes) if network is None else []
@@ -116,7 +120,7 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
              else [(DSM_PORT + 2 * k, CONTROL_PORT + 2 * k) for k in range(nnodes)])
     try:
         config = loopback_cluster(image, vcpus, mem, nnodes, ports, read_ownership, manager, poll_us, hold_us,
-                                  timeout, stall_warn, migratory, first_touch)
+                                  timeout, stall_warn, migratory, first_touch, prefetch)
         if network is not None:
             config = network.place(config)
     except BaseException:

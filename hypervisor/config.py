@@ -39,7 +39,7 @@ DEFAULT_STALL_WARN = 2.0
 MAX_SECONDS = 86400.0
 # Every key a config may hold; anything else is refused with its name (a typo
 # such as `memory = "128M"` must not leave RAM at its default unnoticed).
-CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "first_touch", "secret_file", "setup_timeout",
+CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "first_touch", "prefetch", "secret_file", "setup_timeout",
                 "timeout", "stall_warn", "trace") + DSM_TUNING
 NODE_KEYS = ("id", "address", "vcpus", "control_port")
 MAX_CONFIG_BYTES = 1 << 20     # a 64-node config is a few KiB
@@ -87,6 +87,7 @@ class ClusterConfig:
     stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
     migratory: bool = False      # migratory pages (hypervisor.dsm.DsmOptions); every node must agree
     first_touch: str = "read"    # what node 0's first read of an untouched page gets (node-local)
+    prefetch: bool = False       # sequential read faults ask for the following pages ahead (node-local)
     trace: Path | None = None    # each node writes its DSM trace to this path with .nodeK before the suffix
 
     @property
@@ -171,7 +172,7 @@ def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list
                      read_ownership: str = "giantvm", manager: str = "dynamic",
                      poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
                      stall_warn: float = DEFAULT_STALL_WARN, migratory: bool = False,
-                     first_touch: str = "read") -> ClusterConfig:
+                     first_touch: str = "read", prefetch: bool = False) -> ClusterConfig:
     """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1.
 
     `ports` holds each node's (DSM port, control port).
@@ -182,7 +183,7 @@ def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list
     nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i][0], placement[i], ports[i][1]) for i in range(nnodes))
     return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager,
                                   poll_us=poll_us, hold_us=hold_us, timeout=timeout, stall_warn=stall_warn,
-                                  migratory=migratory, first_touch=first_touch))
+                                  migratory=migratory, first_touch=first_touch, prefetch=prefetch))
 
 
 def check_seconds(what: str, value: object) -> float:
@@ -338,6 +339,7 @@ def load_config(path: Path) -> ClusterConfig:
         manager=_text(cluster.get("manager", "dynamic"), f"{where} manager"),
         migratory=_flag(cluster.get("migratory", False), f"{where} migratory"),
         first_touch=_text(cluster.get("first_touch", "read"), f"{where} first_touch"),
+        prefetch=_flag(cluster.get("prefetch", False), f"{where} prefetch"),
         secret_file=base_path(path, secret_file) if secret_file else None,
         setup_timeout=float(setup_timeout),
         poll_us=_microseconds(cluster, "poll_us", path),
@@ -381,6 +383,9 @@ def _checked(config: ClusterConfig) -> ClusterConfig:
         raise ConfigError(f"manager {config.manager!r}: expected one of {', '.join(MANAGERS)}")
     if config.first_touch not in FIRST_TOUCH:
         raise ConfigError(f"first_touch {config.first_touch!r}: expected one of {', '.join(FIRST_TOUCH)}")
+    if config.prefetch and config.read_ownership != "ivy":
+        raise ConfigError(f"prefetch = true needs read_ownership = \"ivy\" (a read copy that leaves ownership "
+                          f"in place), not {config.read_ownership!r}")
     if config.migratory and config.read_ownership != "giantvm":
         raise ConfigError(f"migratory = true needs read_ownership = \"giantvm\" (a read that moves ownership), "
                           f"not {config.read_ownership!r}")

@@ -62,6 +62,11 @@ class DsmOptions:
     # (docs/protocol.md, the worked example): "read" (default) or "write", which
     # saves the write fault of a read-modify-write. Node-local: peers need not agree.
     first_touch: str = "read"
+    # A read fault continuing a sequential run asks for the following pages as
+    # read copies, installed before the vCPU touches them (an adaptive window,
+    # runtime.c run_prefetch). Classic Ivy reads only. Node-local: the owner
+    # sees ordinary READs. Off by default (bench: pagecost (a) and (b)).
+    prefetch: bool = False
     heartbeat_ms: int = HEARTBEAT_MS
     timeout_ms: int = TIMEOUT_MS
     # Busy-poll this long for an expected reply before sleeping in epoll. Off by
@@ -101,6 +106,10 @@ class DsmOptions:
             raise DsmError(f"first_touch {self.first_touch!r}: expected one of {', '.join(FIRST_TOUCH)}")
         if not isinstance(self.migratory, bool):
             raise DsmError(f"migratory {self.migratory!r}: expected true or false")
+        if not isinstance(self.prefetch, bool):
+            raise DsmError(f"prefetch {self.prefetch!r}: expected true or false")
+        if self.prefetch and self.read_ownership != "ivy":
+            raise DsmError("prefetch needs ivy reads (a read copy that leaves ownership in place)")
         if self.migratory and self.read_ownership != "giantvm":
             raise DsmError(f"migratory pages need read_ownership \"giantvm\" (a read that moves ownership), "
                            f"not {self.read_ownership!r}")
@@ -182,6 +191,7 @@ class DsmNode:
         cfg.manager = self.options.manager_code
         cfg.migratory = int(self.options.migratory)
         cfg.first_touch = int(FIRST_TOUCH[self.options.first_touch])
+        cfg.prefetch = int(self.options.prefetch)
         cfg.memfd = self.ram.memfd
         cfg.guest_addr = self.ram.guest_addr
         cfg.vmm_addr = self.ram.vmm_addr
@@ -380,6 +390,8 @@ class DsmNode:
                      ("zaps", "wrprotects", "continues", "wp_clears", "wakes", "eexist")},
             "sends_queued": int(s.sends_queued),
             "mapped_up_front": int(s.mapped_up_front),
+            "prefetches": int(s.prefetches),
+            "prefetched": int(s.prefetched),
             "latency": {
                 "count": count,
                 "mean_ns": int(s.lat_sum_ns) // count if count else 0,

@@ -27,6 +27,7 @@ secret_file = "secret"
 # read_ownership = "giantvm"   # or "ivy": whether a read moves page ownership
 # manager = "dynamic"          # or "central", "fixed": how a fault finds a page's owner
 # first_touch = "read"         # or "write": node 0's first read of an untouched page gets write access
+# prefetch = false            # true: sequential read faults bring the following pages ahead (ivy reads)
 # migratory = false            # true: a page read then written by one node moves whole on its next read
 # setup_timeout = 20           # seconds every node has to join
 # poll_us = 0                  # busy-poll for an awaited page (pays with a spare core per node)

@@ -60,6 +60,7 @@ struct rt_page {
     uint16_t watch_off;       /* the word watched during this page's window */
     uint8_t mapped;           /* enum mapping of the guest-view page, as last set here */
     uint8_t remote;           /* the outstanding fault on this page sent a request */
+    uint8_t prefetch;         /* that request is a prefetch: no fault waited when it was sent */
 };
 
 /* A registered vCPU thread and its time blocked in faults (probe.c). */
@@ -90,6 +91,10 @@ struct ivy_rt {
     struct ivy_page *pages;
     struct rt_page *pg;       /* the runtime's own state of each page, beside the engine's `pages` */
     uint64_t waiting_remote;  /* pages with remote set: replies we expect soon */
+    /* Sequential-run detection for cfg.prefetch (run_prefetch in runtime.c):
+     * pages [run_lo, run_next) were asked for ahead of the vCPU. */
+    uint64_t run_lo, run_next;
+    unsigned window;
     uint64_t answer_soon;     /* peers sent a request/INVALIDATE since the last epoll_wait */
     /* The hold window (cfg.hold_us) is the engine's IVY_HOLDING state; the
      * runtime keeps its clock: HOLD sets a page's hold_until, and the engine is

@@ -440,9 +440,18 @@ static void unpark(struct ivy_rt *rt, uint64_t page)
 
 static void fault_done(struct ivy_rt *rt, uint64_t page)
 {
+    const bool ahead = rt->pg[page].prefetch && !rt->pg[page].fault_t0;
+    rt->pg[page].prefetch = 0;
     if (rt->pg[page].remote) {
-        rt->stats.faults_remote++;
+        if (ahead)
+            rt->stats.prefetched++; /* mapped before the vCPU came: no fault completed */
+        else
+            rt->stats.faults_remote++;
         rt->waiting_remote--;
+        if (ahead) {
+            rt->pg[page].remote = 0;
+            return;
+        }
     } else {
         rt->stats.faults_local++;
     }
@@ -541,6 +550,41 @@ static void drain_fifo(struct ivy_rt *rt)
     }
 }
 
+/*
+ * The window heuristic. A read fault on run_next (just past the pages last
+ * asked for ahead) means the run went on and those pages were used without a
+ * fault: the window doubles (up to IVY_RT_PREFETCH_MAX) and the next `window`
+ * pages are asked for. A fault inside [run_lo, run_next) is a prefetched
+ * page the vCPU reached before its reply: still used, nothing changes. Any
+ * other fault ends the run: the window halves (pages asked for but not used
+ * cost a message each) and a new run may start at the next page.
+ */
+static void run_prefetch(struct ivy_rt *rt, uint64_t page)
+{
+    if (page >= rt->run_lo && page < rt->run_next)
+        return;
+    if (page != rt->run_next) {
+        rt->window /= 2;
+        rt->run_lo = rt->run_next = page + 1;
+        return;
+    }
+    rt->window = rt->window ? rt->window * 2 : 1;
+    if (rt->window > IVY_RT_PREFETCH_MAX)
+        rt->window = IVY_RT_PREFETCH_MAX;
+    rt->run_lo = page + 1;
+    rt->run_next = page + 1 + rt->window;
+    for (uint64_t q = rt->run_lo; q < rt->run_next && q < rt->npages && !rt->failed; q++) {
+        struct ivy_actions acts;
+        acts.n = 0;
+        ivy_engine_prefetch(&rt->engine, q, &acts);
+        if (acts.n == 0)
+            continue; /* readable, asked for or owned already */
+        rt->stats.prefetches++;
+        rt->pg[q].prefetch = 1;
+        run_actions(rt, &acts, false);
+    }
+}
+
 static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
 {
     uint64_t addr = um->arg.pagefault.address, flags = um->arg.pagefault.flags;
@@ -570,6 +614,8 @@ static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
     if (acts.n == 0)
         rt->stats.faults_duplicate++; /* another thread's fault on this page is being served */
     run_actions(rt, &acts, !wp);
+    if (rt->cfg.prefetch && !write)
+        run_prefetch(rt, page);
     drain_fifo(rt);
 }
 
@@ -919,6 +965,10 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
         snprintf(err, errlen, "first_touch %u out of range", cfg->first_touch);
         return NULL;
     }
+    if (cfg->prefetch > 1 || (cfg->prefetch && cfg->read_ownership != IVY_READ_IVY)) {
+        snprintf(err, errlen, "prefetch %u: a flag, and only with ivy reads", cfg->prefetch);
+        return NULL;
+    }
     if (cfg->migratory > 1 || (cfg->migratory && cfg->read_ownership != IVY_READ_GIANTVM)) {
         snprintf(err, errlen, "migratory %u: a flag, and only with giantvm reads", cfg->migratory);
         return NULL;
@@ -975,6 +1025,7 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     struct ivy_config ec = {.self = cfg->self, .nnodes = cfg->nnodes, .read_ownership = cfg->read_ownership,
                             .manager = cfg->manager, .hold = cfg->hold_us != 0,
                             .migratory = cfg->migratory, .first_touch = cfg->first_touch,
+                            .prefetch = cfg->prefetch,
                             .npages = rt->npages};
     ivy_engine_init(&rt->engine, &ec, rt->pages);
     if (trace_create(rt, err, errlen) || setup_uffd(rt, err, errlen) || setup_loop(rt, err, errlen)) {

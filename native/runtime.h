@@ -23,6 +23,7 @@
 /* Link liveness when the config gives 0; the control channel (hypervisor/node.py) uses the same. */
 #define IVY_RT_HEARTBEAT_MS 250  /* PING period per link */
 #define IVY_RT_TIMEOUT_MS 2000   /* a peer silent this long fails the node */
+#define IVY_RT_PREFETCH_MAX 32 /* pages one sequential read fault may ask for ahead of the vCPU */
 #define IVY_RT_MAX_VCPUS 64   /* vCPU threads one node can register */
 
 struct ivy_rt_config {
@@ -32,6 +33,8 @@ struct ivy_rt_config {
     uint8_t manager;        /* enum ivy_manager */
     uint8_t migratory;      /* bool: migratory pages (ivy_config.migratory; GiantVM reads only) */
     uint8_t first_touch;    /* enum ivy_first_touch: what node 0's first read of an untouched page gets */
+    uint8_t prefetch;       /* bool: a read fault continuing a sequential run asks for the pages after it
+                               (ivy_config.prefetch; classic Ivy reads only; node-local) */
     int memfd;              /* backs both views; kept open by the caller */
     uint64_t guest_addr;    /* MAP_SHARED view the guest (and KVM) touches */
     uint64_t vmm_addr;      /* MAP_SHARED view the runtime reads and writes */
@@ -88,6 +91,8 @@ struct ivy_rt_stats {
     uint64_t eexist;          /* grants that found the page already mapped */
     uint64_t sends_queued;    /* frames the kernel did not take at once (output queue used) */
     uint64_t mapped_up_front; /* pages map_owned mapped at start */
+    uint64_t prefetches;      /* pages asked for ahead of a sequential run (engine row prefetch_request) */
+    uint64_t prefetched;      /* of those, installed before any fault on them */
     uint64_t lat_count;
     uint64_t lat_sum_ns;
     uint64_t lat_max_ns;

@@ -192,3 +192,25 @@ def test_first_touch_is_read_from_the_file_and_written_back(tmp_path: Path) -> N
 def test_bad_first_touch_is_named(tmp_path: Path, line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, TUNED.format(line)))
+
+
+def test_prefetch_is_read_from_the_file_and_written_back(tmp_path: Path) -> None:
+    from hypervisor.cluster import write_config
+    from hypervisor.dsm import DsmOptions
+    from hypervisor.node import Node
+    assert load_config(write(tmp_path, TUNED.format(""))).prefetch is False
+    config = load_config(write(tmp_path, TUNED.format('prefetch = true\nread_ownership = "ivy"')))
+    assert config.prefetch is True
+    assert Node(config, 1, b"s" * 32).options == DsmOptions(read_ownership="ivy", prefetch=True)
+    written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)],
+                               read_ownership="ivy", prefetch=True)
+    assert load_config(write_config(written, tmp_path)).prefetch is True
+
+
+@pytest.mark.parametrize("line, message", [
+    ('prefetch = "yes"', "prefetch must be true or false, not 'yes'"),
+    ("prefetch = true", 'prefetch = true needs read_ownership = "ivy"'),
+])
+def test_bad_prefetch_option_is_named(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, TUNED.format(line)))
