@@ -226,11 +226,13 @@ def bench_guests(core_read_us: float, core_placement: str, quick: bool = False) 
     workloads = bench_workloads(build, hz, (4,) if quick else (4, 8))
     from bench.migratory import bench_migratory  # it builds on this module's runner
     migratory = bench_migratory(build, hz, 1 if quick else 3)
+    from bench.prefetch import bench_prefetch
+    prefetch = bench_prefetch(build, hz, 1 if quick else 3)
     floor_e = costs["one_node"]["first_touch"]["median_us"] + core_read_us
     return {"tsc_hz": hz, "page_costs": costs, "workloads": workloads,
             "floor_e": {"first_touch_one_node_us": costs["one_node"]["first_touch"]["median_us"],
                         "core_remote_read_us": core_read_us, "core_placement": core_placement, "us": floor_e},
-            "targets": targets(costs, workloads, core_read_us), "migratory": migratory}
+            "targets": targets(costs, workloads, core_read_us), "migratory": migratory, "prefetch": prefetch}
 
 
 def _ratio_text(got: float, better: str) -> str:
@@ -264,6 +266,9 @@ def print_guest_tables(r: dict[str, Any]) -> None:
     if "migratory" in r:
         from bench.migratory import print_migratory
         print_migratory(r["migratory"])
+    if "prefetch" in r:
+        from bench.prefetch import print_prefetch
+        print_prefetch(r["prefetch"])
 
     print("\n== issue 10 targets (ratios within this run)")
     print(f"{'what':80s} {'ratio':>7s} {'target':>10s} {'better':>7s}  verdict")

@@ -76,6 +76,20 @@ def test_migratory_pages_are_measured_on_and_off(results: dict) -> None:
 
 
 @requires_kvm
+def test_prefetch_is_measured_on_and_off(results: dict) -> None:
+    from bench.prefetch import ACCESSES
+    p = results["prefetch"]
+    assert p["runs"] == 1 and p["first_touch_one_node_us"] > 0 and p["pagewalk_one_node_mib_s"] > 0
+    for a in ACCESSES:
+        row = p[a]
+        assert row["off_us"] > 0 and row["on_us"] > 0 and row["better"] == "lower", a
+        assert row["on_vs_off"] == row["on_us"] / row["off_us"]
+        assert row["on_vs_first_touch"] == row["on_us"] / p["first_touch_one_node_us"]
+    w = p["pagewalk"]
+    assert w["better"] == "higher" and w["on_vs_one_node"] == w["on_mib_s"] / p["pagewalk_one_node_mib_s"]
+
+
+@requires_kvm
 def test_tables_are_words_with_units(results: dict, capsys: pytest.CaptureFixture[str]) -> None:
     guests.print_guest_tables(results)
     print(hostload.describe(results["host"]))
@@ -90,6 +104,7 @@ def test_tables_are_words_with_units(results: dict, capsys: pytest.CaptureFixtur
     assert out.count(" met") + out.count("missed") >= len(results["targets"])
     assert out.startswith("\n== guest-level page costs")
     assert "== migratory pages: 2 nodes, on against off" in out
+    assert "== prefetch: 2 nodes, ivy reads, on against off" in out
     assert "host: load average" in out
 
 
