@@ -5,7 +5,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hypervisor._ivy_native import ffi, lib
-from hypervisor.native_consts import ENGINE_TYPES, PAGE_SIZE, REPLY_DATA, REPLY_OWNERSHIP, WireStatus, WireType
+from hypervisor.native_consts import (ENGINE_TYPES, PAGE_SIZE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP, WireStatus,
+                                      WireType)
 from tests.dsm.frames import HDR, unpack
 from tests.dsm.sealed_peer import sealed_pair
 NPAGES, NNODES = 1000, 5
@@ -32,7 +33,7 @@ def check_accepted(buf: bytes, out) -> None:
     assert out.frame_len == HDR.size + f["payload_len"] <= len(buf)
     reply = f["type"] == WireType.REPLY
     assert f["payload_len"] == (PAGE_SIZE if reply and f["flags"] & REPLY_DATA else 0)
-    assert f["flags"] == 0 or (reply and f["flags"] & ~(REPLY_DATA | REPLY_OWNERSHIP) == 0)
+    assert f["flags"] == 0 or (reply and f["flags"] & ~(REPLY_DATA | REPLY_OWNERSHIP | REPLY_MIGRATORY) == 0)
 
 
 @FUZZ
