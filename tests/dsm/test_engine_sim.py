@@ -1,7 +1,7 @@
 """Thousands of simulator seeds over every option, and proof that the
 simulator's checks catch broken protocols.
 
-3600 seeds: 100 per option combination (read ownership x manager x hold x
+4800 seeds: 100 per option combination (read ownership x manager x hold x
 first touch x migratory pages x prefetch, migratory with GiantVM reads only,
 prefetch with classic Ivy reads only), node counts cycling through 2..8, each with 40 random faults
 on 1-4 pages. A failure prints the command that replays it.
