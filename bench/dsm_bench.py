@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.floors import Placement, fault_bound, mechanisms, summary, tcp_floor, uffd_floor
+from bench.sealcost import BLOCK_PAGES, PAIRS, crypto_alone, paired
 from hypervisor.devkit.cluster import Cluster
 from hypervisor.dsm import DsmOptions
 from hypervisor.native_consts import ENGINE_TYPES, PAGE_SIZE
@@ -114,11 +115,11 @@ def contention(options: dict[str, Any], where: Placement, nnodes: int = 4, iters
 
 
 def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: int, rounds: int,
-                      repeat: int) -> dict[str, Any]:
+                      repeat: int, seal_pairs: tuple[int, int] = (PAIRS, BLOCK_PAGES)) -> dict[str, Any]:
     """Floors, bound and the 2-node run, alternated `repeat` times (the host is noisy); the best
-    run of each figure is kept. The remote read fault is also measured with DSM frames unsealed
-    (a switch only this benchmark reaches), alternated with the sealed runs: the cost of encryption."""
-    faults, tcps, tcps_epoll, bounds, runs, traced, unsealed = [], [], [], [], [], [], []
+    run of each figure is kept. The cost of encryption is a paired estimate of its own
+    (bench/sealcost.py): sealed and unsealed read faults in short alternating blocks."""
+    faults, tcps, tcps_epoll, bounds, runs, traced = [], [], [], [], [], []
     for _ in range(repeat):
         faults.append(uffd_floor(n, where))
         tcps.append(tcp_floor(n, where))
@@ -127,18 +128,18 @@ def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: in
         runs.append(scenario(2, npages, base, rounds, where))
         # The same faults with every node tracing (ivyvm run --trace): what recording costs.
         traced.append(scenario(2, npages, {**base, "trace_records": TRACE_RECORDS}, 0, where))
-        # And with frames unsealed (bench only): what encryption costs.
-        unsealed.append(scenario(2, npages, base, 0, where, insecure_plaintext=True))
+    # Frames unsealed (bench only) against sealed, block by block: what encryption costs.
+    seal = paired(where, base, *seal_pairs)
+    crypto = crypto_alone(where)   # the part of that no link code can avoid
     best = lambda rs: min(rs, key=lambda r: r["median_us"])  # noqa: E731
     fault, tcp, tcp_epoll, bound = best(faults), best(tcps), best(tcps_epoll), best(bounds)
     main_run: dict[str, Any] = {key: best([r[key] for r in runs]) for key in LATENCIES}
-    main_run["errors"] = [e for r in runs + traced + unsealed for e in r["errors"]]
+    main_run["errors"] = [e for r in runs + traced for e in r["errors"]] + seal["errors"]
     main_run["hops_per_remote_fault"] = runs[0]["hops_per_remote_fault"]
     main_run["all_runs"] = [without_samples(r) for r in runs]
     main_run["read_fault_traced"] = {k: v for k, v in best([r["read_fault"] for r in traced]).items()
                                      if k != "samples_us"}
     main_run["traced_runs"] = [without_samples(r) for r in traced]
-    plain_read = best([r["read_fault"] for r in unsealed])
     floor = fault["median_us"] + tcp["median_us"]
     # The same with the round trip made the way an event loop must (epoll_wait, then a
     # non-blocking recv): what a single-threaded loop cannot avoid paying.
@@ -155,10 +156,13 @@ def measure_placement(where: Placement, base: dict[str, Any], n: int, npages: in
                    "all_runs": {"uffd_fault": faults, "tcp_rtt_4k": tcps, "tcp_rtt_4k_epoll": tcps_epoll,
                                 "remote_fault_bound": bounds}},
         "default": main_run,
-        "unsealed": {"read_fault": {k: v for k, v in plain_read.items() if k != "samples_us"},
-                     "all_runs": [without_samples(r) for r in unsealed]},
+        "unsealed": {"read_fault": seal["unsealed"], "read_fault_sealed": seal["sealed"],
+                     "ratio_iqr": seal["ratio_iqr"], "pair_ratios": seal["pair_ratios"],
+                     "pairs": seal["pairs"], "block_pages": seal["block_pages"],
+                     "crypto_alone": crypto,
+                     "crypto_vs_unsealed_fault": crypto["per_read_fault_us"] / seal["unsealed"]["median_us"]},
         "ratios": {
-            "read_fault_sealed_vs_unsealed": read / plain_read["median_us"],
+            "read_fault_sealed_vs_unsealed": seal["ratio"],
             "read_fault_vs_floor": read / floor,
             "write_fault_vs_floor": main_run["write_fault"]["median_us"] / floor,
             "pingpong_vs_floor": pingpong / (2 * floor),
@@ -204,11 +208,18 @@ def print_placement(r: dict[str, Any]) -> None:
     print(f"{'remote read fault, tracing on':34s} {m['median_us']:10.1f} {m['p99_us']:10.1f} {m['median_us'] / floor:8.2f} "
           f"{m['messages_per_fault']:19.2f}   ({ratio:.2f} x tracing off, lower is better; target "
           f"<= {TARGETS['traced_read_fault_vs_untraced']}: {'met' if ratio <= TARGETS['traced_read_fault_vs_untraced'] else 'missed'})")
-    m, ratio = r["unsealed"]["read_fault"], ra["read_fault_sealed_vs_unsealed"]
+    un, ratio = r["unsealed"], ra["read_fault_sealed_vs_unsealed"]
+    m, (q1, q3) = un["read_fault"], un["ratio_iqr"]
     print(f"{'remote read fault, frames unsealed':34s} {m['median_us']:10.1f} {m['p99_us']:10.1f} {m['median_us'] / floor:8.2f} "
-          f"{m['messages_per_fault']:19.2f}   (sealed = {ratio:.3f} x this, lower is better; bench-only switch; "
+          f"{'':19s}   (sealed = {ratio:.3f} x this, median of {un['pairs']} paired blocks of "
+          f"{un['block_pages']} faults, IQR {q1:.3f}-{q3:.3f}; lower is better; bench-only switch; "
           f"target <= {TARGETS['read_fault_sealed_vs_unsealed']}: "
           f"{'met' if ratio <= TARGETS['read_fault_sealed_vs_unsealed'] else 'missed'})")
+    c = un["crypto_alone"]
+    print(f"  crypto alone, each call after {c['gap_us']} us idle (median us): "
+          + ", ".join(f"{name} {st['median_us']:.2f}" for name, st in c["steps"].items())
+          + f"; a read fault's four: {c['per_read_fault_us']:.1f} us = {un['crypto_vs_unsealed_fault']:.3f} x "
+          f"the unsealed fault (the inherent part of the cost; lower is better)")
     pp = main_run["pingpong"]
     print(f"{'ping-pong round (2 hand-offs)':34s} {pp['median_us']:10.1f} {pp['p99_us']:10.1f} "
           f"{ra['pingpong_vs_floor']:8.2f}   ({pp['handoffs_per_s']:.0f} hand-offs/s)")
@@ -318,7 +329,8 @@ def run(args: argparse.Namespace, cpus: list[int]) -> tuple[int, dict[str, Any]]
         print(note)
     results: dict[str, Any] = {"placements": {}, "targets": TARGETS, "options": {}}
     for where in chosen:
-        results["placements"][where.name] = measure_placement(where, base, n, npages, rounds, args.repeat)
+        results["placements"][where.name] = measure_placement(where, base, n, npages, rounds, args.repeat,
+                                                                (4, 50) if args.quick else (PAIRS, BLOCK_PAGES))
         if where.name == "shared":  # what the steps a floor lacks cost here, each alone
             results["placements"][where.name]["mechanisms"] = mechanisms(npages, where)
         print_placement(results["placements"][where.name])

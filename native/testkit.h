@@ -24,6 +24,11 @@ int ivy_bench_bound_owner(int fd);
  * out_ns[k * npages + i] for k = IVY_MECH_* below. 0, or -1 if the set-up failed. */
 enum { IVY_MECH_WP_SET, IVY_MECH_WP_CLEAR, IVY_MECH_ZAP, IVY_MECH_CONTINUE, IVY_MECH_COPY, IVY_MECH_COUNT };
 int ivy_bench_mechanisms(unsigned npages, uint64_t *out_ns);
+/* Sealing alone, as the link does it (aead.c), each call after gap_ns asleep, as a node
+ * waiting in epoll_wait between faults is: out_ns[k * n + i] for k = IVY_CRYPTO_* below.
+ * 0, or -1 if libcrypto failed. */
+enum { IVY_CRYPTO_SEAL_PAGE, IVY_CRYPTO_OPEN_PAGE, IVY_CRYPTO_SEAL_HDR, IVY_CRYPTO_OPEN_HDR, IVY_CRYPTO_COUNT };
+int ivy_bench_crypto(unsigned n, uint64_t gap_ns, uint64_t *out_ns);
 
 /* A lost message (the watchdog's tests): `node` is a struct ivy_rt's address. */
 int ivy_test_drop_sends(uintptr_t node, uint8_t type, uint32_t count);

@@ -45,6 +45,10 @@ def test_quick_run_reports_every_figure_of_every_placement(tmp_path: Path) -> No
         assert all(r["trace_records"] > 0 for r in run["traced_runs"]) and all(r["trace_records"] == 0 for r in run["all_runs"])
         assert placement["unsealed"]["read_fault"]["messages_per_fault"] == 2.0, name
         assert placement["ratios"]["read_fault_sealed_vs_unsealed"] > 0
+        seal = placement["unsealed"]
+        assert seal["read_fault_sealed"]["messages_per_fault"] == 2.0 and len(seal["pair_ratios"]) == seal["pairs"]
+        assert seal["ratio_iqr"][0] <= placement["ratios"]["read_fault_sealed_vs_unsealed"] <= seal["ratio_iqr"][1]
+        assert all(s["median_us"] > 0 for s in seal["crypto_alone"]["steps"].values()), name
     assert list(results["placements"]["shared"]["mechanisms"]) == list(MECHANISMS)
     assert all(m["median_us"] > 0 for m in results["placements"]["shared"]["mechanisms"].values())
 
