@@ -47,6 +47,8 @@ class Msg(enum.IntEnum):
     BYE = 10      # either way: clean close follows
     PAGE_QUERY = 11   # any node, via node 0: what is your state for this page? (hypervisor.watchdog)
     PAGE_STATE = 12   # the answer, routed back to the asker via node 0
+    TSC_PROBE = 13    # k -> 0, during the join: ask for node 0's host TSC (hypervisor/tscsync.py)
+    TSC_STAMP = 14    # 0 -> k: the answer, node 0's host TSC as it read the probe
 
 
 JOIN = struct.Struct("<32sIQ")     # image sha256, vcpus, mem
@@ -56,6 +58,8 @@ IO_DONE = struct.Struct("<IHxxI")  # seq, vcpu, value
 IRQ = struct.Struct("<HH")         # target vcpu, vector
 PARKED = struct.Struct("<H")       # vcpu
 STATUS = struct.Struct("<i")       # FAILED/STOP: status, then a UTF-8 line
+TSC_PROBE = struct.Struct("<I")     # probe number, 1, 2, ... in order
+TSC_STAMP = struct.Struct("<IQ")    # the probe's number, node 0's host TSC
 PING = struct.Struct("<QQQ")       # CLOCK_MONOTONIC ns: sent, echoed peer's sent, its arrival (clocksync.py)
 
 # The watchdog's question and answer; codecs and checks in hypervisor.watchdog.
@@ -69,6 +73,7 @@ _FIXED_SIZE = {
     Msg.JOIN: JOIN.size, Msg.GO: GO.size, Msg.IO: IO.size, Msg.IO_DONE: IO_DONE.size,
     Msg.IRQ: IRQ.size, Msg.PARKED: PARKED.size, Msg.PING: PING.size, Msg.BYE: 0,
     Msg.PAGE_QUERY: PAGE_QUERY.size, Msg.PAGE_STATE: PAGE_STATE.size,
+    Msg.TSC_PROBE: TSC_PROBE.size, Msg.TSC_STAMP: TSC_STAMP.size,
 }
 
 

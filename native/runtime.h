@@ -26,6 +26,14 @@
 #define IVY_RT_PREFETCH_MAX 32 /* pages one sequential read fault may ask for ahead of the vCPU */
 #define IVY_RT_MAX_VCPUS 64   /* vCPU threads one node can register */
 
+/* This host's TSC, read in the calling thread: the join's clock probes
+ * (hypervisor/tscsync.py) estimate how far each host's TSC is from node 0's. */
+static inline uint64_t ivy_host_tsc(void) {
+    uint32_t lo, hi;
+    __asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
 struct ivy_rt_config {
     uint16_t self;
     uint16_t nnodes;
