@@ -6,8 +6,8 @@ processes would read clocks apart by the time between their VMs' creation.
 Node 0 reads its own vCPUs' offset and sends it in GO; every node then sets
 it on each of its vCPUs (the KVM_VCPU_TSC_OFFSET vCPU attribute) before any
 vCPU runs. On one host the nodes share the host TSC, so the guest TSC is
-then one clock. Across hosts the hosts' TSCs themselves differ; that
-residual is not corrected here (docs/cluster.md, "One clock").
+then one clock. Across hosts the hosts' TSCs themselves differ: node k adds
+the host-TSC offset it measured during the join (hypervisor/tscsync.py).
 
 On hosts without the attribute, or that do not honour it (PVM-style nested
 hosts: the attribute exists, but reads 0 whatever is set, because CPL3

@@ -8,7 +8,8 @@ every DSM server runs:
 
     RAM (node 0 writes boot tables and image) -> DSM mesh, authenticated
     -> DSM core started -> control channel to node 0, JOIN checked by node 0
-    -> GO from node 0 (with the guest-TSC offset) -> vCPUs start
+    -> clock probes (host TSC against node 0's) -> GO from node 0 (with its
+    guest-TSC offset) -> vCPUs start
 
 Failure handling: whichever notices first, the DSM core (a peer silent or
 gone while a page is awaited) or the control channel (EOF, silence, garbage),
@@ -21,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import control, profile, stopsignals, trace, watchdog
+from . import control, profile, stopsignals, trace, tscsync, watchdog
 from .base import StdoutConsole, say, write_stderr
 from .config import ClusterConfig, ConfigError
 from .control import Channel, ControlError, Msg
@@ -132,7 +133,8 @@ class Node:
                         channel.send(control.encode(Msg.GO, control.GO.pack(offset)))
                 else:
                     self.dsm = self.joiner.connect_dsm(machine, dsm_listener)
-                    machine.align_tsc(self.joiner.as_member(digest, self.channels))
+                    node0_offset = self.joiner.as_member(digest, self.channels)
+                    self._align_to_node0(machine, node0_offset)
                 self.control.start_clocks()
                 self._spawn(self._watch_dsm, "dsm-watch")
                 for peer, channel in self.channels.items():
@@ -255,6 +257,15 @@ class Node:
             trace.write_node_trace(self.trace_file, part)
         except OSError as err:
             say(f"node {self.id}: cannot write the trace to {self.trace_file}: {err.strerror or err}")
+
+    def _align_to_node0(self, machine: Machine, node0_offset: int) -> None:
+        """Node k: node 0's vCPU offset, plus the hosts' TSC offset where it is measurably not 0."""
+        found = self.joiner.tsc_estimate
+        assert found is not None
+        asked = found.vcpu_offset(node0_offset)
+        machine.align_tsc(asked)
+        if self.show_stats or self.verbose or not found.same_clock:
+            say(tscsync.describe(self.id, found, asked))
 
     def _vcpu_thread(self, vcpu: int, thread_id: int) -> None:
         """In each vCPU thread before it runs: its faults are then counted as this vCPU's blocked time."""

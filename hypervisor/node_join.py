@@ -2,7 +2,8 @@
 
 In this order on every node, so no vCPU can fault before every DSM server runs:
 RAM (node 0 writes boot tables and image) -> DSM mesh, authenticated -> DSM
-core started -> control channel to node 0, JOIN checked by node 0 -> GO.
+core started -> control channel to node 0, JOIN checked by node 0 -> clock
+probes (tscsync: node k's host TSC against node 0's) -> GO.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import socket
 import time
 
-from . import control, runlimit
+from . import control, runlimit, tscsync
 from .base import LISTEN_FDS_ENV, say
 from .config import ClusterConfig
 from .control import Channel, Msg
@@ -35,6 +36,13 @@ class Joiner:
         self.shape = shape
         self.options = options
         self.deadline = deadline      # the run's time limit (CLOCK_MONOTONIC), if any
+        self.tsc_estimate: tscsync.Estimate | None = None    # node k > 0, after as_member
+
+    def _tsc_reader(self):  # type: ignore[no-untyped-def]
+        try:
+            return tscsync.host_tsc_reader(self.id)
+        except ValueError as err:
+            raise NodeError(Status.USAGE, f"node {self.id}: {err}") from None
 
     def load(self) -> Image:
         try:
@@ -98,6 +106,7 @@ class Joiner:
         if self.deadline is not None and self.deadline < deadline:
             deadline = self.deadline
         waiting = set(range(1, self.config.nnodes))
+        read_tsc = self._tsc_reader()
         try:
             # Concurrent handshakes: strangers on this port cannot hold up the real nodes.
             links = accept_peers(listener, self_id=0, expected=waiting, shape=self.shape, secret=self.secret,
@@ -131,6 +140,7 @@ class Joiner:
                             f"{self.config.vcpus} and {self.config.mem}")
                     channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, line))
                     raise NodeError(Status.CLUSTER, line)
+                tscsync.answer(channel, read_tsc)
                 sock.settimeout(SILENCE_SECONDS)
         finally:
             listener.close()
@@ -138,7 +148,9 @@ class Joiner:
     def as_member(self, digest: bytes, channels: dict[int, Channel]) -> int:
         """Node k > 0: connect to node 0's control port, JOIN and wait for GO, into `channels`.
 
-        Returns GO's guest-TSC offset, which every vCPU here takes (hypervisor/clock.py)."""
+        Returns GO's guest-TSC offset (node 0's vCPUs'); the host-TSC estimate is left in
+        self.tsc_estimate, and together they give this node's vCPUs' offset (hypervisor/tscsync.py)."""
+        read_tsc = self._tsc_reader()
         host, port = self.config.nodes[0].control_address
         deadline = time.monotonic() + self.config.setup_timeout
         try:
@@ -152,7 +164,11 @@ class Joiner:
         channel = Channel(sock, 0, link.keys)
         channel.send(control.encode(Msg.JOIN, control.JOIN.pack(digest, self.config.vcpus, self.config.mem)))
         sock.settimeout(self.config.setup_timeout)
-        frame = channel.receive()
+        try:
+            self.tsc_estimate = tscsync.measure(channel, read_tsc)
+            frame = channel.receive()
+        except tscsync.StoppedByHead as stopped:
+            frame = stopped.frame
         if frame.type is Msg.STOP:
             status, line = control.decode_status(frame)
             raise NodeError(status, f"node {self.id}: refused by node 0: {line}")

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from hypervisor import clock, run_guest
+from hypervisor import clock, run_guest, tscsync
 from hypervisor.kvm import Kvm
 from tests.cluster.common import guest_elf
 from tests.conftest import requires_kvm, requires_netns
@@ -57,4 +57,33 @@ def test_every_vcpu_of_a_second_vm_takes_the_first_vms_offset() -> None:
         assert honoured == [zero - 1000] or zero == 0, "a host that ignores offsets must report 0 for all"
     finally:
         for obj in vcpus_a + vcpus_b + [first, second, kvm]:
+            obj.close()
+
+
+@requires_kvm
+def test_a_skewed_hosts_tsc_is_measured_and_corrected_before_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test knob makes node 1's host TSC read 5e9 cycles ahead; node 1 must find that within its bound
+    and ask its vCPUs for node 0's offset minus it (inert on PVM-style hosts, so the guest still passes)."""
+    skew = 5_000_000_000
+    monkeypatch.setenv(tscsync.SKEW_ENV, f"1:{skew}")
+    result = run_guest(guest_elf("tsc_sync"), vcpus=2, nodes=2, timeout=120)
+    assert result.verdict is not None and result.verdict.startswith("PASS tsc_sync"), result
+    line = re.search(r"node 1: host TSC offset to node 0: (-?\d+) cycles, error bound (\d+) .*"
+                     r"vCPU TSC offset set to (-?\d+)", result.stderr)
+    assert line is not None, result.stderr
+    offset, bound, asked = (int(g) for g in line.groups())
+    assert abs(offset + skew) <= bound
+    node0 = clock_offset_of_a_fresh_vm()
+    assert node0 != 0 or asked == offset      # node 0's vCPU offset plus the measured one
+    print(line.group(0))
+
+
+def clock_offset_of_a_fresh_vm() -> int:
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    vcpu = vm.create_vcpu(0)
+    try:
+        return clock.offset_of(vcpu)
+    finally:
+        for obj in (vcpu, vm, kvm):
             obj.close()
