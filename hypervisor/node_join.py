@@ -14,7 +14,7 @@ import time
 from . import control, runlimit, tscsync
 from .base import LISTEN_FDS_ENV, say
 from .config import ClusterConfig
-from .control import Channel, Msg
+from .control import Channel, ControlError, Msg
 from .dsm import DsmNode, DsmOptions
 from .handshake import ClusterShape, HandshakeError, accept_peers, connect_mesh, connect_peer, listen
 from .loader import Image, LoaderError, load_image
@@ -140,7 +140,14 @@ class Joiner:
                             f"{self.config.vcpus} and {self.config.mem}")
                     channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, line))
                     raise NodeError(Status.CLUSTER, line)
-                tscsync.answer(channel, read_tsc)
+                try:
+                    tscsync.answer(channel, read_tsc)
+                except ControlError as err:     # a node that cannot count probes is refused, and told
+                    try:
+                        channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, str(err)))
+                    except OSError:
+                        pass        # gone already: the line below is said here anyway
+                    raise NodeError(Status.CLUSTER, str(err)) from None
                 sock.settimeout(SILENCE_SECONDS)
         finally:
             listener.close()
