@@ -142,12 +142,15 @@ class Joiner:
                     raise NodeError(Status.CLUSTER, line)
                 try:
                     tscsync.answer(channel, read_tsc)
+                except (socket.timeout, OSError) as err:
+                    raise NodeError(Status.CLUSTER, f"node 0: node {peer} stopped answering during the clock "
+                                                    f"probes ({err.strerror or 'timed out'})") from None
                 except ControlError as err:     # a node that cannot count probes is refused, and told
                     try:
                         channel.send(control.encode_status(Msg.STOP, Status.CLUSTER, str(err)))
                     except OSError:
                         pass        # gone already: the line below is said here anyway
-                    raise NodeError(Status.CLUSTER, str(err)) from None
+                    raise NodeError(Status.CLUSTER, f"node 0: {err}") from None
                 sock.settimeout(SILENCE_SECONDS)
         finally:
             listener.close()
@@ -176,6 +179,11 @@ class Joiner:
             frame = channel.receive()
         except tscsync.StoppedByHead as stopped:
             frame = stopped.frame
+        except ControlError as err:
+            raise NodeError(Status.CLUSTER, f"node {self.id}: {err}") from None
+        except (socket.timeout, OSError) as err:
+            raise NodeError(Status.CLUSTER, f"node {self.id}: node 0 stopped answering during the clock "
+                                            f"probes ({err.strerror or 'timed out'})") from None
         if frame.type is Msg.STOP:
             status, line = control.decode_status(frame)
             raise NodeError(status, f"node {self.id}: refused by node 0: {line}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hypervisor import control
+from hypervisor import control, tscsync
 from hypervisor._ivy_native import lib
 from hypervisor.cluster import write_config
 from hypervisor.config import loopback_cluster
@@ -169,36 +169,39 @@ def test_guest_pages_never_cross_in_cleartext() -> None:
 
 # ---- the control link: node 1 -> node 0 is what node 1 sends --------------------------------------
 
+# Past JOIN and the clock probes (answered in lock step: a record held back there only stalls the join).
+AFTER_JOIN = 3 + tscsync.PROBES
+
 @pytest.mark.parametrize("name, tamper, words", [
-    ("flip", flip(at=3), "failed authentication"),
-    ("replay", replay(at=3), "failed authentication"),
-    ("reorder", reorder(at=3), "failed authentication"),
-    ("drop", drop(at=3), "failed authentication"),
+    ("flip", flip(at=AFTER_JOIN), "failed authentication"),
+    ("replay", replay(at=AFTER_JOIN), "failed authentication"),
+    ("reorder", reorder(at=AFTER_JOIN), "failed authentication"),
+    ("drop", drop(at=AFTER_JOIN), "failed authentication"),
 ])
 def test_control_record_tampering_ends_the_link(name: str, tamper: Tamper, words: str) -> None:
     nodes, _, ctl = run_through_proxies(spin(), ctl=(tamper, passthrough))
-    assert ctl.records[0] > 3, "the attack never happened: too few control records"
+    assert ctl.records[0] > AFTER_JOIN, "the attack never happened: too few control records"
     assert_cut(nodes, 0, "node 0: node 1 sent a control frame that", words)
 
 
 def test_forged_io_frame_does_not_exit_the_guest() -> None:
     """Issue 11: one forged 24-byte frame, outl(0xf4, 42), made both nodes exit 42."""
     forged = control.encode(Msg.IO, control.IO.pack(1, 1, 0xF4, 4, 1, 42))
-    nodes, _, _ = run_through_proxies(spin(), ctl=(inject(3, forged), passthrough))
+    nodes, _, _ = run_through_proxies(spin(), ctl=(inject(AFTER_JOIN, forged), passthrough))
     assert_cut(nodes, 0, "node 0: node 1 sent a control record of")
 
 
 def test_forged_stop_does_not_end_a_node_quietly() -> None:
     """Issue 11: a forged STOP made node 1 exit 0 silently."""
     forged = control.encode_status(Msg.STOP, 0, "all done")
-    nodes, _, _ = run_through_proxies(spin(), ctl=(passthrough, inject(3, forged)))
+    nodes, _, _ = run_through_proxies(spin(), ctl=(passthrough, inject(AFTER_JOIN, forged)))
     assert_cut(nodes, 1, "node 1: node 0 sent a control")
 
 
 def test_forged_irq_frame_is_refused_not_a_dead_thread() -> None:
     """Issue 11: a forged IRQ (target 99) killed node 0's receive thread and wedged the cluster."""
     forged = control.encode(Msg.IRQ, control.IRQ.pack(99, 8))
-    nodes, _, _ = run_through_proxies(spin(), ctl=(inject(3, forged), passthrough))
+    nodes, _, _ = run_through_proxies(spin(), ctl=(inject(AFTER_JOIN, forged), passthrough))
     assert_cut(nodes, 0, "node 0: node 1 sent a control record of")
 
 
