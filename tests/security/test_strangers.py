@@ -248,18 +248,34 @@ def test_formation_among_strangers_stays_within_twice_its_time(tmp_path: Path) -
     assert attacked <= 2 * normal, f"{attacked:.2f} s among strangers, {normal:.2f} s without"
 
 
+def _process_tree(pid: int) -> list[int]:
+    """pid and its descendants: the supervisor hands its listeners to the node processes and
+    closes its own copies, so a racer watching the supervisor alone missed some under load."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return tree
+
+
 def _socket_inodes(pid: int) -> set[int]:
     inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(int(link[8:-1]))
-    except OSError:
-        pass
+    for p in _process_tree(pid):
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{p}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(int(link[8:-1]))
+        except OSError:
+            pass
     return inodes
 
 
