@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypervisor.status import Status
 from tests.conftest import ROOT, guest_elf
 
 IVYVM = [sys.executable, "-m", "hypervisor.cli"]
@@ -124,6 +125,29 @@ def await_exits(procs: list[subprocess.Popen[str]], since: float, bound: float) 
                              f"stderr: {[e.stderr for e in exits]}")
     return exits
 
+
+
+def run_with_scripted_member(directory: Path, script: str, script_args: list[str], bound: float) -> list[Exit]:
+    """A 2-node spin cluster whose node 1 is `python -c script *script_args node ...` (a node that
+    misbehaves on purpose); both exits, each checked for status 8 and no traceback."""
+    ports = free_port_pairs(2)
+    config = write_cluster(directory, guest_elf("spin"), 2, [f"127.0.0.1:{p}" for p in ports])
+    head = start_node(config, 0)
+    env = dict(os.environ, IVYVM_SECRET=SECRET, PYTHONPATH=str(ROOT))
+    member = subprocess.Popen([sys.executable, "-c", script, *script_args, "node", "--config", str(config),
+                               "--id", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        exits = await_exits([head, member], since=time.monotonic(), bound=bound)
+    finally:
+        for proc in (head, member):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for exit in exits:
+        assert "Traceback" not in exit.stderr, exit.stderr
+        assert exit.status == Status.CLUSTER, exit.stderr
+    return exits
 
 # Node 0's start-up progress ("node 0: waiting for node 1 at ...", once a second
 # while nodes join): said on a slow start, never a failure line.

@@ -9,19 +9,13 @@ and node 1 must be stopped with it.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from hypervisor.status import Status
-from tests.cluster.common import (SECRET, START_BOUND, await_exits, free_port_pairs, lines_of, start_node,
-                                  write_cluster)
-from tests.conftest import ROOT, guest_elf, requires_kvm
+from tests.cluster.common import START_BOUND, lines_of, run_with_scripted_member
+from tests.conftest import requires_kvm
 
 STATUS_CLUSTER = Status.CLUSTER
 STOP_BOUND = START_BOUND        # formation, then the forged frame at once
@@ -65,23 +59,7 @@ def forged(kind: str) -> bytes:
     ("failed-status-negative", "FAILED carries status -1, outside 1..255"),
 ])
 def test_a_forged_control_frame_stops_the_cluster_with_one_line(tmp_path: Path, kind: str, needle: str) -> None:
-    ports = free_port_pairs(2)
-    config = write_cluster(tmp_path, guest_elf("spin"), 2, [f"127.0.0.1:{p}" for p in ports])
-    head = start_node(config, 0)
-    env = dict(os.environ, IVYVM_SECRET=SECRET, PYTHONPATH=str(ROOT))
-    member = subprocess.Popen([sys.executable, "-c", FORGING_NODE, forged(kind).hex(), "node", "--config",
-                               str(config), "--id", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        exits = await_exits([head, member], since=time.monotonic(), bound=STOP_BOUND)
-    finally:
-        for proc in (head, member):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for exit in exits:
-        assert "Traceback" not in exit.stderr, exit.stderr
-        assert exit.status == STATUS_CLUSTER, exit.stderr
+    exits = run_with_scripted_member(tmp_path, FORGING_NODE, [forged(kind).hex()], STOP_BOUND)
     (line,) = lines_of(exits[0].stderr)
     assert line.startswith("ivyvm: node 0: ") and needle in line, line
     (member_line,) = lines_of(exits[1].stderr)

@@ -6,17 +6,10 @@ probe, status 8, and node 1 must end with status 8 too, neither with a traceback
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from hypervisor.status import Status
-from tests.cluster.common import (SECRET, START_BOUND, await_exits, free_port_pairs, lines_of, start_node,
-                                  write_cluster)
-from tests.conftest import ROOT, guest_elf, requires_kvm
+from tests.cluster.common import START_BOUND, lines_of, run_with_scripted_member
+from tests.conftest import requires_kvm
 
 MISNUMBERING_NODE = """
 import sys
@@ -38,23 +31,7 @@ sys.exit(main(sys.argv[1:]))
 
 @requires_kvm
 def test_a_misnumbered_clock_probe_refuses_the_join_with_one_line(tmp_path: Path) -> None:
-    ports = free_port_pairs(2)
-    config = write_cluster(tmp_path, guest_elf("spin"), 2, [f"127.0.0.1:{p}" for p in ports])
-    head = start_node(config, 0)
-    env = dict(os.environ, IVYVM_SECRET=SECRET, PYTHONPATH=str(ROOT))
-    member = subprocess.Popen([sys.executable, "-c", MISNUMBERING_NODE, "node", "--config", str(config),
-                               "--id", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        exits = await_exits([head, member], since=time.monotonic(), bound=START_BOUND)
-    finally:
-        for proc in (head, member):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for exit in exits:
-        assert "Traceback" not in exit.stderr, exit.stderr
-        assert exit.status == Status.CLUSTER, exit.stderr
+    exits = run_with_scripted_member(tmp_path, MISNUMBERING_NODE, [], START_BOUND)
     (line,) = lines_of(exits[0].stderr)
     assert "node 1 sent TSC_PROBE during the clock probes: probe 9 (flags 0x0), expected probe 1" in line, line
     (member_line,) = lines_of(exits[1].stderr)
