@@ -26,6 +26,7 @@ from .base import LISTEN_FDS_ENV, say, write_stderr
 from .config import DEFAULT_STALL_WARN, SECRET_ENV, ClusterConfig, loopback_cluster
 from .handshake import listen
 from .netns import CONTROL_PORT, DSM_PORT, EmulatedNetwork, NetnsError, Shaping
+from .relay import StderrRelay
 from .status import Status
 from . import trace
 
@@ -134,6 +135,7 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
     with tempfile.TemporaryDirectory(prefix="ivyvm-") as scratch:
         path = write_config(config, Path(scratch))
         children: list[subprocess.Popen[bytes]] = []
+        relays: list[StderrRelay] = []
         try:
             for node in config.nodes:
                 argv = [sys.executable, "-m", "hypervisor.cli", "node", "--config", str(path),
@@ -145,28 +147,41 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
                 if network is not None:
                     children.append(subprocess.Popen(
                         argv, env=env, preexec_fn=lambda k=node.id: _into_namespace(network, k),
-                        start_new_session=True, stdout=None if node.id == 0 else subprocess.DEVNULL))
+                        start_new_session=True, stdout=None if node.id == 0 else subprocess.DEVNULL,
+                        stderr=None if node.id == 0 else subprocess.PIPE))
+                    _relay(children[-1], relays)
                     continue
                 dsm, ctl = listeners[node.id]
                 fds = (dsm.fileno(), ctl.fileno())
                 children.append(subprocess.Popen(
                     argv, env={**env, LISTEN_FDS_ENV: f"{fds[0]},{fds[1]}"}, pass_fds=fds,
                     preexec_fn=_die_with_parent, start_new_session=True,
-                    stdout=None if node.id == 0 else subprocess.DEVNULL))
+                    stdout=None if node.id == 0 else subprocess.DEVNULL,
+                    stderr=None if node.id == 0 else subprocess.PIPE))
+                _relay(children[-1], relays)
                 dsm.close()
                 ctl.close()
             status = _supervise(children, deadline, timeout)
         except KeyboardInterrupt:
+            for relay in relays:
+                relay.mute()
             say(f"{stopsignals.interrupted_line()}, stopping every node")
             status = Status.INTERRUPTED
         finally:
             _close_all(listeners)
             _reap(children)
+            for relay in relays:
+                relay.join(1.0)
         if trace_file is not None:
             collect_trace(Path(scratch) / "trace.json", nnodes, trace_file)
         if stats or stats_json is not None:
             _gather_stats(Path(scratch), nnodes, stats, stats_json)
         return status
+
+
+def _relay(child: subprocess.Popen[bytes], relays: list[StderrRelay]) -> None:
+    if child.stderr is not None:
+        relays.append(StderrRelay(child.stderr, f"relay-{child.pid}"))
 
 
 def collect_trace(parts_of: Path, nnodes: int, output: Path) -> None:
