@@ -32,7 +32,7 @@ from .handshake import ClusterShape, HandshakeError
 from .loader import Image
 from .machine import Machine, MachineError, RunResult
 from .node_control import ControlLinks
-from .node_failure import SAID_BY_EVERY_NODE, NodeError, dsm_failure, report
+from .node_failure import SAID_BY_EVERY_NODE, NodeError, StoppedWhileJoining, dsm_failure, report
 from .node_io import ForwardedIo, IoServer
 from .node_join import Joiner
 from .node_routes import InterruptRoutes, Parking
@@ -149,15 +149,30 @@ class Node:
                     or (self.dsm is not None and self.dsm.error is not None)).start()
                 result = machine.run()
                 return self._finish(result)
+            except KeyboardInterrupt:
+                if self.id == 0:
+                    self._stop_joined_nodes()
+                raise
             finally:
                 self._shutdown()
         except (HandshakeError, DsmError, ControlError, ConfigError) as err:
             return report(Status.CLUSTER, str(err))
+        except StoppedWhileJoining as err:
+            self._say_interrupted(str(err))
+            return Status.INTERRUPTED
         except NodeError as err:
             return report(err.status, str(err))
         except KeyboardInterrupt:
             self._say_interrupted(f"node {self.id}: {stopsignals.interrupted_line()}")
             return Status.INTERRUPTED
+
+    def _stop_joined_nodes(self) -> None:
+        """Node 0 signalled while nodes join: those it has met hear why, rather than see it vanish."""
+        for channel in self.channels.values():
+            try:
+                channel.send(control.encode_status(Msg.STOP, Status.INTERRUPTED, stopsignals.interrupted_line()))
+            except (OSError, ControlError):
+                pass        # gone already, or its link broke: it reports that itself
 
     @staticmethod
     def _say_interrupted(line: str) -> None:

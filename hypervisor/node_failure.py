@@ -20,6 +20,10 @@ class NodeError(Exception):
         self.status = status
 
 
+class StoppedWhileJoining(Exception):
+    """Node 0 was interrupted before GO and said so; like a signal to this node, said only unsupervised."""
+
+
 # How each kind of DSM core failure ends the run.
 DSM_FAILURE_STATUS = {
     FailKind.PEER_LOST: Status.CLUSTER,

@@ -20,7 +20,7 @@ from .handshake import ClusterShape, HandshakeError, accept_peers, connect_mesh,
 from .loader import Image, LoaderError, load_image
 from .machine import Machine
 from .node_control import SILENCE_SECONDS
-from .node_failure import NodeError
+from .node_failure import NodeError, StoppedWhileJoining
 from .status import Status
 
 
@@ -186,6 +186,8 @@ class Joiner:
                                             f"probes ({err.strerror or 'timed out'})") from None
         if frame.type is Msg.STOP:
             status, line = control.decode_status(frame)
+            if status == Status.INTERRUPTED:
+                raise StoppedWhileJoining(f"node {self.id}: stopped by node 0: {line}")
             raise NodeError(status, f"node {self.id}: refused by node 0: {line}")
         if frame.type is not Msg.GO:
             raise NodeError(Status.CLUSTER, f"node 0 sent {frame.type.name} instead of GO")

@@ -127,16 +127,21 @@ def await_exits(procs: list[subprocess.Popen[str]], since: float, bound: float) 
 
 
 
+def start_scripted_member(config: Path, script: str, script_args: list[str]) -> subprocess.Popen[str]:
+    """Node 1 of `config` as `python -c script *script_args node ...`: a node that misbehaves on purpose."""
+    env = dict(os.environ, IVYVM_SECRET=SECRET, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-c", script, *script_args, "node", "--config", str(config),
+                             "--id", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 def run_with_scripted_member(directory: Path, script: str, script_args: list[str], bound: float) -> list[Exit]:
     """A 2-node spin cluster whose node 1 is `python -c script *script_args node ...` (a node that
     misbehaves on purpose); both exits, each checked for status 8 and no traceback."""
     ports = free_port_pairs(2)
     config = write_cluster(directory, guest_elf("spin"), 2, [f"127.0.0.1:{p}" for p in ports])
     head = start_node(config, 0)
-    env = dict(os.environ, IVYVM_SECRET=SECRET, PYTHONPATH=str(ROOT))
-    member = subprocess.Popen([sys.executable, "-c", script, *script_args, "node", "--config", str(config),
-                               "--id", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    member = start_scripted_member(config, script, script_args)
     try:
         exits = await_exits([head, member], since=time.monotonic(), bound=bound)
     finally:

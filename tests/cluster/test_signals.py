@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.common import (START_BOUND, await_exits, free_port_pairs, lines_of, start_node, wait_for_output,
-                                  write_cluster)
+from tests.cluster.common import (START_BOUND, await_exits, free_port_pairs, lines_of, start_node,
+                                  start_scripted_member, wait_for_output, write_cluster)
 from tests.conftest import ROOT, guest_elf, requires_kvm
 
 STATUS_INTERRUPTED = 130
@@ -128,6 +128,47 @@ def test_a_node_still_waiting_for_its_peers(tmp_path: Path, node: int, signum: i
         proc.wait()
     name = signal.Signals(signum).name
     assert outcome == [(STATUS_INTERRUPTED, [f"ivyvm: node {node}: interrupted by {name}"])]
+
+
+# Node 1 joins and has its first clock probe answered (node 0 has read all it sent), then
+# waits for whatever node 0 sends instead of sending its second.
+MEMBER_THAT_WAITS_IN_THE_JOIN = """
+import sys
+from hypervisor import control, tscsync
+from hypervisor.control import Msg
+
+def wait_for_node0(channel, read_tsc):
+    channel.send(control.encode(Msg.TSC_PROBE, control.TSC_PROBE.pack(1)))
+    assert channel.receive().type is Msg.TSC_STAMP
+    print("probing", flush=True)
+    raise tscsync.StoppedByHead(channel.receive())
+
+tscsync.measure = wait_for_node0
+from hypervisor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@requires_kvm
+@pytest.mark.parametrize("signum", SIGNALS, ids=NAMES)
+def test_node0_signalled_while_a_node_joins_tells_it_why(tmp_path: Path, signum: int) -> None:
+    """Node 1 hears STOP with node 0's reason, not a reset link (CI once saw a supervised node say that)."""
+    ports = free_port_pairs(2)
+    config = write_cluster(tmp_path, guest_elf("spin"), 2, [f"127.0.0.1:{p}" for p in ports])
+    head = start_node(config, 0)
+    member = start_scripted_member(config, MEMBER_THAT_WAITS_IN_THE_JOIN, [])
+    try:
+        wait_for_output(member, "probing", START_BOUND)
+        head.send_signal(signum)
+        outcome = stopped([head, member])
+    finally:
+        for proc in (head, member):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    name = signal.Signals(signum).name
+    assert outcome == [(STATUS_INTERRUPTED, [f"ivyvm: node 0: interrupted by {name}"]),
+                       (STATUS_INTERRUPTED, [f"ivyvm: node 1: stopped by node 0: interrupted by {name}"])]
 
 
 @requires_kvm
