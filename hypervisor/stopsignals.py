@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 from hypervisor.status import Status
 
@@ -39,6 +40,36 @@ def install() -> None:
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, interrupt_on_signal)
+    if sys.unraisablehook is not _redeliver_swallowed_interrupt:
+        global _next_unraisable_hook
+        _next_unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = _redeliver_swallowed_interrupt
+
+
+_next_unraisable_hook = sys.unraisablehook
+
+
+def _redeliver_swallowed_interrupt(unraisable: "sys.UnraisableHookArgs") -> None:
+    """A signal that arrives while Python runs a weakref callback or __del__ (the import system's
+    module-lock callbacks, while a node still imports) raises there, where Python prints the
+    exception and drops it: the stop would be lost and the line an 'Exception ignored' traceback.
+    Deliver it again instead, once this hook has returned: raised inside the hook, it would be
+    dropped the same way."""
+    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _received):
+        _next_unraisable_hook(unraisable)
+        return
+    first = signal.Signals[_received[0]]
+    _received.clear()
+    returned = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Thread(target=_signal_after, args=(returned, main, first), daemon=True).start()
+    returned.set()
+
+
+def _signal_after(returned: threading.Event, main: int, signum: signal.Signals) -> None:
+    returned.wait()
+    signal.pthread_kill(main, signum)
 
 
 def received() -> str | None:
