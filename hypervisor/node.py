@@ -248,6 +248,10 @@ class Node:
         for thread in self._threads:
             thread.join(1.0)
         vcpu_threads = self.machine.vcpu_threads() if self.machine is not None else {}
+        if self.dsm is not None:
+            # Its thread serves peers from guest RAM and writes their replies into it until it
+            # stops: unmapping the RAM first let a late request crash the node (CI: SIGSEGV).
+            self.dsm.stop()
         if self.machine is not None:
             self.machine.close()
         if self.dsm is not None:
@@ -260,8 +264,7 @@ class Node:
 
     def _write_trace(self, vcpu_threads: dict[int, int]) -> None:
         """This node's records, its vCPU threads and its clock against node 0's, to its own file."""
-        assert self.dsm is not None and self.trace_file is not None
-        self.dsm.stop()        # every record is in, none is being written
+        assert self.dsm is not None and self.trace_file is not None   # stopped: every record is in
         clock = self.control.clocks[0].estimate() if 0 in self.control.clocks else None
         part = trace.NodeTrace(self.id, self.config.nnodes, self.dsm.trace_records(), vcpu_threads, clock,
                                trace.boot_id(), self.dsm.trace_dropped)
