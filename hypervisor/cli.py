@@ -24,7 +24,7 @@ from typing import Callable, NoReturn, Sequence  # noqa: E402
 from hypervisor import config, netns, profile, report, stopsignals  # noqa: E402
 from hypervisor.base import SECRET_ENV, StdoutConsole  # noqa: E402
 from hypervisor.cluster import launch_local  # noqa: E402
-from hypervisor.config import FIRST_TOUCH, MANAGERS, MIB, READ_OWNERSHIP, ConfigError  # noqa: E402
+from hypervisor.config import FIRST_TOUCH, MANAGERS, MIB, READ_OWNERSHIP, ClusterOptions, ConfigError  # noqa: E402
 from hypervisor.dsm import HOLD_US_DEFAULT  # noqa: E402
 from hypervisor.example_config import EXAMPLE_CONFIG  # noqa: E402
 from hypervisor.loader import STACK_SIZE, LoaderError, load_image  # noqa: E402
@@ -317,11 +317,10 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
             sys.stderr.write("ivyvm: --trace records the DSM, which a single-node run does not use "
                              "(add --nodes 2 or more); no trace written\n")
     if args.nodes > 1:
-        return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes, args.verbose,
-                                       args.read_ownership, args.manager, args.stats, args.poll_us,
-                                       args.hold_us, args.timeout, args.stall_warn, shaping, trace_file,
-                                       stats_json, started, args.migratory, args.first_touch,
-                                       args.prefetch))
+        return RunOutcome(launch_local(Path(args.guest), args.vcpus, args.mem, args.nodes,
+                                       ClusterOptions.taken_from(args), verbose=args.verbose, stats=args.stats,
+                                       shaping=shaping, trace_file=trace_file, stats_json=stats_json,
+                                       started=started))
     if args.stats or stats_json is not None:
         problem = no_dsm_profile(stats_json)
         if problem:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import profile, runlimit, stopsignals
 from .base import LISTEN_FDS_ENV, say, write_stderr
-from .config import DEFAULT_STALL_WARN, SECRET_ENV, ClusterConfig, loopback_cluster
+from .config import SECRET_ENV, ClusterConfig, ClusterOptions, loopback_cluster
 from .handshake import listen
 from .netns import CONTROL_PORT, DSM_PORT, EmulatedNetwork, NetnsError, Shaping
 from .relay import StderrRelay
@@ -65,20 +65,8 @@ def bind_listeners(count: int, host: str = "127.0.0.1") -> list[tuple[socket.soc
 
 def write_config(config: ClusterConfig, directory: Path) -> Path:
     """The TOML the children read: the same format a multi-host user writes."""
-    lines = [
-        "[cluster]",
-        f'image = "{config.image.resolve()}"',
-        f"vcpus = {config.vcpus}",
-        f"mem = {config.mem}",
-        f'read_ownership = "{config.read_ownership}"',
-        f'manager = "{config.manager}"',
-        f"migratory = {'true' if config.migratory else 'false'}",
-        f'first_touch = "{config.first_touch}"',
-        f"prefetch = {'true' if config.prefetch else 'false'}",
-    ] + [f"{key} = {value}" for key, value in config.dsm_tuning().items()]
-    lines.append(f"stall_warn = {config.stall_warn!r}")
-    if config.timeout is not None:
-        lines.append(f"timeout = {config.timeout!r}")
+    lines = ["[cluster]", f'image = "{config.image.resolve()}"', f"vcpus = {config.vcpus}",
+             f"mem = {config.mem}"] + config.toml_lines()
     for node in config.nodes:
         lines += ["", "[[node]]", f"id = {node.id}", f'address = "{node.host}:{node.port}"',
                   f"control_port = {node.control_address[1]}", f"vcpus = [{', '.join(map(str, node.vcpus))}]"]
@@ -87,15 +75,15 @@ def write_config(config: ClusterConfig, directory: Path) -> Path:
     return path
 
 
-def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool = False,
-                 read_ownership: str = "giantvm", manager: str = "dynamic", stats: bool = False,
-                 poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
-                 stall_warn: float = DEFAULT_STALL_WARN, shaping: Shaping | None = None,
+def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, options: ClusterOptions, *,
+                 verbose: bool = False, stats: bool = False, shaping: Shaping | None = None,
                  trace_file: Path | None = None, stats_json: Path | None = None,
-                 started: float | None = None, migratory: bool = False, first_touch: str = "read",
-                 prefetch: bool = False) -> int:
-    """`shaping` given: every node in a namespace of its own (hypervisor.netns), links shaped so."""
-    deadline = None if timeout is None else (started or time.monotonic()) + timeout
+                 started: float | None = None) -> int:
+    """`options` go into every node's cluster file; the keywords are this supervisor's own.
+
+    `shaping` given: every node in a namespace of its own (hypervisor.netns), links shaped so.
+    """
+    deadline = None if options.timeout is None else (started or time.monotonic()) + options.timeout
     with ExitStack() as stack:
         network = None
         if shaping is not None:
@@ -104,24 +92,20 @@ def launch_local(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool =
             except NetnsError as err:
                 say(str(err))
                 return err.status
-        return _launch(image, vcpus, mem, nnodes, verbose, read_ownership, manager, stats, poll_us, hold_us,
-                       timeout, stall_warn, deadline, network, trace_file, stats_json, migratory, first_touch,
-                       prefetch)
+        return _launch(image, vcpus, mem, nnodes, options, deadline, network, verbose=verbose, stats=stats,
+                       trace_file=trace_file, stats_json=stats_json)
 
 
-def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_ownership: str, manager: str,
-            stats: bool, poll_us: int | None, hold_us: int | None, timeout: float | None, stall_warn: float,
-            deadline: float | None, network: EmulatedNetwork | None, trace_file: Path | None,
-            stats_json: Path | None, migratory: bool = False, first_touch: str = "read",
-            prefetch: bool = False) -> int:
+def _launch(image: Path, vcpus: int, mem: int, nnodes: int, options: ClusterOptions, deadline: float | None,
+            network: EmulatedNetwork | None, *, verbose: bool, stats: bool, trace_file: Path | None,
+            stats_json: Path | None) -> int:
     # On loopback the supervisor binds every node's ports and hands them over; in
     # namespaces each node binds its own address, which no other process shares.
     listeners = bind_listeners(nnodes) if network is None else []
     ports = ([(dsm.getsockname()[1], ctl.getsockname()[1]) for dsm, ctl in listeners] if network is None
              else [(DSM_PORT + 2 * k, CONTROL_PORT + 2 * k) for k in range(nnodes)])
     try:
-        config = loopback_cluster(image, vcpus, mem, nnodes, ports, read_ownership, manager, poll_us, hold_us,
-                                  timeout, stall_warn, migratory, first_touch, prefetch)
+        config = loopback_cluster(image, vcpus, mem, nnodes, ports, options)
         if network is not None:
             config = network.place(config)
     except BaseException:
@@ -161,7 +145,7 @@ def _launch(image: Path, vcpus: int, mem: int, nnodes: int, verbose: bool, read_
                 _relay(children[-1], relays)
                 dsm.close()
                 ctl.close()
-            status = _supervise(children, deadline, timeout)
+            status = _supervise(children, deadline, options.timeout)
         except KeyboardInterrupt:
             for relay in relays:
                 relay.mute()

@@ -14,8 +14,9 @@ import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .files import InputFileError, read_regular
 from hypervisor.base import SECRET_ENV
@@ -71,23 +72,58 @@ class NodeSpec:
         return (self.host, self.control_port or self.port + 1)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClusterOptions:
+    """The cluster-wide choices `ivyvm run` takes from its command line to the cluster file.
+
+    One object rather than a parameter each, so that a new option is one field
+    here (plus an `ivyvm run` flag of the same name, and its check and use):
+    the CLI fills it by field name (taken_from), write_config writes it field
+    by field (toml_lines) and ClusterConfig inherits it. Keyword-only, so that
+    ClusterConfig's own fields can stay positional ahead of these.
+    """
+
+    # Written in this order; None is left out of the file (the reader's default).
+    read_ownership: str = "giantvm"
+    manager: str = "dynamic"
+    migratory: bool = False      # migratory pages (hypervisor.dsm.DsmOptions); every node must agree
+    first_touch: str = "read"    # what node 0's first read of an untouched page gets (node-local)
+    prefetch: bool = False       # sequential read faults ask for the following pages ahead (node-local)
+    poll_us: int | None = None   # None: the DSM's default
+    hold_us: int | None = None
+    stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
+    timeout: float | None = None           # seconds the run may take; None: no limit
+
+    @classmethod
+    def taken_from(cls, source: object) -> ClusterOptions:
+        """The options `source` (parsed `ivyvm run` arguments, a ClusterConfig) holds under their own names."""
+        return cls(**{f.name: getattr(source, f.name) for f in fields(ClusterOptions)})
+
+    def as_keywords(self) -> dict[str, Any]:
+        """These options alone (not a ClusterConfig's other fields), as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(ClusterOptions)}
+
+    def toml_lines(self) -> list[str]:
+        """These options as [cluster] lines load_config reads back to the same values."""
+        return [f"{key} = {_toml_value(value)}" for key, value in self.as_keywords().items() if value is not None]
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'    # the option strings are names from a fixed list: nothing to escape
+    return repr(value)
+
+
 @dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(ClusterOptions):
     image: Path
     vcpus: int
     mem: int
     nodes: tuple[NodeSpec, ...]
-    read_ownership: str = "giantvm"
-    manager: str = "dynamic"
     secret_file: Path | None = field(default=None)
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT
-    poll_us: int | None = None   # None: the DSM's default
-    hold_us: int | None = None
-    timeout: float | None = None           # seconds the run may take; None: no limit
-    stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
-    migratory: bool = False      # migratory pages (hypervisor.dsm.DsmOptions); every node must agree
-    first_touch: str = "read"    # what node 0's first read of an untouched page gets (node-local)
-    prefetch: bool = False       # sequential read faults ask for the following pages ahead (node-local)
     trace: Path | None = None    # each node writes its DSM trace to this path with .nodeK before the suffix
 
     @property
@@ -169,10 +205,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list[tuple[int, int]],
-                     read_ownership: str = "giantvm", manager: str = "dynamic",
-                     poll_us: int | None = None, hold_us: int | None = None, timeout: float | None = None,
-                     stall_warn: float = DEFAULT_STALL_WARN, migratory: bool = False,
-                     first_touch: str = "read", prefetch: bool = False) -> ClusterConfig:
+                     options: ClusterOptions = ClusterOptions()) -> ClusterConfig:
     """The embedded cluster of ``ivyvm run --nodes N``: N processes on 127.0.0.1.
 
     `ports` holds each node's (DSM port, control port).
@@ -181,9 +214,7 @@ def loopback_cluster(image: Path, vcpus: int, mem: int, nnodes: int, ports: list
         raise ConfigError(f"--nodes {nnodes}: must be between 1 and the vCPU count ({vcpus})")
     placement = contiguous_placement(vcpus, nnodes)
     nodes = tuple(NodeSpec(i, "127.0.0.1", ports[i][0], placement[i], ports[i][1]) for i in range(nnodes))
-    return _checked(ClusterConfig(image, vcpus, mem, nodes, read_ownership, manager,
-                                  poll_us=poll_us, hold_us=hold_us, timeout=timeout, stall_warn=stall_warn,
-                                  migratory=migratory, first_touch=first_touch, prefetch=prefetch))
+    return _checked(ClusterConfig(image, vcpus, mem, nodes, **options.as_keywords()))
 
 
 def check_seconds(what: str, value: object) -> float:

@@ -24,7 +24,7 @@ import pytest
 from hypervisor import control, tscsync
 from hypervisor._ivy_native import lib
 from hypervisor.cluster import write_config
-from hypervisor.config import loopback_cluster
+from hypervisor.config import ClusterOptions, loopback_cluster
 from hypervisor.control import Msg
 from hypervisor.handshake import listen
 from hypervisor.base import LISTEN_FDS_ENV
@@ -68,7 +68,8 @@ def run_through_proxies(image: Path, dsm: tuple[Tamper, Tamper] = (passthrough, 
             for node, ports in enumerate(views):
                 where = Path(scratch) / str(node)
                 where.mkdir()
-                config = write_config(loopback_cluster(image, 2, 64 << 20, 2, ports, read_ownership), where)
+                config = write_config(loopback_cluster(image, 2, 64 << 20, 2, ports,
+                                                       ClusterOptions(read_ownership=read_ownership)), where)
                 fds = (socks[2 * node].fileno(), socks[2 * node + 1].fileno())
                 env = dict(os.environ, IVYVM_SECRET=SECRET, PYTHONPATH=str(ROOT),
                            **{LISTEN_FDS_ENV: f"{fds[0]},{fds[1]}"})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hypervisor.config import (ConfigError, contiguous_placement, load_config,
+from hypervisor.config import (ClusterOptions, ConfigError, contiguous_placement, load_config,
                                loopback_cluster, parse_size)
 
 
@@ -131,11 +131,25 @@ def test_bad_dsm_timing_names_the_key_and_value(tmp_path: Path, line: str, messa
 def test_the_file_ivyvm_run_writes_for_its_nodes_carries_the_timing(tmp_path: Path) -> None:
     from hypervisor.cluster import write_config
     config = loopback_cluster(tmp_path / "g.elf", vcpus=2, mem=64 << 20, nnodes=2,
-                              ports=[(7000, 7001), (7002, 7003)], poll_us=25, hold_us=0)
+                              ports=[(7000, 7001), (7002, 7003)], options=ClusterOptions(poll_us=25, hold_us=0))
     again = load_config(write_config(config, tmp_path))
     assert again.dsm_tuning() == {"poll_us": 25, "hold_us": 0}
     assert load_config(write_config(loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2,
                                                      [(7000, 7001), (7002, 7003)]), tmp_path)).dsm_tuning() == {}
+
+
+def test_ivyvm_run_fills_every_cluster_option_and_the_file_carries_them_back(tmp_path: Path) -> None:
+    from hypervisor import cli
+    from hypervisor.cluster import write_config
+    args = cli.build_parser().parse_args([
+        "run", "g.elf", "--vcpus", "2", "--nodes", "2", "--read-ownership", "ivy", "--manager", "central",
+        "--first-touch", "write", "--prefetch", "--poll-us", "25", "--hold-us", "0", "--stall-warn", "0.75",
+        "--timeout", "12.5"])
+    options = ClusterOptions.taken_from(args)
+    assert options == ClusterOptions(read_ownership="ivy", manager="central", first_touch="write", prefetch=True,
+                                     poll_us=25, hold_us=0, stall_warn=0.75, timeout=12.5)
+    written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)], options)
+    assert ClusterOptions.taken_from(load_config(write_config(written, tmp_path))) == options
 
 
 def test_a_node_runs_its_dsm_with_the_configured_timing(tmp_path: Path) -> None:
@@ -158,7 +172,8 @@ def test_migratory_pages_are_a_cluster_option_every_node_gets(tmp_path: Path) ->
     node = Node(config, 1, b"s" * 32)
     assert node.options == DsmOptions(migratory=True)
     assert node.shape == ClusterShape(2, config.mem, migratory=1)   # the handshake makes peers agree
-    written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)], migratory=True)
+    written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)],
+                               ClusterOptions(migratory=True))
     assert load_config(write_config(written, tmp_path)).migratory is True
 
 
@@ -181,7 +196,7 @@ def test_first_touch_is_read_from_the_file_and_written_back(tmp_path: Path) -> N
     assert config.first_touch == "write"
     assert Node(config, 1, b"s" * 32).options == DsmOptions(first_touch="write")
     written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)],
-                               first_touch="write")
+                               ClusterOptions(first_touch="write"))
     assert load_config(write_config(written, tmp_path)).first_touch == "write"
 
 
@@ -203,7 +218,7 @@ def test_prefetch_is_read_from_the_file_and_written_back(tmp_path: Path) -> None
     assert config.prefetch is True
     assert Node(config, 1, b"s" * 32).options == DsmOptions(read_ownership="ivy", prefetch=True)
     written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)],
-                               read_ownership="ivy", prefetch=True)
+                               ClusterOptions(read_ownership="ivy", prefetch=True))
     assert load_config(write_config(written, tmp_path)).prefetch is True
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from hypervisor import cli
-from hypervisor.config import DEFAULT_STALL_WARN, ConfigError, load_config, loopback_cluster
+from hypervisor.config import DEFAULT_STALL_WARN, ClusterOptions, ConfigError, load_config, loopback_cluster
 from hypervisor.runlimit import JoinProgress, TimeLimit, deadline_for, DEADLINE_ENV
 
 BODY = '[cluster]\nimage = "g"\nvcpus = 2\n{}\n[[node]]\naddress = "127.0.0.1:7000"\n[[node]]\naddress = "127.0.0.1:7002"\n'
@@ -62,7 +62,7 @@ def test_bad_options_are_one_line_and_status_2(argv: list[str], needle: str,
 def test_the_file_ivyvm_run_writes_carries_both(tmp_path: Path) -> None:
     from hypervisor.cluster import write_config
     config = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)],
-                              timeout=12.5, stall_warn=0.75)
+                              ClusterOptions(timeout=12.5, stall_warn=0.75))
     again = load_config(write_config(config, tmp_path))
     assert (again.timeout, again.stall_warn) == (12.5, 0.75)
     plain = load_config(write_config(loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2,
