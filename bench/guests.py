@@ -219,15 +219,20 @@ def targets(costs: dict[str, Any], workloads: dict[str, Any], core_read_us: floa
     return out
 
 
+def alternating_runs(quick: bool) -> int:
+    """How many runs each way a figure is the median of; a quick run (a smoke test) takes one."""
+    return 1 if quick else 3
+
+
 def bench_guests(core_read_us: float, core_placement: str, quick: bool = False) -> dict[str, Any]:
     build = build_bench_guests(quick)
     hz = tsc_hz()
-    costs = bench_page_costs(build, hz, 1 if quick else 3)
+    costs = bench_page_costs(build, hz, alternating_runs(quick))
     workloads = bench_workloads(build, hz, (4,) if quick else (4, 8))
     from bench.migratory import bench_migratory  # it builds on this module's runner
-    migratory = bench_migratory(build, hz, 1 if quick else 3)
+    migratory = bench_migratory(build, hz, alternating_runs(quick))
     from bench.prefetch import bench_prefetch
-    prefetch = bench_prefetch(build, hz, 1 if quick else 3)
+    prefetch = bench_prefetch(build, hz, alternating_runs(quick))
     floor_e = costs["one_node"]["first_touch"]["median_us"] + core_read_us
     return {"tsc_hz": hz, "page_costs": costs, "workloads": workloads,
             "floor_e": {"first_touch_one_node_us": costs["one_node"]["first_touch"]["median_us"],

@@ -14,16 +14,16 @@ import statistics
 from typing import Any
 
 from bench.guests import page_costs, run_guest
+from bench.on_off import no_samples, print_table, row, run_alone, ways
 
-IVY = ("--read-ownership", "ivy")
-WAYS = (("off", IVY), ("on", IVY + ("--prefetch",)))
+WAYS = ways("--prefetch", base=("--read-ownership", "ivy"))
 ACCESSES = {"read_seq": "(a) sequential remote read", "read_rand": "(b) random-order remote read"}
 
 
 def bench_prefetch(build: str, hz: float, repeat: int) -> dict[str, Any]:
     first_touch: list[float] = []
     walk_one: list[float] = []
-    access: dict[str, dict[str, list[float]]] = {a: {"off": [], "on": []} for a in ACCESSES}
+    access = no_samples(ACCESSES)
     walk: dict[str, list[float]] = {"off": [], "on": []}
 
     def walk_rate(run: Any) -> float:
@@ -40,39 +40,16 @@ def bench_prefetch(build: str, hz: float, repeat: int) -> dict[str, Any]:
     ft, w1 = statistics.median(first_touch), statistics.median(walk_one)
     out: dict[str, Any] = {"runs": repeat, "first_touch_one_node_us": ft, "pagewalk_one_node_mib_s": w1}
     for a, label in ACCESSES.items():
-        off, on = statistics.median(access[a]["off"]), statistics.median(access[a]["on"])
-        out[a] = {"label": label, "off_us": off, "on_us": on, "on_vs_off": on / off, "better": "lower",
-                  "off_vs_first_touch": off / ft, "on_vs_first_touch": on / ft, "all_runs": access[a]}
-    off, on = statistics.median(walk["off"]), statistics.median(walk["on"])
-    out["pagewalk"] = {"label": "pagewalk on 2 nodes", "off_mib_s": off, "on_mib_s": on, "on_vs_off": on / off,
-                       "better": "higher", "off_vs_one_node": off / w1, "on_vs_one_node": on / w1,
-                       "all_runs": walk}
+        out[a] = row(label, access[a], against={"first_touch": ft})
+    out["pagewalk"] = row("pagewalk on 2 nodes", walk, unit="mib_s", better="higher", against={"one_node": w1})
     return out
 
 
 def print_prefetch(r: dict[str, Any]) -> None:
-    print(f"\n== prefetch: 2 nodes, ivy reads, on against off, median of {r['runs']} alternating run(s)")
-    print(f"{'access':40s} {'off':>10s} {'on':>10s} {'on / off':>26s} {'/ 1-node first touch (off, on)':>32s}")
-    for a in ACCESSES:
-        row = r[a]
-        print(f"{row['label']:40s} {row['off_us']:7.1f} us {row['on_us']:7.1f} us "
-              f"{row['on_vs_off']:8.2f} x (lower is better) "
-              f"{row['off_vs_first_touch']:8.2f} x, {row['on_vs_first_touch']:5.2f} x"
-              + (" (target (a): <= 1.0)" if a == "read_seq" else ""))
-    w = r["pagewalk"]
-    print(f"{w['label']:40s} {w['off_mib_s']:5.1f} MiB/s {w['on_mib_s']:5.1f} MiB/s "
-          f"{w['on_vs_off']:8.2f} x (higher is better) "
-          f"{w['off_vs_one_node']:8.2f} x, {w['on_vs_one_node']:5.2f} x of 1 node (target: >= 0.25)")
-
-
-def main() -> int:
-    from bench.guests import build_bench_guests, tsc_hz
-    import sys
-    quick = "--quick" in sys.argv[1:]
-    build = build_bench_guests(quick)
-    print_prefetch(bench_prefetch(build, tsc_hz(), 1 if quick else 3))
-    return 0
+    rows = [(r[a], " (target (a): <= 1.0)" if a == "read_seq" else "") for a in ACCESSES]
+    rows.append((r["pagewalk"], " of 1 node (target: >= 0.25)"))
+    print_table("prefetch: 2 nodes, ivy reads", r["runs"], 40, rows, against_heading="/ 1-node first touch (off, on)")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_alone(bench_prefetch, print_prefetch))
