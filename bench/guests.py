@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,8 +29,9 @@ IVYVM = [sys.executable, "-m", "hypervisor.cli"]
 # The test builds are sized to finish fast; benchmarks want runs long enough
 # that start-up and first touches do not dominate, so they get their own build.
 BENCH_BUILD = "build-bench"
+# MP_ROUNDS_PER_CPU=8: 64 rounds on 8 vCPUs, so the run's CPU time is not mostly start-up (cpu_floor).
 BENCH_DEFS = ("-DSPANNING_ITERS=20000 -DDISJOINT_PASSES=5000 -DPINGPONG_ROUNDS=1000 -DPAGEWALK_MIB=16 "
-              "-DPAGECOST_PAGES=2048")
+              "-DPAGECOST_PAGES=2048 -DMP_ROUNDS_PER_CPU=8")
 QUICK_BUILD = "build-bench-quick"
 QUICK_DEFS = ("-DSPANNING_ITERS=2000 -DDISJOINT_PASSES=200 -DPINGPONG_ROUNDS=100 -DPAGEWALK_MIB=2 "
               "-DPAGECOST_PAGES=256")
@@ -62,6 +65,7 @@ class GuestRun:
     nodes: int
     wall_s: float
     fields: dict[str, int]
+    cpu_s: float = 0.0      # user + system time of every process of the run (the nodes are waited for)
     medians: dict[str, int] = field(default_factory=dict)
     histograms: dict[str, list[int]] = field(default_factory=dict)
     node_stats: list[dict[str, float]] = field(default_factory=list)
@@ -80,16 +84,19 @@ def run_guest(build: str, name: str, vcpus: int, nodes: int, timeout: float = 30
         stats_json = Path(scratch) / "stats.json"
         argv = IVYVM + ["run", str(elf), "--vcpus", str(vcpus)] + (
             ["--nodes", str(nodes), "--stats-json", str(stats_json)] if nodes > 1 else [])
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run(argv + list(extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         profile = json.loads(stats_json.read_text()) if stats_json.exists() else {"nodes": []}
     lines = proc.stdout.splitlines()
     verdict = next((line for line in lines if line.startswith(("PASS", "FAIL"))), "")
     if proc.returncode != 0 or not verdict.startswith("PASS"):
         raise RuntimeError(f"guest {name} with {vcpus} vCPUs on {nodes} node(s) failed with status "
                            f"{proc.returncode}: {verdict or proc.stderr.strip()[-300:]}")
-    run = GuestRun(name, vcpus, nodes, wall, {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", verdict)})
+    run = GuestRun(name, vcpus, nodes, wall, {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", verdict)},
+                   cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
     for line in lines:
         if line.startswith("MEDIAN "):
             run.medians = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
@@ -187,12 +194,27 @@ def bench_workloads(build: str, hz: float, mp_nodes: tuple[int, ...]) -> dict[st
                        "many_nodes": rate(two, two.fields["ops"]), "nodes": 2}
     for n in mp_nodes:
         one, many = run_guest(build, "mp_litmus", n, 1), run_guest(build, "mp_litmus", n, n)
+        # Start-up and shut-down of as many nodes; the cheaper of two, as start-up CPU time varies.
+        idle = min((run_guest(build, "hello", n, n) for _ in range(2)), key=lambda run: run.cpu_s)
         out[f"mp_litmus_{n}"] = {"label": f"message passing (mp_litmus), {n} vCPUs, {many.fields['rounds']} rounds "
                                           f"of {many.fields['pages']} pages", "unit": "ms", "better": "lower",
                                  "one_node": one.fields["cycles"] / hz * 1e3,
                                  "many_nodes": many.fields["cycles"] / hz * 1e3,
-                                 "nodes": n}
+                                 "nodes": n, "cpu_floor": cpu_floor(one, many, idle, hz)}
     return out
+
+
+def cpu_floor(one: GuestRun, many: GuestRun, idle: GuestRun, hz: float) -> dict[str, float]:
+    """What the host's CPUs alone allow: the CPU time the spanning run took beyond an idle guest's
+    start-up on as many nodes, per remote fault, and the time those faults need with every CPU busy,
+    against the one-node run. A floor ratio above the target means the target needs cheaper faults
+    (or fewer), not better overlap."""
+    faults = sum(s["remote_faults"] for s in many.node_stats)
+    cpu = max(0.0, many.cpu_s - idle.cpu_s)
+    cpus = len(os.sched_getaffinity(0))
+    busy_ms = cpu / cpus * 1e3
+    return {"remote_faults": faults, "cpu_us_per_remote_fault": cpu / max(1, faults) * 1e6, "cpus": cpus,
+            "all_cpus_busy_ms": busy_ms, "floor_vs_1": busy_ms / (one.fields["cycles"] / hz * 1e3)}
 
 
 def targets(costs: dict[str, Any], workloads: dict[str, Any], core_read_us: float) -> list[dict[str, Any]]:
@@ -267,6 +289,13 @@ def print_guest_tables(r: dict[str, Any]) -> None:
             lambda v: f"{v / 1e6:,.1f} M incr/s")
         print(f"{w['label']:64s} {fmt(w['one_node']):>16s} {fmt(w['many_nodes']) + ' (' + str(w['nodes']) + ')':>20s} "
               f"{_ratio_text(w['many_nodes'] / w['one_node'], w['better']):>28s}")
+
+    for w in r["workloads"].values():
+        if "cpu_floor" in w:
+            f = w["cpu_floor"]
+            print(f"  {w['nodes']} nodes: {f['cpu_us_per_remote_fault']:.0f} us of CPU per remote fault beyond "
+                  f"start-up ({f['remote_faults']} faults); on {f['cpus']} CPUs, all busy, that is at least "
+                  f"{f['all_cpus_busy_ms']:.0f} ms = {f['floor_vs_1']:.1f} x one node (lower is better)")
 
     if "migratory" in r:
         from bench.migratory import print_migratory

@@ -56,6 +56,12 @@ def test_workloads_and_targets_say_which_direction_is_better(results: dict) -> N
         assert row["one_node"] > 0 and row["many_nodes"] > 0, name
         assert row["better"] in ("lower", "higher") and row["unit"], name
     assert w["mp_litmus_4"]["nodes"] == 4
+    # What the host's CPUs allow: the faults the run took, at the CPU time each cost beyond start-up.
+    floor = w["mp_litmus_4"]["cpu_floor"]
+    assert floor["remote_faults"] > 0 and floor["cpus"] >= 1 and floor["cpu_us_per_remote_fault"] >= 0
+    assert floor["all_cpus_busy_ms"] == pytest.approx(
+        floor["cpu_us_per_remote_fault"] * floor["remote_faults"] / floor["cpus"] / 1e3)
+    assert floor["floor_vs_1"] == pytest.approx(floor["all_cpus_busy_ms"] / w["mp_litmus_4"]["one_node"])
     keys = [t["key"] for t in results["targets"]]
     # The quick run has no 8-node message passing; everything else is judged.
     assert keys == [k for k, *_ in guests.TARGETS if k != "mp8_vs_1"]
