@@ -181,7 +181,8 @@ def bench_workloads(build: str, hz: float, mp_nodes: tuple[int, ...]) -> dict[st
     one, two = run_guest(build, "pagewalk", 2, 1), run_guest(build, "pagewalk", 2, 2)
     out["pagewalk"] = {"label": f"pagewalk, {one.fields['mib']} MiB written, moved and moved back", "unit": "MiB/s",
                        "better": "higher", "one_node": rate(one, 3 * one.fields["mib"]),
-                       "many_nodes": rate(two, 3 * two.fields["mib"]), "nodes": 2}
+                       "many_nodes": rate(two, 3 * two.fields["mib"]), "nodes": 2,
+                       "faults": fault_share(two, two.fields["mib"] * MIB // PAGE_SIZE, hz)}
     one, two = run_guest(build, "ipi_pingpong", 2, 1), run_guest(build, "ipi_pingpong", 2, 2)
     out["ipi_pingpong"] = {"label": "interrupt round trip between 2 vCPUs", "unit": "us", "better": "lower",
                            "one_node": one.fields["cycles_per_round"] / hz * 1e6,
@@ -202,6 +203,18 @@ def bench_workloads(build: str, hz: float, mp_nodes: tuple[int, ...]) -> dict[st
                                  "many_nodes": many.fields["cycles"] / hz * 1e3,
                                  "nodes": n, "cpu_floor": cpu_floor(one, many, idle, hz)}
     return out
+
+
+def fault_share(run: GuestRun, pages: int, hz: float) -> dict[str, float]:
+    """Where a spanning run's time went, from its nodes' own counters: faults per page of the
+    region, and the share of the guest's time its vCPUs spent blocked in them."""
+    faults = sum(s["remote_faults"] + s["local_faults"] for s in run.node_stats)
+    blocked = sum(s["vcpu_blocked_s"] for s in run.node_stats)
+    vcpu_faults = sum(s["vcpu_faults"] for s in run.node_stats)
+    return {"faults_per_page": faults / pages,
+            "remote_per_page": sum(s["remote_faults"] for s in run.node_stats) / pages,
+            "blocked_share": blocked / (run.fields["cycles"] / hz),
+            "us_per_vcpu_fault": blocked / max(1, vcpu_faults) * 1e6}
 
 
 def cpu_floor(one: GuestRun, many: GuestRun, idle: GuestRun, hz: float) -> dict[str, float]:
@@ -291,6 +304,11 @@ def print_guest_tables(r: dict[str, Any]) -> None:
               f"{_ratio_text(w['many_nodes'] / w['one_node'], w['better']):>28s}")
 
     for w in r["workloads"].values():
+        if "faults" in w:
+            f = w["faults"]
+            print(f"  {w['nodes']} nodes: {f['faults_per_page']:.2f} faults per page ({f['remote_per_page']:.2f} "
+                  f"remote), {f['us_per_vcpu_fault']:.0f} us each as the vCPU waits; the vCPUs were blocked in "
+                  f"faults {100 * f['blocked_share']:.0f} % of the run (lower is better)")
         if "cpu_floor" in w:
             f = w["cpu_floor"]
             print(f"  {w['nodes']} nodes: {f['cpu_us_per_remote_fault']:.0f} us of CPU per remote fault beyond "

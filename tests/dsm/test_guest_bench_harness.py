@@ -56,6 +56,10 @@ def test_workloads_and_targets_say_which_direction_is_better(results: dict) -> N
         assert row["one_node"] > 0 and row["many_nodes"] > 0, name
         assert row["better"] in ("lower", "higher") and row["unit"], name
     assert w["mp_litmus_4"]["nodes"] == 4
+    # pagewalk's time, from its nodes' counters: every page faults at least twice (moved there and back).
+    share = w["pagewalk"]["faults"]
+    assert share["remote_per_page"] >= 2 and share["faults_per_page"] >= share["remote_per_page"]
+    assert 0 < share["blocked_share"] and share["us_per_vcpu_fault"] > 0
     # What the host's CPUs allow: the faults the run took, at the CPU time each cost beyond start-up.
     floor = w["mp_litmus_4"]["cpu_floor"]
     assert floor["remote_faults"] > 0 and floor["cpus"] >= 1 and floor["cpu_us_per_remote_fault"] >= 0
