@@ -61,6 +61,7 @@ class DsmOptions:
     # What node 0's first read of a page nobody touched since boot is granted
     # (docs/protocol.md, the worked example): "read" (default) or "write", which
     # saves the write fault of a read-modify-write. Node-local: peers need not agree.
+    # It matters only with map_owned off: with it node 0 faults on no untouched page.
     first_touch: str = "read"
     # A read fault continuing a sequential run asks for the following pages as
     # read copies, installed before the vCPU touches them (an adaptive window,
@@ -88,10 +89,11 @@ class DsmOptions:
     # Node 0 owns every page at boot: map them all writable at start, in large
     # ranges, so its guest's first touch of a page nobody else has touched costs
     # what it costs without the DSM (no userfaultfd fault): measured 0.02 x one
-    # node without the DSM, against 2.7 x off. Off by default: in the same runs
-    # every remote page cost ~1.3 x and the DSM's mean fault ~3 x as much, and whole
-    # guests were slower (docs/guest-performance.md); why is not yet known.
-    map_owned: bool = False
+    # node without the DSM, against 2.7 x off. The price, measured with the fault
+    # trace: a page node 0 never used travels with its 4 KiB (and a zap) when
+    # another node first asks for it; whole guests tie or win
+    # (docs/guest-performance.md).
+    map_owned: bool = True
     # 1..99: the DSM's event-loop thread runs SCHED_FIFO at this priority (root), so a
     # message preempts a vCPU that spins on the same CPU. Off (0) by default: measured,
     # it made a guest's remote page 1.5 x slower (docs/guest-performance.md).

@@ -40,12 +40,13 @@ def test_every_access_kind_has_a_cost_and_a_rate(results: dict) -> None:
     assert floor["us"] == floor["first_touch_one_node_us"] + CORE_READ_US
     # Both nodes report their DSM counters. Node 0 took a remote fault per page for each read
     # step (sequential, random, the rmw's read) and a local one per page for each write step
-    # (write_inval, the rmw's write) and first touch (map_owned is off by default).
+    # (write_inval, the rmw's write); none for its first touches (map_owned, on by default,
+    # maps node 0's pages up front).
     stats = costs["node_stats_two_nodes"][0]
     pages = costs["pages"]
     assert [s["node"] for s in stats] == [0, 1]
     assert stats[0]["remote_faults"] >= 3 * pages
-    assert stats[0]["local_faults"] >= 3 * pages
+    assert stats[0]["local_faults"] >= 2 * pages
 
 
 @requires_kvm
