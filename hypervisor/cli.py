@@ -175,7 +175,11 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
                           "default), node 0 records every owner (central), node p %% N does (fixed)")
     run.add_argument("--first-touch", choices=FIRST_TOUCH, default="read",
                      help="with --nodes: what node 0's first read of a page nobody touched gets: a readable copy "
-                          "(read, default) or write access at once (write: a read-modify-write faults once)")
+                          "(read, default) or write access at once (write: a read-modify-write faults once; "
+                          "needs --no-map-owned)")
+    run.add_argument("--no-map-owned", dest="map_owned", action="store_false",
+                     help="with --nodes: node 0 does not map the pages it owns at start, so its guest's first "
+                          "touch of each page is a userfaultfd fault (the default maps them: docs/dsm.md)")
     run.add_argument("--migratory", action="store_true",
                      help="with --nodes: migratory pages: a page one node read then wrote is granted whole on "
                           "its next read (one round trip per read-modify-write; giantvm reads only)")
@@ -296,6 +300,9 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
     if getattr(args, "migratory", False) and args.read_ownership != "giantvm":
         return RunOutcome(Status.USAGE, f"--migratory needs --read-ownership giantvm (a read that moves "
                                         f"ownership), not {args.read_ownership}", True)
+    if getattr(args, "first_touch", "read") == "write" and getattr(args, "map_owned", True):
+        return RunOutcome(Status.USAGE, "--first-touch write needs --no-map-owned (with node 0's pages mapped "
+                                        "at start, its guest never faults on an untouched page)", True)
     if getattr(args, "prefetch", False) and args.read_ownership != "ivy":
         return RunOutcome(Status.USAGE, f"--prefetch needs --read-ownership ivy (a read copy that leaves "
                                         f"ownership in place), not {args.read_ownership}", True)

@@ -40,7 +40,7 @@ DEFAULT_STALL_WARN = 2.0
 MAX_SECONDS = 86400.0
 # Every key a config may hold; anything else is refused with its name (a typo
 # such as `memory = "128M"` must not leave RAM at its default unnoticed).
-CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "first_touch", "prefetch", "secret_file", "setup_timeout",
+CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "first_touch", "prefetch", "map_owned", "secret_file", "setup_timeout",
                 "timeout", "stall_warn", "trace") + DSM_TUNING
 NODE_KEYS = ("id", "address", "vcpus", "control_port")
 MAX_CONFIG_BYTES = 1 << 20     # a 64-node config is a few KiB
@@ -89,6 +89,7 @@ class ClusterOptions:
     migratory: bool = False      # migratory pages (hypervisor.dsm.DsmOptions); every node must agree
     first_touch: str = "read"    # what node 0's first read of an untouched page gets (node-local)
     prefetch: bool = False       # sequential read faults ask for the following pages ahead (node-local)
+    map_owned: bool = True       # node 0 maps the pages it owns at start, so its first touches never fault (node-local)
     poll_us: int | None = None   # None: the DSM's default
     hold_us: int | None = None
     stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
@@ -371,6 +372,7 @@ def load_config(path: Path) -> ClusterConfig:
         migratory=_flag(cluster.get("migratory", False), f"{where} migratory"),
         first_touch=_text(cluster.get("first_touch", "read"), f"{where} first_touch"),
         prefetch=_flag(cluster.get("prefetch", False), f"{where} prefetch"),
+        map_owned=_flag(cluster.get("map_owned", True), f"{where} map_owned"),
         secret_file=base_path(path, secret_file) if secret_file else None,
         setup_timeout=float(setup_timeout),
         poll_us=_microseconds(cluster, "poll_us", path),
@@ -414,6 +416,9 @@ def _checked(config: ClusterConfig) -> ClusterConfig:
         raise ConfigError(f"manager {config.manager!r}: expected one of {', '.join(MANAGERS)}")
     if config.first_touch not in FIRST_TOUCH:
         raise ConfigError(f"first_touch {config.first_touch!r}: expected one of {', '.join(FIRST_TOUCH)}")
+    if config.first_touch == "write" and config.map_owned:
+        raise ConfigError('first_touch = "write" needs map_owned = false (with node 0\'s pages mapped at start, '
+                          'its guest never faults on an untouched page)')
     if config.prefetch and config.read_ownership != "ivy":
         raise ConfigError(f"prefetch = true needs read_ownership = \"ivy\" (a read copy that leaves ownership "
                           f"in place), not {config.read_ownership!r}")

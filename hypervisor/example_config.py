@@ -26,7 +26,8 @@ secret_file = "secret"
 # Optional, with their defaults:
 # read_ownership = "giantvm"   # or "ivy": whether a read moves page ownership
 # manager = "dynamic"          # or "central", "fixed": how a fault finds a page's owner
-# first_touch = "read"         # or "write": node 0's first read of an untouched page gets write access
+# map_owned = true             # false: node 0 does not map its pages at start (its first touches fault)
+# first_touch = "read"         # or "write" (with map_owned = false): node 0's first read of an untouched page gets write access
 # prefetch = false            # true: sequential read faults bring the following pages ahead (ivy reads)
 # migratory = false            # true: a page read then written by one node moves whole on its next read
 # setup_timeout = 20           # seconds every node has to join

@@ -143,11 +143,11 @@ def test_ivyvm_run_fills_every_cluster_option_and_the_file_carries_them_back(tmp
     from hypervisor.cluster import write_config
     args = cli.build_parser().parse_args([
         "run", "g.elf", "--vcpus", "2", "--nodes", "2", "--read-ownership", "ivy", "--manager", "central",
-        "--first-touch", "write", "--prefetch", "--poll-us", "25", "--hold-us", "0", "--stall-warn", "0.75",
+        "--first-touch", "write", "--no-map-owned", "--prefetch", "--poll-us", "25", "--hold-us", "0", "--stall-warn", "0.75",
         "--timeout", "12.5"])
     options = ClusterOptions.taken_from(args)
     assert options == ClusterOptions(read_ownership="ivy", manager="central", first_touch="write", prefetch=True,
-                                     poll_us=25, hold_us=0, stall_warn=0.75, timeout=12.5)
+                                     map_owned=False, poll_us=25, hold_us=0, stall_warn=0.75, timeout=12.5)
     written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)], options)
     assert ClusterOptions.taken_from(load_config(write_config(written, tmp_path))) == options
 
@@ -192,17 +192,28 @@ def test_first_touch_is_read_from_the_file_and_written_back(tmp_path: Path) -> N
     from hypervisor.dsm import DsmOptions
     from hypervisor.node import Node
     assert load_config(write(tmp_path, TUNED.format(""))).first_touch == "read"
-    config = load_config(write(tmp_path, TUNED.format('first_touch = "write"')))
+    config = load_config(write(tmp_path, TUNED.format('first_touch = "write"\nmap_owned = false')))
     assert config.first_touch == "write"
-    assert Node(config, 1, b"s" * 32).options == DsmOptions(first_touch="write")
+    assert Node(config, 1, b"s" * 32).options == DsmOptions(first_touch="write", map_owned=False)
     written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)],
-                               ClusterOptions(first_touch="write"))
-    assert load_config(write_config(written, tmp_path)).first_touch == "write"
+                               ClusterOptions(first_touch="write", map_owned=False))
+    again = load_config(write_config(written, tmp_path))
+    assert (again.first_touch, again.map_owned) == ("write", False)
+
+
+def test_map_owned_is_on_unless_the_file_says_false(tmp_path: Path) -> None:
+    from hypervisor.dsm import DsmOptions
+    from hypervisor.node import Node
+    assert load_config(write(tmp_path, TUNED.format(""))).map_owned is True
+    config = load_config(write(tmp_path, TUNED.format("map_owned = false")))
+    assert Node(config, 0, b"s" * 32).options == DsmOptions(map_owned=False)
 
 
 @pytest.mark.parametrize("line, message", [
     ('first_touch = "always"', "first_touch 'always': expected one of read, write"),
     ("first_touch = 1", "first_touch must be a string, not 1"),
+    ('first_touch = "write"', 'first_touch = "write" needs map_owned = false'),
+    ('map_owned = "no"', "map_owned must be true or false, not 'no'"),
 ])
 def test_bad_first_touch_is_named(tmp_path: Path, line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
