@@ -283,6 +283,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return outcome.status
 
 
+def as_flag(option: str, value: object) -> str:
+    """An `ivyvm run` option set to a value, as typed: --prefetch, --no-map-owned, --read-ownership ivy."""
+    flag = option.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
 def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> RunOutcome:
     """`ivyvm run` after parsing; hypervisor.api.run_guest calls it too (one code path).
 
@@ -297,15 +305,9 @@ def execute_run(args: argparse.Namespace, console: Callable[[bytes], None]) -> R
     if args.mem - args.vcpus * STACK_SIZE <= MIB:
         return RunOutcome(Status.USAGE, f"--mem {args.mem} leaves no room for a guest beside {args.vcpus} x "
                                         "64 KiB stacks", True)
-    if getattr(args, "migratory", False) and args.read_ownership != "giantvm":
-        return RunOutcome(Status.USAGE, f"--migratory needs --read-ownership giantvm (a read that moves "
-                                        f"ownership), not {args.read_ownership}", True)
-    if getattr(args, "first_touch", "read") == "write" and getattr(args, "map_owned", True):
-        return RunOutcome(Status.USAGE, "--first-touch write needs --no-map-owned (with node 0's pages mapped "
-                                        "at start, its guest never faults on an untouched page)", True)
-    if getattr(args, "prefetch", False) and args.read_ownership != "ivy":
-        return RunOutcome(Status.USAGE, f"--prefetch needs --read-ownership ivy (a read copy that leaves "
-                                        f"ownership in place), not {args.read_ownership}", True)
+    problem = ClusterOptions.taken_from(args).unmet_requirement(as_flag, str)
+    if problem:
+        return RunOutcome(Status.USAGE, problem, True)
     try:
         shaping = shaping_of(args)
     except ValueError as e:

@@ -16,7 +16,7 @@ import stat
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .files import InputFileError, read_regular
 from hypervisor.base import SECRET_ENV
@@ -107,6 +107,30 @@ class ClusterOptions:
     def toml_lines(self) -> list[str]:
         """These options as [cluster] lines load_config reads back to the same values."""
         return [f"{key} = {_toml_value(value)}" for key, value in self.as_keywords().items() if value is not None]
+
+    def unmet_requirement(self, spell: Callable[[str, object], str], show: Callable[[object], str]) -> str | None:
+        """The first of REQUIREMENTS these options break, worded by `spell` (an option set to a
+        value, as a config key or a command-line flag) and `show` (the value found instead)."""
+        for option, value, needed, needed_value, why in REQUIREMENTS:
+            found = getattr(self, needed)
+            if getattr(self, option) == value and found != needed_value:
+                instead = "" if isinstance(needed_value, bool) else f", not {show(found)}"
+                return f"{spell(option, value)} needs {spell(needed, needed_value)} ({why}){instead}"
+        return None
+
+
+# Options that only work together: (option, value, the option it needs, set to this, why).
+# The config file and `ivyvm run` word them their own way (unmet_requirement).
+REQUIREMENTS: tuple[tuple[str, object, str, object, str], ...] = (
+    ("first_touch", "write", "map_owned", False,
+     "with node 0's pages mapped at start, its guest never faults on an untouched page"),
+    ("prefetch", True, "read_ownership", "ivy", "a read copy that leaves ownership in place"),
+    ("migratory", True, "read_ownership", "giantvm", "a read that moves ownership"),
+)
+
+
+def as_config_line(option: str, value: object) -> str:
+    return f"{option} = {_toml_value(value)}"
 
 
 def _toml_value(value: object) -> str:
@@ -416,15 +440,9 @@ def _checked(config: ClusterConfig) -> ClusterConfig:
         raise ConfigError(f"manager {config.manager!r}: expected one of {', '.join(MANAGERS)}")
     if config.first_touch not in FIRST_TOUCH:
         raise ConfigError(f"first_touch {config.first_touch!r}: expected one of {', '.join(FIRST_TOUCH)}")
-    if config.first_touch == "write" and config.map_owned:
-        raise ConfigError('first_touch = "write" needs map_owned = false (with node 0\'s pages mapped at start, '
-                          'its guest never faults on an untouched page)')
-    if config.prefetch and config.read_ownership != "ivy":
-        raise ConfigError(f"prefetch = true needs read_ownership = \"ivy\" (a read copy that leaves ownership "
-                          f"in place), not {config.read_ownership!r}")
-    if config.migratory and config.read_ownership != "giantvm":
-        raise ConfigError(f"migratory = true needs read_ownership = \"giantvm\" (a read that moves ownership), "
-                          f"not {config.read_ownership!r}")
+    problem = config.unmet_requirement(as_config_line, repr)
+    if problem:
+        raise ConfigError(problem)
     addresses = [a for n in config.nodes for a in (n.address, n.control_address)]
     if len(set(addresses)) != len(addresses):
         raise ConfigError("two nodes share a port (each node uses its PORT and its control_port, "
