@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypervisor import GuestResult, run_guest
 from hypervisor.status import Status
 from tests.conftest import ROOT, guest_elf
 
@@ -26,6 +27,15 @@ class Outcome:
     stdout: str
     stderr: str
     seconds: float
+
+
+def passing_guest(name: str, vcpus: int = 2, nodes: int = 2, **options: object) -> GuestResult:
+    """The guest `name` spanning `nodes` with these `ivyvm run` options: it must end with its own
+    PASS line and status 0 (its data checked); the result, for what else the test wants of it."""
+    result = run_guest(guest_elf(name), vcpus=vcpus, nodes=nodes, timeout=120, **options)
+    assert result.verdict is not None and result.verdict.startswith(f"PASS {name}"), result
+    assert result.status == 0, result.stderr
+    return result
 
 
 def run_cli(*args: str, timeout: float = 90.0, env: dict[str, str] | None = None) -> Outcome:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from hypervisor import run_guest
-from tests.cluster.common import guest_elf, processes_mentioning, run_cli
+from tests.cluster.common import guest_elf, passing_guest, processes_mentioning, run_cli
 from tests.conftest import requires_kvm
 
 PAGES = 256     # guest/programs/migratory.c's default
@@ -21,11 +21,8 @@ ROUNDS = 6
 @requires_kvm
 @pytest.mark.parametrize("name", ["spanning_counter", "pagewalk", "mp_litmus"])
 def test_a_spanning_guest_gives_exact_results_with_migratory_pages(name: str) -> None:
-    elf = guest_elf(name)
-    result = run_guest(elf, vcpus=2, nodes=2, timeout=120, migratory=True)
-    assert result.verdict is not None and result.verdict.startswith(f"PASS {name}"), result
-    assert result.status == 0, result.stderr
-    assert not processes_mentioning(str(elf)), "a node process outlived `ivyvm run`"
+    passing_guest(name, migratory=True)
+    assert not processes_mentioning(str(guest_elf(name))), "a node process outlived `ivyvm run`"
 
 
 def invalidations(result) -> int:

@@ -6,16 +6,14 @@ from __future__ import annotations
 import pytest
 
 from hypervisor import run_guest
-from tests.cluster.common import guest_elf, run_cli
+from tests.cluster.common import guest_elf, passing_guest, run_cli
 from tests.conftest import requires_kvm
 
 
 @requires_kvm
 @pytest.mark.parametrize("name", ["hello", "spanning_counter", "pagewalk", "memtest", "mp_litmus"])
 def test_a_spanning_guest_gives_exact_results_with_prefetch(name: str) -> None:
-    result = run_guest(guest_elf(name), vcpus=2, nodes=2, timeout=120, read_ownership="ivy", prefetch=True)
-    assert result.verdict is not None and result.verdict.startswith(f"PASS {name}"), result
-    assert result.status == 0, result.stderr
+    passing_guest(name, read_ownership="ivy", prefetch=True)
 
 
 @requires_kvm

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from hypervisor import run_guest
-from tests.cluster.common import finish, free_port_pairs, guest_elf, processes_mentioning, run_cli, start_node
+from tests.cluster.common import (finish, free_port_pairs, guest_elf, passing_guest, processes_mentioning, run_cli,
+                                  start_node)
 from tests.conftest import requires_kvm
 
 SHAPES = [(2, 2), (4, 2), (3, 3)]
@@ -24,12 +25,9 @@ GUESTS = ["hello", "spanning_counter", "mp_litmus", "dekker", "ipi_pingpong", "p
 @pytest.mark.parametrize("vcpus, nodes", SHAPES, ids=[f"{v}vcpu-{n}node" for v, n in SHAPES])
 @pytest.mark.parametrize("name", GUESTS)
 def test_guest_spanning_nodes_passes(name: str, vcpus: int, nodes: int) -> None:
-    elf = guest_elf(name)
-    result = run_guest(elf, vcpus=vcpus, nodes=nodes, timeout=120)
-    assert result.verdict is not None and result.verdict.startswith(f"PASS {name}"), result
+    result = passing_guest(name, vcpus, nodes)
     assert f"vcpus={vcpus}" in result.verdict
-    assert result.status == 0, result.stderr
-    assert not processes_mentioning(str(elf)), "a node process outlived `ivyvm run`"
+    assert not processes_mentioning(str(guest_elf(name))), "a node process outlived `ivyvm run`"
 
 
 @requires_kvm

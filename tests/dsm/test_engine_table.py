@@ -78,17 +78,23 @@ def test_the_sweep_takes_every_row() -> None:
     assert uncovered(coverage) == []
 
 
+def sweep_failures(mutant: str) -> tuple[str, str]:
+    """What the sweep says of `mutant`, with the model and by the invariants alone: it must fail both ways."""
+    with pytest.raises(SimFailure) as with_model:
+        sweep(3, mutant=mutant)
+    with pytest.raises(SimFailure) as invariants_only:
+        sweep(3, compare_model=False, mutant=mutant)
+    assert f"--mutant {mutant}" in str(invariants_only.value)
+    return str(with_model.value), str(invariants_only.value)
+
+
 def test_check_engine_catches_a_broken_handler() -> None:
     """serve_read_keep compiled without adding the reader to the copyset: the sweep
     fails on it, naming the row, with the model and, by the invariants, without it."""
-    with pytest.raises(SimFailure) as with_model:
-        sweep(3, mutant=MUTANT)
-    assert "row serve_read_keep" in str(with_model.value)
-    assert "msg.copyset" in str(with_model.value)
-    with pytest.raises(SimFailure) as invariants_only:
-        sweep(3, compare_model=False, mutant=MUTANT)
-    assert "--no-model" in str(invariants_only.value)
-    assert f"--mutant {MUTANT}" in str(invariants_only.value)
+    with_model, invariants_only = sweep_failures(MUTANT)
+    assert "row serve_read_keep" in with_model
+    assert "msg.copyset" in with_model
+    assert "--no-model" in invariants_only
 
 
 def test_a_failure_prints_only_the_fields_that_differ() -> None:
@@ -148,13 +154,9 @@ def test_check_engine_catches_a_broken_migratory_grant() -> None:
     """serve_read_migratory compiled to leave the server's copy mapped read-only
     (WRPROTECT in place of ZAP) while granting the page whole: the sweep fails
     on it with the model, and by the invariants alone without it."""
-    with pytest.raises(SimFailure) as with_model:
-        sweep(3, mutant=MIGRATORY_MUTANT)
-    assert "row serve_read_migratory" in str(with_model.value)
-    with pytest.raises(SimFailure) as invariants_only:
-        sweep(3, compare_model=False, mutant=MIGRATORY_MUTANT)
-    assert f"--mutant {MIGRATORY_MUTANT}" in str(invariants_only.value)
-    assert "migratory" in str(invariants_only.value)
+    with_model, invariants_only = sweep_failures(MIGRATORY_MUTANT)
+    assert "row serve_read_migratory" in with_model
+    assert "migratory" in invariants_only
 
 
 PREFETCH_MUTANT = "prefetch_maps_without_asking"
@@ -164,10 +166,6 @@ def test_check_engine_catches_a_prefetch_that_maps_without_asking() -> None:
     """prefetch_request compiled to map the bytes the node already has in place
     of asking the owner: the sweep fails on it with the model, and by its
     read checks alone without it (a read returns an older write)."""
-    with pytest.raises(SimFailure) as with_model:
-        sweep(3, mutant=PREFETCH_MUTANT)
-    assert "row prefetch_request" in str(with_model.value)
-    with pytest.raises(SimFailure) as invariants_only:
-        sweep(3, compare_model=False, mutant=PREFETCH_MUTANT)
-    assert f"--mutant {PREFETCH_MUTANT}" in str(invariants_only.value)
-    assert "prefetch" in str(invariants_only.value)
+    with_model, invariants_only = sweep_failures(PREFETCH_MUTANT)
+    assert "row prefetch_request" in with_model
+    assert "prefetch" in invariants_only
