@@ -145,6 +145,8 @@ static void check_page(const struct ivy_engine *e, const struct ivy_page *p)
                               p->pending == IVY_READ_STALE)));
     /* The migratory mark lives at the owner only, and only with the option. */
     IVY_ASSERT(!p->migratory || (p->owner && e->cfg.migratory));
+    /* A write-soon hint rides on our outstanding READ only. */
+    IVY_ASSERT(!p->write_soon || (p->pending == IVY_WANT_READ && e->cfg.migratory));
     /* INITIAL is never left and re-entered; only node 0 owns it. */
     IVY_ASSERT(p->state != IVY_INITIAL || !p->owner || e->cfg.self == 0);
 }
@@ -205,8 +207,8 @@ static uint64_t new_txid(struct ivy_engine *e)
 }
 
 /* Send a request for the page towards its owner (fault_request, reply_read_stale). */
-static void ask(struct ivy_engine *e, struct ivy_page *p, uint64_t page, bool write,
-                struct ivy_actions *out)
+static void ask_hinted(struct ivy_engine *e, struct ivy_page *p, uint64_t page, bool write, uint8_t flags,
+                       struct ivy_actions *out)
 {
     const uint8_t type = write ? IVY_MSG_WRITE : IVY_MSG_READ;
     const uint16_t to = ivy_engine_route(e, page);
@@ -217,7 +219,14 @@ static void ask(struct ivy_engine *e, struct ivy_page *p, uint64_t page, bool wr
     if (is_manager(e, page) && moves_ownership(e, type))
         p->probowner = e->cfg.self;
     struct ivy_msg req = make_msg(e, type, page, e->cfg.self, p->version, 0, p->txid);
+    req.flags = flags;
+    p->write_soon = (flags & IVY_REQ_WRITE_SOON) != 0;
     emit_send(e, out, to, &req);
+}
+
+static void ask(struct ivy_engine *e, struct ivy_page *p, uint64_t page, bool write, struct ivy_actions *out)
+{
+    ask_hinted(e, p, page, write, 0, out);
 }
 
 /* Only an idle owner serves: an acquiring or holding node parks requests. */
@@ -255,6 +264,7 @@ static void take_reply_version(struct ivy_page *p, const struct ivy_msg *m)
     /* A copy still readable here is current: it never needs new bytes. */
     IVY_ASSERT(!(m->flags & IVY_REPLY_DATA) || access_of(p) == 0);
     p->version = m->version;
+    p->write_soon = 0; /* answered */
 }
 
 /* ------------------------------------------------------------- handlers
@@ -327,6 +337,14 @@ static void fault_request_read(struct ivy_engine *e, struct ivy_page *p, uint64_
     ask(e, p, page, false, out);
 }
 
+/* The runtime predicts the read is followed by a write (read-modify-write). */
+static void fault_request_read_write_soon(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                          const struct ivy_msg *m, struct ivy_actions *out)
+{
+    (void)m;
+    ask_hinted(e, p, page, false, IVY_REQ_WRITE_SOON, out);
+}
+
 static void fault_request_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
                                 const struct ivy_msg *m, struct ivy_actions *out)
 {
@@ -382,15 +400,31 @@ static void hand_over(struct ivy_engine *e, struct ivy_page *p, uint64_t page, c
     emit_send(e, out, m->requester, &reply);
 }
 
-static void serve_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
-                        const struct ivy_msg *m, struct ivy_actions *out)
+/* The page goes whole: this copy dies, the requester is owner (flags: what else the reply says). */
+static void serve_whole(struct ivy_engine *e, struct ivy_page *p, uint64_t page, const struct ivy_msg *m,
+                        uint8_t flags, struct ivy_actions *out)
 {
     assert_can_serve(p);
     if (access_of(p) > 0)
         emit(out, IVY_ACT_ZAP, page);
     p->state = IVY_INVALID;
     hand_over(e, p, page, m, p->copyset & ~NODE_BIT(e->cfg.self),
-              (uint8_t)(data_flag(p, m) | migratory_flag(p)), out);
+              (uint8_t)(data_flag(p, m) | migratory_flag(p) | flags), out);
+}
+
+static void serve_write(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                        const struct ivy_msg *m, struct ivy_actions *out)
+{
+    serve_whole(e, p, page, m, 0, out);
+}
+
+/* A hinted READ reaching the page's only holder costs nobody a copy: it is
+ * served as a write, and the reply says the requester may write at once. */
+static void serve_read_write_soon(struct ivy_engine *e, struct ivy_page *p, uint64_t page,
+                                  const struct ivy_msg *m, struct ivy_actions *out)
+{
+    IVY_ASSERT(p->copyset == NODE_BIT(e->cfg.self));
+    serve_whole(e, p, page, m, IVY_REPLY_WRITABLE, out);
 }
 
 /* A migratory page's reader is served as a writer would be: it becomes the
@@ -615,6 +649,24 @@ static int read_then_write(const struct ivy_engine *e, const struct ivy_page *p,
     return migratory_on(e) && p->state == IVY_SHARED && others != 0 && (others & (others - 1)) == 0;
 }
 
+/* A hinted READ, and the owner is the page's only holder. */
+static int hinted_sole_holder(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    return migratory_on(e) && (m->flags & IVY_REQ_WRITE_SOON) && p->copyset == NODE_BIT(e->cfg.self);
+}
+
+static int write_soon_on(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)p, (void)m;
+    return migratory_on(e);
+}
+
+static int reply_grants_writable(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
+{
+    (void)e, (void)p;
+    return (m->flags & IVY_REPLY_WRITABLE) != 0;
+}
+
 static int page_migratory(const struct ivy_engine *e, const struct ivy_page *p, const struct ivy_msg *m)
 {
     (void)m;
@@ -678,7 +730,11 @@ static const char *request_from_elsewhere(const struct ivy_engine *e, const stru
                                           const struct ivy_msg *m)
 {
     (void)p;
-    return m->requester == e->cfg.self ? "a request naming this node as requester" : NULL;
+    if (m->requester == e->cfg.self)
+        return "a request naming this node as requester";
+    if (m->flags & ~(m->type == IVY_MSG_READ && migratory_on(e) ? IVY_REQ_WRITE_SOON : 0u))
+        return "request flags this cluster does not use";
+    return NULL;
 }
 
 static const char *forward_has_a_target(const struct ivy_engine *e, const struct ivy_page *p,
@@ -706,6 +762,8 @@ static const char *reply_fits(const struct ivy_engine *e, const struct ivy_page 
         return "a migratory grant in a cluster without migratory pages";
     if ((m->flags & IVY_REPLY_MIGRATORY) && !(m->flags & IVY_REPLY_OWNERSHIP))
         return "a migratory grant without ownership";
+    if ((m->flags & IVY_REPLY_WRITABLE) && !(m->flags & IVY_REPLY_OWNERSHIP && p->write_soon))
+        return "a writable grant for a read that gave no write-soon hint";
     return NULL;
 }
 
@@ -715,6 +773,15 @@ static const char *migratory_grant_fits(const struct ivy_engine *e, const struct
     const char *why = reply_fits(e, p, m);
     if (!why && (m->copyset & ~NODE_BIT(e->cfg.self)) != 0)
         why = "a migratory grant that lists other copies";
+    return why;
+}
+
+static const char *writable_grant_fits(const struct ivy_engine *e, const struct ivy_page *p,
+                                       const struct ivy_msg *m)
+{
+    const char *why = reply_fits(e, p, m);
+    if (!why && (m->copyset & ~NODE_BIT(e->cfg.self)) != 0)
+        why = "a writable grant that lists other copies";
     return why;
 }
 
@@ -747,7 +814,8 @@ static const char *ack_awaited(const struct ivy_engine *e, const struct ivy_page
 /* ------------------------------------------------------------ the table */
 
 #define EV(x) (1u << IVY_EV_##x)
-#define FAULTS (EV(READ_FAULT) | EV(WRITE_FAULT))
+#define READ_FAULTS (EV(READ_FAULT) | EV(READ_FAULT_WRITE_SOON))
+#define FAULTS (READ_FAULTS | EV(WRITE_FAULT))
 #define REQUESTS (EV(READ) | EV(WRITE))
 #define ST(x) (1u << IVY_##x)
 #define ANY_STATE (ST(INITIAL) | ST(INVALID) | ST(SHARED) | ST(MODIFIED))
@@ -769,13 +837,13 @@ static const struct ivy_row ROWS[] = {
     /* local faults */
     ROW(fault_while_pending, fault_while_pending, FAULTS, ANY_STATE, ACQUIRING, EITHER, ALWAYS, NO_GUARD,
         "nothing: the acquisition's MAP wakes every faulter"),
-    ROW(read_fault_spurious, fault_spurious, EV(READ_FAULT), ST(SHARED) | ST(MODIFIED), PD(IDLE) | PD(HOLDING), EITHER,
+    ROW(read_fault_spurious, fault_spurious, READ_FAULTS, ST(SHARED) | ST(MODIFIED), PD(IDLE) | PD(HOLDING), EITHER,
         ALWAYS, NO_GUARD, "WAKE: access already suffices"),
     ROW(write_fault_spurious, fault_spurious, EV(WRITE_FAULT), ST(MODIFIED), PD(IDLE) | PD(HOLDING), EITHER, ALWAYS,
         NO_GUARD, "WAKE: access already suffices"),
-    ROW(fault_initial_read_writable, fault_initial_read_writable, EV(READ_FAULT), ST(INITIAL), PD(IDLE), OWNER,
+    ROW(fault_initial_read_writable, fault_initial_read_writable, READ_FAULTS, ST(INITIAL), PD(IDLE), OWNER,
         WHEN(touch_writable), NO_GUARD, "as a write fault: MODIFIED, version + 1, MAP_RW DONE"),
-    ROW(fault_initial_read, fault_initial_read, EV(READ_FAULT), ST(INITIAL), PD(IDLE), OWNER, ALWAYS, NO_GUARD,
+    ROW(fault_initial_read, fault_initial_read, READ_FAULTS, ST(INITIAL), PD(IDLE), OWNER, ALWAYS, NO_GUARD,
         "SHARED, MAP_RO DONE, no message"),
     ROW(fault_owner_write_alone, fault_owner_write_alone, EV(WRITE_FAULT), ST(INITIAL) | ST(SHARED), PD(IDLE) | PD(HOLDING),
         OWNER, WHEN(no_copies_elsewhere), NO_GUARD, "grant_write: MODIFIED, version + 1, MAP_RW DONE"),
@@ -784,7 +852,10 @@ static const struct ivy_row ROWS[] = {
     ROW(fault_owner_write_invalidates, fault_owner_write_invalidates, EV(WRITE_FAULT), ST(INITIAL) | ST(SHARED),
         PD(IDLE) | PD(HOLDING), OWNER, WHEN(copies_elsewhere), NO_GUARD,
         "WAIT_ACKS, INVALIDATE every other copy holder"),
-    ROW(read_fault_request, fault_request_read, EV(READ_FAULT), ST(INITIAL) | ST(INVALID), PD(IDLE), NOT_OWNER, ALWAYS,
+    ROW(read_fault_request_write_soon, fault_request_read_write_soon, EV(READ_FAULT_WRITE_SOON),
+        ST(INITIAL) | ST(INVALID), PD(IDLE), NOT_OWNER, WHEN(write_soon_on), NO_GUARD,
+        "as read_fault_request, the READ flagged WRITE_SOON"),
+    ROW(read_fault_request, fault_request_read, READ_FAULTS, ST(INITIAL) | ST(INVALID), PD(IDLE), NOT_OWNER, ALWAYS,
         NO_GUARD, "WANT_READ, READ to ivy_engine_route()"),
     ROW(write_fault_request, fault_request_write, EV(WRITE_FAULT), ST(INITIAL) | ST(INVALID) | ST(SHARED), PD(IDLE), NOT_OWNER,
         ALWAYS, NO_GUARD, "WANT_WRITE, WRITE to ivy_engine_route()"),
@@ -803,6 +874,9 @@ static const struct ivy_row ROWS[] = {
     ROW(serve_write, serve_write, EV(WRITE), ST(INITIAL) | ST(SHARED) | ST(MODIFIED), PD(IDLE), OWNER, ALWAYS,
         GUARD(request_from_elsewhere),
         "INVALID non-owner, ZAP, REPLY+OWNERSHIP with the copyset minus self"),
+    ROW(serve_read_write_soon, serve_read_write_soon, EV(READ), ST(INITIAL) | ST(SHARED) | ST(MODIFIED), PD(IDLE),
+        OWNER, WHEN(hinted_sole_holder), GUARD(request_from_elsewhere),
+        "as serve_write: REPLY+OWNERSHIP+WRITABLE, no copy stays (nobody else held one)"),
     ROW(serve_read_migratory, serve_read_migratory, EV(READ), ST(MODIFIED), PD(IDLE), OWNER, WHEN(page_migratory),
         GUARD(request_from_elsewhere), "as serve_write: the reader gets REPLY+OWNERSHIP+MIGRATORY, no copy stays"),
     ROW(serve_read_migratory_unused, serve_read_migratory_unused, EV(READ), ST(SHARED), PD(IDLE), OWNER,
@@ -820,6 +894,8 @@ static const struct ivy_row ROWS[] = {
     ROW(reply_write_invalidates, reply_write_invalidates, EV(REPLY), ANY_STATE, PD(WANT_WRITE), NOT_OWNER,
         WHEN(reply_lists_copies), GUARD(reply_with_ownership),
         "owner, WAIT_ACKS, INVALIDATE the reply's copyset but self"),
+    ROW(reply_read_writable, reply_write_alone, EV(REPLY), ST(INITIAL) | ST(INVALID), PD(WANT_READ), NOT_OWNER,
+        WHEN(reply_grants_writable), GUARD(writable_grant_fits), "as reply_write_alone: owner, grant_write"),
     ROW(reply_read_migratory, reply_read_migratory, EV(REPLY), ST(INITIAL) | ST(INVALID), PD(WANT_READ), NOT_OWNER,
         WHEN(reply_grants_migratory), GUARD(migratory_grant_fits),
         "OWNER|SHARED, sole holder, migratory := 1, MAP_RO DONE (the write then faults locally)"),
@@ -866,6 +942,7 @@ static const struct {
     [IVY_EV_STORE_SEEN] = {"store seen", NULL},
     [IVY_EV_MAP_OWNED] = {"map owned", NULL},
     [IVY_EV_PREFETCH] = {"prefetch", NULL},
+    [IVY_EV_READ_FAULT_WRITE_SOON] = {"write-soon read fault", NULL},
 };
 
 /* ------------------------------------------------------------- dispatch */
@@ -954,6 +1031,11 @@ bool ivy_engine_map_owned(struct ivy_engine *e, uint64_t page, struct ivy_action
 void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_actions *out)
 {
     local_event(e, page, write ? IVY_EV_WRITE_FAULT : IVY_EV_READ_FAULT, out);
+}
+
+void ivy_engine_read_fault_write_soon(struct ivy_engine *e, uint64_t page, struct ivy_actions *out)
+{
+    local_event(e, page, IVY_EV_READ_FAULT_WRITE_SOON, out);
 }
 
 void ivy_engine_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out)

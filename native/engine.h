@@ -89,10 +89,15 @@ enum ivy_msg_type {
 #define IVY_REPLY_OWNERSHIP 0x2u /* the requester becomes the owner */
 #define IVY_REPLY_MIGRATORY 0x4u /* with OWNERSHIP on a READ's reply: the page is migratory, the
                                     requester is its sole holder (cfg.migratory only) */
+#define IVY_REPLY_WRITABLE 0x8u  /* with OWNERSHIP on a hinted READ's reply: a write grant, no other copy
+                                    is left (cfg.migratory only) */
+/* Request flags. */
+#define IVY_REQ_WRITE_SOON 0x10u /* on a READ: the requester predicts a write to the page soon, so an
+                                    owner that is its only holder grants it writable (cfg.migratory) */
 
 struct ivy_msg {
     uint8_t type;  /* enum ivy_msg_type */
-    uint8_t flags; /* IVY_REPLY_* on replies */
+    uint8_t flags; /* IVY_REPLY_* on replies, IVY_REQ_* on a READ */
     uint16_t requester;
     uint16_t sender;
     uint16_t hops; /* forwards so far (statistics) */
@@ -108,7 +113,8 @@ struct ivy_page {
     uint8_t pending; /* enum ivy_pending */
     uint8_t migratory; /* bool, kept by the owner: read-then-write detected (cfg.migratory) */
     uint16_t probowner; /* at a manager (central/fixed): the recorded owner */
-    uint16_t reserved2;
+    uint8_t write_soon; /* bool: our outstanding READ carries IVY_REQ_WRITE_SOON */
+    uint8_t reserved2;
     uint64_t copyset;   /* authoritative only at the owner */
     uint64_t version;
     uint64_t acks_missing; /* nodes whose INV_ACK we still wait for */
@@ -184,7 +190,8 @@ enum ivy_event {
     IVY_EV_STORE_SEEN = 9,   /* the writer woken by the hold's grant has stored */
     IVY_EV_MAP_OWNED = 10,   /* node 0, before start: it maps an owned page writable up front */
     IVY_EV_PREFETCH = 11,    /* the runtime expects a read of the page soon (a sequential run) */
-    IVY_EV_MAX = 11
+    IVY_EV_READ_FAULT_WRITE_SOON = 12, /* a local read faulted, and the runtime predicts a write */
+    IVY_EV_MAX = 12
 };
 
 /* Row owner mask bits. */
@@ -231,6 +238,11 @@ bool ivy_engine_map_owned(struct ivy_engine *e, uint64_t page, struct ivy_action
 /* A local access faulted: `write` is true for a write (or write-protect) fault. */
 void ivy_engine_fault(struct ivy_engine *e, uint64_t page, bool write,
                       struct ivy_actions *out);
+
+/* A local read faulted and the runtime predicts a write to it soon
+ * (IVY_EV_READ_FAULT_WRITE_SOON): as a read fault, but with cfg.migratory the
+ * READ it sends carries IVY_REQ_WRITE_SOON. */
+void ivy_engine_read_fault_write_soon(struct ivy_engine *e, uint64_t page, struct ivy_actions *out);
 
 /* A hold window event for a page that is IVY_HOLDING: IVY_EV_HOLD_EXPIRED
  * or IVY_EV_STORE_SEEN. */

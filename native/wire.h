@@ -12,7 +12,7 @@
  *    0 magic        u32  IVY_WIRE_MAGIC ("IVYD" on the wire)
  *    4 proto        u8   IVY_WIRE_PROTO
  *    5 type         u8   enum ivy_msg_type, or IVY_WIRE_PING / IVY_WIRE_BYE
- *    6 flags        u8   IVY_REPLY_* on a REPLY, 0 otherwise
+ *    6 flags        u8   IVY_REPLY_* on a REPLY, IVY_REQ_WRITE_SOON or 0 on a READ, 0 otherwise
  *    7 reserved0    u8   0
  *    8 payload_len  u32  4096 for a REPLY with IVY_REPLY_DATA, 0 otherwise
  *   12 requester    u16  node that wants the page
@@ -114,7 +114,7 @@ static inline void ivy_wire_encode(uint8_t out[IVY_WIRE_HDR_SIZE], uint8_t type,
     ivy_put32(out + offsetof(struct ivy_wire_hdr, magic), IVY_WIRE_MAGIC);
     out[offsetof(struct ivy_wire_hdr, proto)] = IVY_WIRE_PROTO;
     out[offsetof(struct ivy_wire_hdr, type)] = type;
-    out[offsetof(struct ivy_wire_hdr, flags)] = type == IVY_MSG_REPLY ? m->flags : 0;
+    out[offsetof(struct ivy_wire_hdr, flags)] = type == IVY_MSG_REPLY || type == IVY_MSG_READ ? m->flags : 0;
     ivy_put32(out + offsetof(struct ivy_wire_hdr, payload_len), data ? IVY_PAGE_SIZE : 0);
     ivy_put16(out + offsetof(struct ivy_wire_hdr, requester), m->requester);
     ivy_put16(out + offsetof(struct ivy_wire_hdr, sender), m->sender);
@@ -151,7 +151,9 @@ static inline enum ivy_wire_status ivy_wire_decode(const uint8_t *buf, size_t le
         ivy_get16(buf + offsetof(struct ivy_wire_hdr, reserved1)) != 0 ||
         ivy_get32(buf + offsetof(struct ivy_wire_hdr, reserved2)) != 0)
         return IVY_WIRE_BAD_RESERVED;
-    uint8_t allowed_flags = type == IVY_MSG_REPLY ? (IVY_REPLY_DATA | IVY_REPLY_OWNERSHIP | IVY_REPLY_MIGRATORY) : 0;
+    uint8_t allowed_flags = type == IVY_MSG_REPLY ? (IVY_REPLY_DATA | IVY_REPLY_OWNERSHIP | IVY_REPLY_MIGRATORY |
+                                                     IVY_REPLY_WRITABLE)
+                            : type == IVY_MSG_READ ? IVY_REQ_WRITE_SOON : 0;
     if (flags & ~allowed_flags)
         return IVY_WIRE_BAD_FLAGS;
     uint32_t want_len = (type == IVY_MSG_REPLY && (flags & IVY_REPLY_DATA)) ? IVY_PAGE_SIZE : 0;

@@ -71,6 +71,9 @@ int ivy_test_set_version(struct ivy_engine *e, uint64_t page, uint64_t version)
 int ivy_test_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_actions *out)
 { IVY_TEST_CALL(ivy_engine_fault(e, page, write, out)); }
 
+int ivy_test_read_fault_write_soon(struct ivy_engine *e, uint64_t page, struct ivy_actions *out)
+{ IVY_TEST_CALL(ivy_engine_read_fault_write_soon(e, page, out)); }
+
 int ivy_test_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out)
 { IVY_TEST_CALL(ivy_engine_message(e, m, out)); }
 
@@ -93,6 +96,7 @@ _TEST_CDEF = """
 int ivy_test_init(struct ivy_engine *e, const struct ivy_config *cfg, struct ivy_page *pages);
 int ivy_test_set_version(struct ivy_engine *e, uint64_t page, uint64_t version);
 int ivy_test_fault(struct ivy_engine *e, uint64_t page, bool write, struct ivy_actions *out);
+int ivy_test_read_fault_write_soon(struct ivy_engine *e, uint64_t page, struct ivy_actions *out);
 int ivy_test_message(struct ivy_engine *e, const struct ivy_msg *m, struct ivy_actions *out);
 int ivy_test_hold_event(struct ivy_engine *e, uint64_t page, unsigned event, struct ivy_actions *out);
 int ivy_test_prefetch(struct ivy_engine *e, uint64_t page, struct ivy_actions *out);
@@ -106,10 +110,11 @@ class EngineAssertion(AssertionError):
     """An IVY_ASSERT inside engine.c failed."""
 
 
-# Test-only mutants of engine.c: one handler broken by a source edit made
-# here, compiled into its own test module (never into the real one), to show
-# that the simulator's sweep catches a wrong transition.
-MUTANTS: dict[str, tuple[str, str]] = {
+# Test-only mutants of engine.c: one handler broken by source edits made
+# here (old, new; or several such pairs), compiled into its own test module
+# (never into the real one), to show that the simulator's sweep catches a
+# wrong transition.
+MUTANTS: dict[str, tuple[str, str] | tuple[tuple[str, str], ...]] = {
     # serve_read_keep forgets to add the reader to the copyset, so a later
     # writer never invalidates that reader's copy.
     "serve_read_keep_forgets_reader": (
@@ -126,6 +131,13 @@ MUTANTS: dict[str, tuple[str, str]] = {
         "    fault_request_read(e, p, page, m, out);\n}\n\nstatic void prefetch_needless(",
         "    (void)m;\n    p->state = IVY_SHARED;\n    emit(out, IVY_ACT_MAP_RO, page);\n}\n\n"
         "static void prefetch_needless("),
+    # a hinted READ is granted whole and writable while a third node still
+    # holds a copy, and the reply forgets that copy: two nodes then access it.
+    "write_soon_ignores_copies": (
+        ("return migratory_on(e) && (m->flags & IVY_REQ_WRITE_SOON) && p->copyset == NODE_BIT(e->cfg.self);",
+         "return migratory_on(e) && (m->flags & IVY_REQ_WRITE_SOON);"),
+        ("    IVY_ASSERT(p->copyset == NODE_BIT(e->cfg.self));\n    serve_whole(",
+         "    p->copyset = NODE_BIT(e->cfg.self);\n    serve_whole(")),
 }
 
 
@@ -141,10 +153,12 @@ def _engine_source(mutant: str | None) -> str:
     source = ENGINE_C.read_text()
     if mutant is None:
         return '#include "engine.c"\n'
-    old, new = MUTANTS[mutant]
-    if source.count(old) != 1:
-        raise RuntimeError(f"mutant {mutant}: the code it breaks is no longer in engine.c")
-    return source.replace(old, new)
+    edits = MUTANTS[mutant]
+    for old, new in (edits,) if isinstance(edits[0], str) else edits:  # type: ignore[assignment]
+        if source.count(old) != 1:
+            raise RuntimeError(f"mutant {mutant}: the code it breaks is no longer in engine.c")
+        source = source.replace(old, new)
+    return source
 
 
 _modules: dict[str | None, ModuleType] = {}
@@ -223,6 +237,7 @@ class PageState:
     acks_missing: int
     txid: int
     migratory: bool = False
+    write_soon: bool = False
 
 
 # The engine's names, with the values of this very build (engine.h is their one source).
@@ -235,7 +250,7 @@ MGR_DYNAMIC, MGR_CENTRAL, MGR_FIXED = _lib.IVY_MGR_DYNAMIC, _lib.IVY_MGR_CENTRAL
 MSG_READ, MSG_WRITE, MSG_REPLY = _lib.IVY_MSG_READ, _lib.IVY_MSG_WRITE, _lib.IVY_MSG_REPLY
 MSG_INVALIDATE, MSG_INV_ACK = _lib.IVY_MSG_INVALIDATE, _lib.IVY_MSG_INV_ACK
 REPLY_DATA, REPLY_OWNERSHIP = _lib.IVY_REPLY_DATA, _lib.IVY_REPLY_OWNERSHIP
-REPLY_MIGRATORY = _lib.IVY_REPLY_MIGRATORY
+REPLY_MIGRATORY, REPLY_WRITABLE, REQ_WRITE_SOON = _lib.IVY_REPLY_MIGRATORY, _lib.IVY_REPLY_WRITABLE, _lib.IVY_REQ_WRITE_SOON
 ACT_SEND, ACT_MAP_RO, ACT_MAP_RW, ACT_ZAP = _lib.IVY_ACT_SEND, _lib.IVY_ACT_MAP_RO, _lib.IVY_ACT_MAP_RW, _lib.IVY_ACT_ZAP
 ACT_WRPROTECT, ACT_WAKE, ACT_PARK = _lib.IVY_ACT_WRPROTECT, _lib.IVY_ACT_WAKE, _lib.IVY_ACT_PARK
 ACT_UNPARK, ACT_DONE, ACT_HOLD = _lib.IVY_ACT_UNPARK, _lib.IVY_ACT_DONE, _lib.IVY_ACT_HOLD
@@ -244,6 +259,7 @@ EV_READ_FAULT, EV_WRITE_FAULT = _lib.IVY_EV_READ_FAULT, _lib.IVY_EV_WRITE_FAULT
 EV_HOLD_EXPIRED, EV_STORE_SEEN = _lib.IVY_EV_HOLD_EXPIRED, _lib.IVY_EV_STORE_SEEN
 EV_MAP_OWNED = _lib.IVY_EV_MAP_OWNED
 EV_PREFETCH = _lib.IVY_EV_PREFETCH
+EV_READ_FAULT_WRITE_SOON = _lib.IVY_EV_READ_FAULT_WRITE_SOON
 ROW_NOT_OWNER, ROW_OWNER = _lib.IVY_ROW_NOT_OWNER, _lib.IVY_ROW_OWNER
 
 ACTION_NAMES = {value: name for name, value in enum_members(_ffi, "enum ivy_action_kind", "IVY_ACT_").items()}
@@ -333,8 +349,12 @@ class CEngine:
     def set_version(self, page: int, version: int) -> None:
         self._check(self.lib.ivy_test_set_version(self._engine, page, version))
 
-    def fault(self, page: int, write: bool) -> list[Action]:
-        self._check(self.lib.ivy_test_fault(self._engine, page, write, self._out))
+    def fault(self, page: int, write: bool, write_soon: bool = False) -> list[Action]:
+        """A local fault; write_soon: a read the runtime predicts a write to follow."""
+        if write_soon and not write:
+            self._check(self.lib.ivy_test_read_fault_write_soon(self._engine, page, self._out))
+        else:
+            self._check(self.lib.ivy_test_fault(self._engine, page, write, self._out))
         return self._actions()
 
     def _fill(self, m: Msg) -> Any:
@@ -379,7 +399,7 @@ class CEngine:
     def page(self, page: int) -> PageState:
         p = self._pages[page]
         return PageState(p.state, bool(p.owner), p.pending, p.probowner, p.copyset, p.version,
-                         p.acks_missing, p.txid, bool(p.migratory))
+                         p.acks_missing, p.txid, bool(p.migratory), bool(p.write_soon))
 
     def _actions(self) -> list[Action]:
         out = self._out
@@ -404,8 +424,8 @@ def describe(action: Action) -> str:
     if action.msg is None:
         return f"{name}(p{action.page})"
     m = action.msg
-    flags = "+".join(n for f, n in ((REPLY_DATA, "DATA"), (REPLY_OWNERSHIP, "OWN"),
-                                    (REPLY_MIGRATORY, "MIG")) if m.flags & f)
+    flags = "+".join(n for f, n in ((REPLY_DATA, "DATA"), (REPLY_OWNERSHIP, "OWN"), (REPLY_MIGRATORY, "MIG"),
+                                    (REPLY_WRITABLE, "WRITABLE"), (REQ_WRITE_SOON, "WRITE_SOON")) if m.flags & f)
     body = (f"{MSG_NAMES.get(m.type, m.type)} p{m.page} req={m.requester} from={m.sender} "
             f"v={m.version} cs={m.copyset:#x} hops={m.hops}{' ' + flags if flags else ''}")
     return f"{name}->{action.to}({body})" if action.kind == ACT_SEND else f"{name}({body})"

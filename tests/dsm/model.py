@@ -16,10 +16,11 @@ from typing import Callable
 
 from tests.dsm.engine_ffi import (
     ACT_DONE, ACT_HOLD, ACT_MAP_RO, ACT_MAP_RW, ACT_PARK, ACT_SEND, ACT_UNPARK, ACT_WAKE,
-    ACT_WRPROTECT, ACT_ZAP, EV_HOLD_EXPIRED, EV_MAP_OWNED, EV_PREFETCH, EV_READ_FAULT, EV_STORE_SEEN, EV_WRITE_FAULT,
+    ACT_WRPROTECT, ACT_ZAP, EV_HOLD_EXPIRED, EV_MAP_OWNED, EV_PREFETCH, EV_READ_FAULT, EV_READ_FAULT_WRITE_SOON,
+    EV_STORE_SEEN, EV_WRITE_FAULT,
     EVENT_NAMES, HOLDING, IDLE, INITIAL, INVALID, MGR_DYNAMIC, MGR_FIXED, MODIFIED,
     MSG_INV_ACK, MSG_INVALIDATE, MSG_READ, MSG_REPLY, MSG_WRITE, PENDING_NAMES, READ_GIANTVM,
-    READ_STALE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP, SHARED, STATE_NAMES, TOUCH_READ, TOUCH_WRITE,
+    READ_STALE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP, REPLY_WRITABLE, REQ_WRITE_SOON, SHARED, STATE_NAMES, TOUCH_READ, TOUCH_WRITE,
     WAIT_ACKS, WANT_READ, WANT_WRITE, Action, Msg, PageState, Row,
 )
 
@@ -47,10 +48,12 @@ class Entry:
     unacked: set[int] = field(default_factory=set)
     txid: int = 0
     migratory: bool = False
+    write_soon: bool = False  # our outstanding READ carries the write-soon hint
 
 
 # -- the table's vocabulary ----------------------------------------------------
-FAULTS = {EV_READ_FAULT, EV_WRITE_FAULT}
+READ_FAULTS = {EV_READ_FAULT, EV_READ_FAULT_WRITE_SOON}
+FAULTS = READ_FAULTS | {EV_WRITE_FAULT}
 REQUESTS = {MSG_READ, MSG_WRITE}
 ANY_STATE = {INITIAL, INVALID, SHARED, MODIFIED}
 ACQUIRING = {WANT_READ, WANT_WRITE, WAIT_ACKS, READ_STALE}
@@ -91,20 +94,22 @@ def row(name: str, handler: str, events: set[int], states: set[int], pendings: s
 ROWS: list[ModelRow] = [
     # local faults
     row("fault_while_pending", "fault_while_pending", FAULTS, ANY_STATE, ACQUIRING, EITHER),
-    row("read_fault_spurious", "fault_spurious", {EV_READ_FAULT}, {SHARED, MODIFIED},
+    row("read_fault_spurious", "fault_spurious", READ_FAULTS, {SHARED, MODIFIED},
         {IDLE, HOLDING}, EITHER),
     row("write_fault_spurious", "fault_spurious", {EV_WRITE_FAULT}, {MODIFIED}, {IDLE, HOLDING},
         EITHER),
-    row("fault_initial_read_writable", "fault_initial_read_writable", {EV_READ_FAULT}, {INITIAL},
+    row("fault_initial_read_writable", "fault_initial_read_writable", READ_FAULTS, {INITIAL},
         {IDLE}, OWNER, when="touch_writable"),
-    row("fault_initial_read", "fault_initial_read", {EV_READ_FAULT}, {INITIAL}, {IDLE}, OWNER),
+    row("fault_initial_read", "fault_initial_read", READ_FAULTS, {INITIAL}, {IDLE}, OWNER),
     row("fault_owner_write_alone", "fault_owner_write_alone", {EV_WRITE_FAULT}, {INITIAL, SHARED},
         {IDLE, HOLDING}, OWNER, when="no_copies_elsewhere"),
     row("fault_owner_write_migrates", "fault_owner_write_migrates", {EV_WRITE_FAULT}, {SHARED},
         {IDLE, HOLDING}, OWNER, when="read_then_write"),
     row("fault_owner_write_invalidates", "fault_owner_write_invalidates", {EV_WRITE_FAULT},
         {INITIAL, SHARED}, {IDLE, HOLDING}, OWNER, when="copies_elsewhere"),
-    row("read_fault_request", "fault_request_read", {EV_READ_FAULT}, {INITIAL, INVALID}, {IDLE},
+    row("read_fault_request_write_soon", "fault_request_read_write_soon", {EV_READ_FAULT_WRITE_SOON},
+        {INITIAL, INVALID}, {IDLE}, NOT_OWNER, when="write_soon_on"),
+    row("read_fault_request", "fault_request_read", READ_FAULTS, {INITIAL, INVALID}, {IDLE},
         NOT_OWNER),
     row("write_fault_request", "fault_request_write", {EV_WRITE_FAULT}, {INITIAL, INVALID, SHARED},
         {IDLE}, NOT_OWNER),
@@ -121,6 +126,8 @@ ROWS: list[ModelRow] = [
         guard="forward_has_a_target"),
     row("serve_write", "serve_write", {MSG_WRITE}, {INITIAL, SHARED, MODIFIED}, {IDLE}, OWNER,
         guard="request_from_elsewhere"),
+    row("serve_read_write_soon", "serve_read_write_soon", {MSG_READ}, {INITIAL, SHARED, MODIFIED}, {IDLE},
+        OWNER, when="hinted_sole_holder", guard="request_from_elsewhere"),
     row("serve_read_migratory", "serve_read_migratory", {MSG_READ}, {MODIFIED}, {IDLE}, OWNER,
         when="page_migratory", guard="request_from_elsewhere"),
     row("serve_read_migratory_unused", "serve_read_migratory_unused", {MSG_READ}, {SHARED}, {IDLE},
@@ -134,6 +141,8 @@ ROWS: list[ModelRow] = [
         when="reply_lists_none", guard="reply_with_ownership"),
     row("reply_write_invalidates", "reply_write_invalidates", {MSG_REPLY}, ANY_STATE,
         {WANT_WRITE}, NOT_OWNER, when="reply_lists_copies", guard="reply_with_ownership"),
+    row("reply_read_writable", "reply_write_alone", {MSG_REPLY}, {INITIAL, INVALID}, {WANT_READ},
+        NOT_OWNER, when="reply_grants_writable", guard="writable_grant_fits"),
     row("reply_read_migratory", "reply_read_migratory", {MSG_REPLY}, {INITIAL, INVALID},
         {WANT_READ}, NOT_OWNER, when="reply_grants_migratory", guard="migratory_grant_fits"),
     row("reply_read_owner", "reply_read_owner", {MSG_REPLY}, {INITIAL, INVALID}, {WANT_READ},
@@ -208,7 +217,7 @@ class ModelNode:
     def page(self, page: int) -> PageState:
         e = self.pages[page]
         return PageState(e.state, e.owner, e.pending, e.probowner, mask(e.copyset), e.version,
-                         mask(e.unacked), e.txid, e.migratory)
+                         mask(e.unacked), e.txid, e.migratory, e.write_soon)
 
     def set_version(self, page: int, version: int) -> None:
         self.pages[page].version = version
@@ -236,8 +245,9 @@ class ModelNode:
         getattr(self, r.handler)(page, self.pages[page], m, out)
         return out
 
-    def fault(self, page: int, write: bool) -> list[Action]:
-        return self._run(EV_WRITE_FAULT if write else EV_READ_FAULT, page, None)
+    def fault(self, page: int, write: bool, write_soon: bool = False) -> list[Action]:
+        event = EV_WRITE_FAULT if write else EV_READ_FAULT_WRITE_SOON if write_soon else EV_READ_FAULT
+        return self._run(event, page, None)
 
     def message(self, m: Msg) -> list[Action]:
         return self._run(m.type, m.page, m)
@@ -273,6 +283,17 @@ class ModelNode:
 
     def read_then_write(self, e: Entry, m: Msg | None) -> bool:
         return self._migratory_pages() and e.state == SHARED and len(e.copyset - {self.me}) == 1
+
+    def write_soon_on(self, e: Entry, m: Msg | None) -> bool:
+        return self._migratory_pages()
+
+    def hinted_sole_holder(self, e: Entry, m: Msg | None) -> bool:
+        assert m is not None
+        return self._migratory_pages() and bool(m.flags & REQ_WRITE_SOON) and e.copyset == {self.me}
+
+    def reply_grants_writable(self, e: Entry, m: Msg | None) -> bool:
+        assert m is not None
+        return bool(m.flags & REPLY_WRITABLE)
 
     def page_migratory(self, e: Entry, m: Msg | None) -> bool:
         return self._migratory_pages() and e.migratory
@@ -311,12 +332,18 @@ class ModelNode:
     # -- guards ---------------------------------------------------------------
     def request_from_elsewhere(self, e: Entry, m: Msg | None) -> str | None:
         assert m is not None
-        return "a request naming this node as requester" if m.requester == self.me else None
+        if m.requester == self.me:
+            return "a request naming this node as requester"
+        allowed = REQ_WRITE_SOON if m.type == MSG_READ and self._migratory_pages() else 0
+        if m.flags & ~allowed:
+            return "request flags this cluster does not use"
+        return None
 
     def forward_has_a_target(self, e: Entry, m: Msg | None) -> str | None:
         assert m is not None
-        if m.requester == self.me:
-            return "a request naming this node as requester"
+        why = self.request_from_elsewhere(e, m)
+        if why is not None:
+            return why
         if e.probowner in (self.me, m.requester):
             return "a request this node can neither serve nor forward"
         return None
@@ -338,7 +365,16 @@ class ModelNode:
             return "a migratory grant in a cluster without migratory pages"
         if m.flags & REPLY_MIGRATORY and not m.flags & REPLY_OWNERSHIP:
             return "a migratory grant without ownership"
+        if m.flags & REPLY_WRITABLE and not (m.flags & REPLY_OWNERSHIP and e.write_soon):
+            return "a writable grant for a read that gave no write-soon hint"
         return None
+
+    def writable_grant_fits(self, e: Entry, m: Msg | None) -> str | None:
+        assert m is not None
+        why = self._reply_fits(e, m)
+        if why is None and nodes_of(m.copyset) - {self.me}:
+            return "a writable grant that lists other copies"
+        return why
 
     def migratory_grant_fits(self, e: Entry, m: Msg | None) -> str | None:
         assert m is not None
@@ -411,17 +447,19 @@ class ModelNode:
         for n in sorted(holders):
             self._send(out, n, MSG_INVALIDATE, page, self.me, e.version + 1, txid=e.txid)
 
-    def _ask(self, page: int, e: Entry, write: bool, out: list[Action]) -> None:
+    def _ask(self, page: int, e: Entry, write: bool, out: list[Action], flags: int = 0) -> None:
         kind = MSG_WRITE if write else MSG_READ
         to = self.route(page)
         e.txid = self._new_txid()
         e.pending = WANT_WRITE if write else WANT_READ
         if self.i_manage(page) and self.transfers_ownership(kind):
             e.probowner = self.me
-        self._send(out, to, kind, page, self.me, e.version, txid=e.txid)
+        e.write_soon = bool(flags & REQ_WRITE_SOON)
+        self._send(out, to, kind, page, self.me, e.version, txid=e.txid, flags=flags)
 
     def _take_version(self, e: Entry, m: Msg) -> None:
         e.version = m.version
+        e.write_soon = False  # the request is answered
 
     # -- handlers: one per engine.c handler ---------------------------------
     def fault_while_pending(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
@@ -456,6 +494,9 @@ class ModelNode:
     def fault_request_read(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         self._ask(page, e, False, out)
 
+    def fault_request_read_write_soon(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        self._ask(page, e, False, out, REQ_WRITE_SOON)  # a write is predicted to follow
+
     def fault_request_write(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         self._ask(page, e, True, out)
 
@@ -486,16 +527,20 @@ class ModelNode:
             out.append(Action(ACT_MAP_RO, page))
         e.state = SHARED
 
-    def serve_write(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+    def serve_write(self, page: int, e: Entry, m: Msg | None, out: list[Action], extra: int = 0) -> None:
         assert m is not None
         if e.state in (SHARED, MODIFIED):
             out.append(Action(ACT_ZAP, page))
         copyset = e.copyset - {self.me}
-        flags = REPLY_OWNERSHIP | self._elide(e, m) | (REPLY_MIGRATORY if e.migratory else 0)
+        flags = REPLY_OWNERSHIP | self._elide(e, m) | (REPLY_MIGRATORY if e.migratory else 0) | extra
         e.state, e.owner, e.copyset, e.probowner = INVALID, False, set(), m.requester
         e.migratory = False  # the mark goes with ownership
         self._send(out, m.requester, MSG_REPLY, page, m.requester, e.version, mask(copyset),
                    m.txid, flags, m.hops)
+
+    def serve_read_write_soon(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
+        # nobody else holds a copy, so the hinted reader may write at once
+        self.serve_write(page, e, m, out, REPLY_WRITABLE)
 
     def serve_read_migratory(self, page: int, e: Entry, m: Msg | None, out: list[Action]) -> None:
         # the reader is served as a writer: it will be the only holder

@@ -64,6 +64,7 @@ class Faulter:
     page: int
     write: bool
     started: int  # step number, for the report
+    write_soon: bool = False  # a read the runtime's predictor expects a write to follow
 
 
 @dataclass
@@ -251,11 +252,11 @@ class Simulation:
 
     def _fault(self, f: Faulter) -> None:
         self.stats.faults += 1
-        event = "write fault" if f.write else "read fault"
+        event = "write fault" if f.write else "write-soon read fault" if f.write_soon else "read fault"
         self.waiting.setdefault((f.node, f.page), []).append(f)
         actions = self._call(f.node, event, f.page, None,
-                             lambda: self.engines[f.node].fault(f.page, f.write),
-                             lambda: self.models[f.node].fault(f.page, f.write))  # type: ignore[index]
+                             lambda: self.engines[f.node].fault(f.page, f.write, f.write_soon),
+                             lambda: self.models[f.node].fault(f.page, f.write, f.write_soon))  # type: ignore[index]
         self._perform(f.node, f.page, actions)
 
     def _prefetch(self, node: int, page: int) -> None:
@@ -376,10 +377,10 @@ class Simulation:
         return count + sum(len(v) for (n, _), v in self.waiting.items() if n == node)
 
     # -- hand-driven scenarios (unit tests) ---------------------------------------
-    def access_now(self, node: int, page: int, write: bool) -> Faulter:
-        """A guest thread on `node` touches `page` now; returns it (see `blocked`)."""
+    def access_now(self, node: int, page: int, write: bool, write_soon: bool = False) -> Faulter:
+        """A guest thread on `node` touches `page` now (write_soon: a hinted read); returns it (see `blocked`)."""
         self.scripted = True
-        f = Faulter(node, page, write, self.stats.steps)
+        f = Faulter(node, page, write, self.stats.steps, write_soon)
         self._attempt(f)
         return f
 
@@ -519,7 +520,9 @@ class Simulation:
             # Often every node hammers page 0 at once.
             if self.rng.random() < 0.3:
                 page = 0
-            self._attempt(Faulter(node, page, self.rng.random() < 0.5, self.stats.steps))
+            write = self.rng.random() < 0.5
+            # The runtime hints some reads (any option: without migratory pages the engine ignores it).
+            self._attempt(Faulter(node, page, write, self.stats.steps, not write and self.rng.random() < 0.5))
         return True
 
     def run(self) -> Stats:

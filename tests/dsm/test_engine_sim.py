@@ -54,7 +54,8 @@ def test_random_schedules(options: str) -> None:
     else:
         assert not coverage["fault_initial_read_writable"]
     migratory_rows = ("fault_owner_write_migrates", "serve_read_migratory", "serve_read_migratory_unused",
-                      "reply_read_migratory")
+                      "reply_read_migratory", "read_fault_request_write_soon", "serve_read_write_soon",
+                      "reply_read_writable")
     if "migratory" in options.split(","):
         assert all(coverage[row] for row in migratory_rows), {row: coverage[row] for row in migratory_rows}
     else:

@@ -169,3 +169,16 @@ def test_check_engine_catches_a_prefetch_that_maps_without_asking() -> None:
     with_model, invariants_only = sweep_failures(PREFETCH_MUTANT)
     assert "row prefetch_request" in with_model
     assert "prefetch" in invariants_only
+
+
+WRITE_SOON_MUTANT = "write_soon_ignores_copies"
+
+
+def test_check_engine_catches_a_write_soon_grant_beside_other_copies() -> None:
+    """serve_read_write_soon compiled to grant a hinted read whole and writable
+    while a third node still holds a copy, the reply forgetting it: the sweep
+    fails on it with the model, and by the invariants alone without it (a
+    writer beside a reader)."""
+    with_model, invariants_only = sweep_failures(WRITE_SOON_MUTANT)
+    assert "row serve_read_write_soon" in with_model
+    assert "misses holders" in invariants_only or "writes while" in invariants_only

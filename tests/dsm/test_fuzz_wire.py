@@ -5,8 +5,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hypervisor._ivy_native import ffi, lib
-from hypervisor.native_consts import (ENGINE_TYPES, PAGE_SIZE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP, WireStatus,
-                                      WireType)
+from hypervisor.native_consts import (ENGINE_TYPES, PAGE_SIZE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP,
+                                      REPLY_WRITABLE, REQ_WRITE_SOON, WireStatus, WireType)
 from tests.dsm.frames import HDR, unpack
 from tests.dsm.sealed_peer import sealed_pair
 NPAGES, NNODES = 1000, 5
@@ -33,7 +33,9 @@ def check_accepted(buf: bytes, out) -> None:
     assert out.frame_len == HDR.size + f["payload_len"] <= len(buf)
     reply = f["type"] == WireType.REPLY
     assert f["payload_len"] == (PAGE_SIZE if reply and f["flags"] & REPLY_DATA else 0)
-    assert f["flags"] == 0 or (reply and f["flags"] & ~(REPLY_DATA | REPLY_OWNERSHIP | REPLY_MIGRATORY) == 0)
+    reply_flags = REPLY_DATA | REPLY_OWNERSHIP | REPLY_MIGRATORY | REPLY_WRITABLE
+    assert f["flags"] == 0 or (reply and f["flags"] & ~reply_flags == 0) or \
+        (f["type"] == WireType.READ and f["flags"] == REQ_WRITE_SOON)
 
 
 @FUZZ
@@ -48,7 +50,7 @@ def test_random_bytes_never_crash(buf: bytes) -> None:
 header_fields = st.tuples(
     st.sampled_from([lib.IVY_WIRE_MAGIC, lib.IVY_WIRE_MAGIC, 0, 0xFFFFFFFF]),
     st.sampled_from([lib.IVY_WIRE_PROTO, lib.IVY_WIRE_PROTO, 0, lib.IVY_WIRE_PROTO + 1, 255]),
-    st.integers(0, max(WireType) + 2), st.integers(0, 2 * (REPLY_DATA | REPLY_OWNERSHIP) + 1),
+    st.integers(0, max(WireType) + 2), st.integers(0, 2 * (REPLY_WRITABLE | REQ_WRITE_SOON) + 1),
     st.sampled_from([0, 0, 0, 1]),
     st.sampled_from([0, 0, PAGE_SIZE, PAGE_SIZE - 1, PAGE_SIZE + 1, 0xFFFFFFFF]),
     st.integers(0, NNODES + 2), st.integers(0, NNODES + 2), st.integers(0, 0xFFFF), st.sampled_from([0, 0, 9]),
@@ -87,7 +89,9 @@ from hypervisor.memory import GuestRam  # noqa: E402
 
 LIVE_PAGES = 8
 frames = st.lists(st.tuples(st.sampled_from(list(WireType)), st.sampled_from([0, REPLY_DATA, REPLY_OWNERSHIP,
-                                                                              REPLY_DATA | REPLY_OWNERSHIP]), st.integers(0, 1),
+                                                                              REPLY_DATA | REPLY_OWNERSHIP,
+                                                                              REPLY_OWNERSHIP | REPLY_WRITABLE,
+                                                                              REQ_WRITE_SOON]), st.integers(0, 1),
                             st.integers(0, 1), st.integers(0, LIVE_PAGES - 1), st.integers(0, 3),
                             st.integers(0, 3), st.sampled_from([0, 1, (1 << 48) | 1, (1 << 48) | 2])),
                   min_size=1, max_size=6)
@@ -109,7 +113,8 @@ def test_live_node_survives_wrong_frames(script, faulting: bool) -> None:
             reply = type_ == WireType.REPLY
             payload = b"\x5a" * PAGE_SIZE if reply and flags & REPLY_DATA else b""
             page = page if type_ in ENGINE_TYPES else 0
-            ours.sendall(pack(type_, payload, flags=flags if reply else 0, requester=req, sender=snd, page=page,
+            fits = reply or (type_ == WireType.READ and flags == REQ_WRITE_SOON)
+            ours.sendall(pack(type_, payload, flags=flags if fits else 0, requester=req, sender=snd, page=page,
                               version=version, copyset=copyset, txid=txid))
         node.wait_failed(0.05)
         error = node.error

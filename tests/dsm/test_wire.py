@@ -8,15 +8,15 @@ import pytest
 from hypervisor._ivy_native import ffi, lib
 from hypervisor.memory import GuestRam
 from hypervisor.dsm import DsmNode
-from hypervisor.native_consts import (FailKind, MAX_NODES, PAGE_SIZE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP, WIRE_HDR_SIZE, WIRE_MAGIC,
-                                      WIRE_PROTO, WireType)
+from hypervisor.native_consts import (FailKind, MAX_NODES, PAGE_SIZE, REPLY_DATA, REPLY_MIGRATORY, REPLY_OWNERSHIP,
+                                      REPLY_WRITABLE, REQ_WRITE_SOON, WIRE_HDR_SIZE, WIRE_MAGIC, WIRE_PROTO, WireType)
 from tests.dsm.frames import HDR, pack
 from tests.dsm.sealed_peer import sealed_pair
 
 NPAGES, NNODES = 64, 4
 READ, WRITE, REPLY, INVALIDATE, INV_ACK, PING, BYE = (WireType[name] for name in (
     "READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK", "PING", "BYE"))
-DATA, OWNERSHIP, MIGRATORY = REPLY_DATA, REPLY_OWNERSHIP, REPLY_MIGRATORY
+DATA, OWNERSHIP, MIGRATORY, WRITABLE = REPLY_DATA, REPLY_OWNERSHIP, REPLY_MIGRATORY, REPLY_WRITABLE
 
 
 def frame(type_: int = READ, flags: int = 0, payload_len: int | None = None, requester: int = 1, sender: int = 1,
@@ -49,9 +49,10 @@ def test_header_is_packed_little_endian() -> None:
     assert frame()[:4] == b"IVYD"
 
 
-@pytest.mark.parametrize("type_,flags", [(READ, 0), (WRITE, 0), (REPLY, 0), (REPLY, OWNERSHIP),
+@pytest.mark.parametrize("type_,flags", [(READ, 0), (READ, REQ_WRITE_SOON), (WRITE, 0), (REPLY, 0), (REPLY, OWNERSHIP),
                                           (REPLY, DATA), (REPLY, DATA | OWNERSHIP),
-                                          (REPLY, DATA | OWNERSHIP | MIGRATORY), (INVALIDATE, 0),
+                                          (REPLY, DATA | OWNERSHIP | MIGRATORY), (REPLY, DATA | OWNERSHIP | WRITABLE),
+                                          (INVALIDATE, 0),
                                           (INV_ACK, 0)])
 def test_encode_decode_round_trip(type_: int, flags: int) -> None:
     msg = ffi.new("struct ivy_msg *", {"type": type_, "flags": flags, "requester": 2, "sender": 3, "hops": 5,
@@ -90,8 +91,9 @@ BAD_CASES = {
     "reserved byte": (frame(reserved=(1, 0, 0)), lib.IVY_WIRE_BAD_RESERVED),
     "reserved u16": (frame(reserved=(0, 1, 0)), lib.IVY_WIRE_BAD_RESERVED),
     "reserved u32": (frame(reserved=(0, 0, 1 << 31)), lib.IVY_WIRE_BAD_RESERVED),
-    "flags on a request": (frame(READ, flags=DATA), lib.IVY_WIRE_BAD_FLAGS),
-    "unknown reply flag": (frame(REPLY, flags=max(DATA, OWNERSHIP, MIGRATORY) << 1), lib.IVY_WIRE_BAD_FLAGS),
+    "reply flag on a read": (frame(READ, flags=DATA), lib.IVY_WIRE_BAD_FLAGS),
+    "write-soon on a write": (frame(WRITE, flags=REQ_WRITE_SOON), lib.IVY_WIRE_BAD_FLAGS),
+    "unknown reply flag": (frame(REPLY, flags=REQ_WRITE_SOON), lib.IVY_WIRE_BAD_FLAGS),
     "payload on a request": (frame(WRITE, payload_len=PAGE_SIZE, payload=bytes(PAGE_SIZE)), lib.IVY_WIRE_BAD_LENGTH),
     "data reply short payload": (frame(REPLY, DATA, payload_len=PAGE_SIZE - 1, payload=bytes(PAGE_SIZE - 1)),
                                  lib.IVY_WIRE_BAD_LENGTH),
