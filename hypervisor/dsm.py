@@ -394,6 +394,9 @@ class DsmNode:
             "mapped_up_front": int(s.mapped_up_front),
             "prefetches": int(s.prefetches),
             "prefetched": int(s.prefetched),
+            "hinted_reads": int(s.hinted_reads),
+            "writable_grants": int(s.writable_grants),
+            "hints_unused": int(s.hints_unused),
             "latency": {
                 "count": count,
                 "mean_ns": int(s.lat_sum_ns) // count if count else 0,

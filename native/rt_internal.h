@@ -58,6 +58,7 @@ struct rt_page {
      * changed: its access demonstrably ran (offsets 8-aligned, NO_WATCH: none). */
     uint16_t write_off;       /* first write fault's word in the page since the last grant */
     uint16_t watch_off;       /* the word watched during this page's window */
+    uint16_t hint_off;        /* the outstanding READ is hinted write-soon: its faulting word (predict.c) */
     uint8_t mapped;           /* enum mapping of the guest-view page, as last set here */
     uint8_t remote;           /* the outstanding fault on this page sent a request */
     uint8_t prefetch;         /* that request is a prefetch: no fault waited when it was sent */
@@ -78,6 +79,17 @@ struct parked {
     bool held;                /* parked by a hold window (stats.held), not by an acquisition */
 };
 
+/* The write-soon predictor (predict.c): one for the node. */
+#define PRED_RECENT 8
+struct predictor {
+    uint64_t recent[PRED_RECENT]; /* page + 1 of unhinted remote reads not written yet; 0: free */
+    unsigned next;                /* the ring's oldest slot */
+    int score;                    /* hits up, misses down; hint while high */
+    uint64_t watch_page;          /* page + 1 of the last writable grant not judged yet; 0: none */
+    uint64_t watch_val;           /* the word its read faulted on, as granted */
+    uint16_t watch_off;
+};
+
 /* Messages waiting to be fed to the engine (unparked, or sent to self). */
 struct fifo {
     struct ivy_msg *q;
@@ -95,6 +107,7 @@ struct ivy_rt {
      * pages [run_lo, run_next) were asked for ahead of the vCPU. */
     uint64_t run_lo, run_next;
     unsigned window;
+    struct predictor pred;    /* cfg.migratory: hint read faults write-soon (predict.c) */
     uint64_t answer_soon;     /* peers sent a request/INVALIDATE since the last epoll_wait */
     /* The hold window (cfg.hold_us) is the engine's IVY_HOLDING state; the
      * runtime keeps its clock: HOLD sets a page's hold_until, and the engine is
@@ -171,6 +184,13 @@ void probe_fault_end(struct ivy_rt *rt, uint64_t page, uint64_t now);
 void probe_all_released(struct ivy_rt *rt);
 void probe_message(struct page_msg *record, uint8_t type, uint16_t peer);
 bool probe_test_drop(struct ivy_rt *rt, const struct ivy_action *a);
+
+/* predict.c: a read fault asks pred_hint() first, then reports what the engine did with it
+ * (pending before the call); a write fault, and a hinted read's grant (MAP_RO or MAP_RW), report too. */
+bool pred_hint(struct ivy_rt *rt);
+void pred_read_fault(struct ivy_rt *rt, uint64_t page, uint8_t pending_before, uint16_t off);
+void pred_write_fault(struct ivy_rt *rt, uint64_t page);
+void pred_granted(struct ivy_rt *rt, uint64_t page, bool writable);
 
 /* link.c */
 void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy_msg *m, const uint8_t *data);

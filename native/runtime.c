@@ -517,8 +517,15 @@ static void run_actions(struct ivy_rt *rt, const struct ivy_actions *acts, bool 
             TRACE(rt, trace_action, a);
         switch (a->kind) {
         case IVY_ACT_SEND: send_action(rt, a); break;
-        case IVY_ACT_MAP_RO: grant(rt, a->page, false, false); PROF(rt, PROF_GRANTED); break;
+        case IVY_ACT_MAP_RO:
+            if (rt->pg[a->page].hint_off != NO_WATCH)
+                pred_granted(rt, a->page, false);
+            grant(rt, a->page, false, false);
+            PROF(rt, PROF_GRANTED);
+            break;
         case IVY_ACT_MAP_RW:
+            if (rt->pg[a->page].hint_off != NO_WATCH)
+                pred_granted(rt, a->page, true); /* before the faulter is woken: the word as granted */
             watch_arm(rt, a->page);
             grant(rt, a->page, true, false);
             PROF(rt, PROF_GRANTED);
@@ -610,7 +617,15 @@ static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
         rt->pg[page].write_off = (uint16_t)(addr % IVY_PAGE_SIZE & ~7u);
     struct ivy_actions acts;
     acts.n = 0;
-    ivy_engine_fault(&rt->engine, page, write, &acts);
+    const uint8_t pending_before = rt->pages[page].pending;
+    if (!write && pred_hint(rt))
+        ivy_engine_read_fault_write_soon(&rt->engine, page, &acts);
+    else
+        ivy_engine_fault(&rt->engine, page, write, &acts);
+    if (write)
+        pred_write_fault(rt, page);
+    else
+        pred_read_fault(rt, page, pending_before, (uint16_t)(addr % IVY_PAGE_SIZE & ~7u));
     if (acts.n == 0)
         rt->stats.faults_duplicate++; /* another thread's fault on this page is being served */
     run_actions(rt, &acts, !wp);
@@ -1016,7 +1031,7 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
     rt->pg = calloc(rt->npages, sizeof *rt->pg);
     rt->hold_ns = (uint64_t)cfg->hold_us * 1000u;
     for (uint64_t p = 0; rt->pg && p < rt->npages; p++)
-        rt->pg[p].write_off = rt->pg[p].watch_off = NO_WATCH;
+        rt->pg[p].write_off = rt->pg[p].watch_off = rt->pg[p].hint_off = NO_WATCH;
     if (!rt->pages || !rt->pg) {
         snprintf(err, errlen, "out of memory for %llu pages", (unsigned long long)rt->npages);
         ivy_rt_destroy(rt);

@@ -101,6 +101,9 @@ struct ivy_rt_stats {
     uint64_t mapped_up_front; /* pages map_owned mapped at start */
     uint64_t prefetches;      /* pages asked for ahead of a sequential run (engine row prefetch_request) */
     uint64_t prefetched;      /* of those, installed before any fault on them */
+    uint64_t hinted_reads;    /* READs sent flagged write-soon (cfg.migratory; predict.c) */
+    uint64_t writable_grants; /* of those, granted writable (engine row reply_read_writable) */
+    uint64_t hints_unused;    /* writable grants whose faulting word was not written by the next read */
     uint64_t lat_count;
     uint64_t lat_sum_ns;
     uint64_t lat_max_ns;

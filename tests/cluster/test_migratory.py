@@ -1,5 +1,5 @@
-"""Migratory pages (docs/protocol.md) on a spanning guest: exact results with
-the option on, and the protocol's own messages show it working.
+"""Migratory pages and write-soon hints (docs/protocol.md) on a spanning guest:
+exact results with the option on, and the protocol's own messages show it working.
 
 The guests check their own data (counters, page patterns, every page's
 count of increments); with the option on a page read then written by one
@@ -43,6 +43,27 @@ def test_migratory_turns_need_no_invalidation() -> None:
     assert invalidations(off) >= (ROUNDS - 1) * PAGES, off.stats
     # On: round 1 learns each page is migratory (one invalidation per page); later reads take it whole.
     assert invalidations(on) < PAGES + PAGES // 2, on.stats
+
+
+PAGECOST_PAGES = 256  # guest/programs/pagecost.c's default
+
+
+def node_dsm(result, node: int) -> dict:
+    return next(n["dsm"] for n in result.stats if n["node"] == node)
+
+
+@requires_kvm
+def test_pagecost_read_modify_writes_are_granted_writable() -> None:
+    """pagecost's (d) read-modify-writes pages only node 1 wrote, each once, so the per-page
+    mark never helps; the write-soon predictor sees node 0's reads followed by writes, and with
+    the option on those reads are granted writable: no invalidation, and every word still exact
+    (pagecost checks each page, node 1 checks node 0's stores). Off, no read is hinted."""
+    off = passing_guest("pagecost")
+    on = passing_guest("pagecost", migratory=True)
+    assert node_dsm(off, 0)["hinted_reads"] == node_dsm(off, 0)["writable_grants"] == 0
+    assert node_dsm(on, 0)["writable_grants"] >= PAGECOST_PAGES * 3 // 4, node_dsm(on, 0)
+    saved = node_dsm(off, 0)["messages_sent"]["INVALIDATE"] - node_dsm(on, 0)["messages_sent"]["INVALIDATE"]
+    assert saved >= PAGECOST_PAGES * 3 // 4, (node_dsm(off, 0), node_dsm(on, 0))
 
 
 @requires_kvm

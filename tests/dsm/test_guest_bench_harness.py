@@ -84,6 +84,10 @@ def test_migratory_pages_are_measured_on_and_off(results: dict) -> None:
         row = m[f]
         assert row["off_us"] > 0 and row["on_us"] > 0 and row["better"] == "lower", f
         assert row["on_vs_off"] == row["on_us"] / row["off_us"]
+    span = m["spanning_counter"]
+    assert span["better"] == "higher" and span["on_vs_off"] == span["on_mincr_s"] / span["off_mincr_s"]
+    for way in ("off", "on"):
+        assert m["rmw_vs_read_rand"][way] == m["pagecost_rmw"][f"{way}_us"] / m["pagecost_read_rand"][f"{way}_us"]
 
 
 @requires_kvm
