@@ -16,8 +16,8 @@ from bench.guests import alternating_runs, build_bench_guests, tsc_hz
 Samples = dict[str, list[float]]   # "off" and "on": one figure per run
 Ways = tuple[tuple[str, tuple[str, ...]], ...]
 
-# How a figure is printed, by the unit its row's keys name (off_us, off_mib_s).
-UNIT_FORMATS = {"us": "{:7.1f} us", "mib_s": "{:5.1f} MiB/s"}
+# How a figure is printed, by the unit its row's keys name (off_us, off_mib_s, off_mincr_s).
+UNIT_FORMATS = {"us": "{:7.1f} us", "mib_s": "{:5.1f} MiB/s", "mincr_s": "{:5.2f} M incr/s"}
 
 
 def ways(flag: str, base: tuple[str, ...] = ()) -> Ways:
