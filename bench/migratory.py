@@ -11,7 +11,7 @@ to increment every page (the per-page mark's case); and spanning_counter, a
 contended counter. Each figure is the median of the runs' per-access
 medians (spanning_counter: of its rates); the ratio is on / off, lower is
 better for an access, higher for spanning_counter; (d) / (b) is each way's
-issue 10 target (at most 1.2).
+issue 10 target (at most 1.2), the median of each run's own ratio.
 """
 from __future__ import annotations
 
@@ -47,8 +47,11 @@ def bench_migratory(build: str, hz: float, repeat: int) -> dict[str, Any]:
     for f, label in FIGURES.items():
         out[f] = row(label, samples[f])
     out["spanning_counter"] = row(SPANNING, samples["spanning"], unit="mincr_s", better="higher")
-    out["rmw_vs_read_rand"] = {way: statistics.median(samples["pagecost_rmw"][way])
-                               / statistics.median(samples["pagecost_read_rand"][way]) for way in ("off", "on")}
+    # Each pagecost run's own (d) / (b): both phases of one run see the same host, so the ratio is
+    # steadier than one of medians taken over runs.
+    out["rmw_vs_read_rand"] = {way: statistics.median(d / b for d, b in zip(samples["pagecost_rmw"][way],
+                                                                         samples["pagecost_read_rand"][way]))
+                               for way in ("off", "on")}
     return out
 
 
@@ -56,7 +59,8 @@ def print_migratory(r: dict[str, Any]) -> None:
     rows = [(r[f], "") for f in FIGURES] + [(r["spanning_counter"], "")]
     print_table("migratory pages: 2 nodes", r["runs"], 72, rows)
     t = r["rmw_vs_read_rand"]
-    print(f"(d) / (b): {t['off']:.2f} x off, {t['on']:.2f} x on (issue 10 target: <= 1.2; lower is better)")
+    print(f"(d) / (b), median of each run's: {t['off']:.2f} x off, {t['on']:.2f} x on "
+          "(issue 10 target: <= 1.2; lower is better)")
 
 
 if __name__ == "__main__":

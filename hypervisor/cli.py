@@ -182,7 +182,8 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
                           "touch of each page is a userfaultfd fault (the default maps them: docs/dsm.md)")
     run.add_argument("--migratory", action="store_true",
                      help="with --nodes: migratory pages: a page one node read then wrote is granted whole on "
-                          "its next read (one round trip per read-modify-write; giantvm reads only)")
+                          "its next read, and a read the node predicts a write to follow is granted writable "
+                          "where no other copy exists (one round trip per read-modify-write; giantvm reads only)")
     run.add_argument("--prefetch", action="store_true",
                      help="with --nodes: a read fault continuing a sequential run asks for the following pages "
                           "as read copies before the vCPU touches them (adaptive window; ivy reads only)")

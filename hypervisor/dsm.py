@@ -55,8 +55,10 @@ class DsmOptions:
     read_ownership: str = "giantvm"
     manager: str = "dynamic"
     # Migratory pages (docs/protocol.md): a page one node read then wrote is
-    # granted whole on its next read, so a read-modify-write takes one round
-    # trip instead of two. GiantVM reads only. Off by default (bench: guest (d)).
+    # granted whole on its next read, and a read the node's predictor expects
+    # a write to follow is granted writable where no other copy exists
+    # (write-soon reads), so a read-modify-write takes one round trip instead
+    # of two. GiantVM reads only. Off by default (bench/migratory.py).
     migratory: bool = False
     # What node 0's first read of a page nobody touched since boot is granted
     # (docs/protocol.md, the worked example): "read" (default) or "write", which

@@ -87,7 +87,8 @@ def test_migratory_pages_are_measured_on_and_off(results: dict) -> None:
     span = m["spanning_counter"]
     assert span["better"] == "higher" and span["on_vs_off"] == span["on_mincr_s"] / span["off_mincr_s"]
     for way in ("off", "on"):
-        assert m["rmw_vs_read_rand"][way] == m["pagecost_rmw"][f"{way}_us"] / m["pagecost_read_rand"][f"{way}_us"]
+        assert m["rmw_vs_read_rand"][way] == pytest.approx(m["pagecost_rmw"][f"{way}_us"]
+                                                           / m["pagecost_read_rand"][f"{way}_us"])  # one run
 
 
 @requires_kvm
