@@ -187,6 +187,9 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> _Parser:
     run.add_argument("--prefetch", action="store_true",
                      help="with --nodes: a read fault continuing a sequential run asks for the following pages "
                           "as read copies before the vCPU touches them (adaptive window; ivy reads only)")
+    run.add_argument("--batch", action=argparse.BooleanOptionalAction, default=ClusterOptions.batch,
+                     help="with --nodes: a node's frames to one peer made in one pass of its event loop leave "
+                          "together, one send() for many (default on; --no-batch: one send() per frame)")
     run.add_argument("--poll-us", type=microseconds, default=None, metavar="US",
                      help="with --nodes: busy-poll this long for an awaited reply before sleeping (default 0: "
                           "sleep at once; pays only with a CPU to spare per node, see docs/dsm.md)")

@@ -40,7 +40,7 @@ DEFAULT_STALL_WARN = 2.0
 MAX_SECONDS = 86400.0
 # Every key a config may hold; anything else is refused with its name (a typo
 # such as `memory = "128M"` must not leave RAM at its default unnoticed).
-CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "first_touch", "prefetch", "map_owned", "secret_file", "setup_timeout",
+CLUSTER_KEYS = ("image", "vcpus", "mem", "read_ownership", "manager", "migratory", "first_touch", "prefetch", "map_owned", "batch", "secret_file", "setup_timeout",
                 "timeout", "stall_warn", "trace") + DSM_TUNING
 NODE_KEYS = ("id", "address", "vcpus", "control_port")
 MAX_CONFIG_BYTES = 1 << 20     # a 64-node config is a few KiB
@@ -90,6 +90,7 @@ class ClusterOptions:
     first_touch: str = "read"    # what node 0's first read of an untouched page gets (node-local)
     prefetch: bool = False       # sequential read faults ask for the following pages ahead (node-local)
     map_owned: bool = True       # node 0 maps the pages it owns at start, so its first touches never fault (node-local)
+    batch: bool = True           # a peer's frames of one event-loop pass leave in one send() (node-local)
     poll_us: int | None = None   # None: the DSM's default
     hold_us: int | None = None
     stall_warn: float = DEFAULT_STALL_WARN  # seconds a fault may wait before it is named
@@ -397,6 +398,7 @@ def load_config(path: Path) -> ClusterConfig:
         first_touch=_text(cluster.get("first_touch", "read"), f"{where} first_touch"),
         prefetch=_flag(cluster.get("prefetch", False), f"{where} prefetch"),
         map_owned=_flag(cluster.get("map_owned", True), f"{where} map_owned"),
+        batch=_flag(cluster.get("batch", ClusterOptions.batch), f"{where} batch"),
         secret_file=base_path(path, secret_file) if secret_file else None,
         setup_timeout=float(setup_timeout),
         poll_us=_microseconds(cluster, "poll_us", path),

@@ -96,6 +96,13 @@ class DsmOptions:
     # another node first asks for it; whole guests tie or win
     # (docs/guest-performance.md).
     map_owned: bool = True
+    # A peer's second and later frames of one pass of the event loop wait in its
+    # output queue and leave together at the pass's end, or once batch_bytes wait
+    # (0: the runtime's IVY_RT_BATCH_BYTES): one send() for a prefetch window's
+    # requests or replies instead of one each. Same wire, same order; node-local.
+    # Measured: docs/dsm.md, "Batching" (bench/batch.py).
+    batch: bool = True
+    batch_bytes: int = 0
     # 1..99: the DSM's event-loop thread runs SCHED_FIFO at this priority (root), so a
     # message preempts a vCPU that spins on the same CPU. Off (0) by default: measured,
     # it made a guest's remote page 1.5 x slower (docs/guest-performance.md).
@@ -117,6 +124,11 @@ class DsmOptions:
         if self.migratory and self.read_ownership != "giantvm":
             raise DsmError(f"migratory pages need read_ownership \"giantvm\" (a read that moves ownership), "
                            f"not {self.read_ownership!r}")
+        if not isinstance(self.batch, bool):
+            raise DsmError(f"batch {self.batch!r}: expected true or false")
+        if not 0 <= self.batch_bytes <= lib.IVY_RT_BATCH_MAX_BYTES:
+            raise DsmError(f"batch_bytes {self.batch_bytes} must be between 0 (the default) and "
+                           f"{lib.IVY_RT_BATCH_MAX_BYTES}")
         if not 0 <= self.poll_us <= 1_000_000:
             raise DsmError(f"poll_us {self.poll_us} must be between 0 and 1000000")
         if not 0 <= self.dsm_priority <= 99:
@@ -206,6 +218,8 @@ class DsmNode:
         cfg.hold_us = self.options.hold_us
         cfg.trace_records = self.options.trace_records
         cfg.map_owned = int(self.options.map_owned)
+        cfg.batch = int(self.options.batch)
+        cfg.batch_bytes = self.options.batch_bytes
         cfg.fifo_priority = self.options.dsm_priority
         for i in range(MAX_NODES):
             cfg.peer_fds[i] = -1
@@ -393,6 +407,8 @@ class DsmNode:
             "uffd": {name: int(getattr(s, name)) for name in
                      ("zaps", "wrprotects", "continues", "wp_clears", "wakes", "eexist")},
             "sends_queued": int(s.sends_queued),
+            "sends": int(s.sends),
+            "frames_batched": int(s.batched),
             "mapped_up_front": int(s.mapped_up_front),
             "prefetches": int(s.prefetches),
             "prefetched": int(s.prefetched),

@@ -29,6 +29,7 @@ secret_file = "secret"
 # map_owned = true             # false: node 0 does not map its pages at start (its first touches fault)
 # first_touch = "read"         # or "write" (with map_owned = false): node 0's first read of an untouched page gets write access
 # prefetch = false            # true: sequential read faults bring the following pages ahead (ivy reads)
+# batch = true                 # false: every frame leaves in its own send() (docs/dsm.md, "Batching")
 # migratory = false            # true: a page read then written by one node moves whole on its next read;
 #                              # reads predicted to be followed by a write are granted writable (write-soon)
 # setup_timeout = 20           # seconds every node has to join

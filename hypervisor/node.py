@@ -69,7 +69,7 @@ class Node:
         self._run_started = 0.0
         self.options = DsmOptions(read_ownership=config.read_ownership, manager=config.manager,
                                   migratory=config.migratory, first_touch=config.first_touch,
-                                  prefetch=config.prefetch, map_owned=config.map_owned,
+                                  prefetch=config.prefetch, map_owned=config.map_owned, batch=config.batch,
                                   trace_records=TRACE_RECORDS if self.trace_file else 0, **config.dsm_tuning())
         self.shape = ClusterShape.of(config.nnodes, config.mem, self.options)
         self.channels: dict[int, Channel] = {}

@@ -10,7 +10,9 @@
  * (wire.h) only once it verified, so a forged, altered, replayed, reordered
  * or dropped frame ends the link before anything of it is used. Output goes
  * to the kernel at once and stays queued (EPOLLOUT armed) only when the
- * kernel does not take it all.
+ * kernel does not take it all; with cfg.batch a peer's later frames of one
+ * pass of the event loop wait for its end (link_end_pass) and leave in one
+ * send(). The wire is the same either way: one record per frame.
  */
 #define _GNU_SOURCE
 #include "rt_internal.h"
@@ -77,23 +79,11 @@ void link_free_keys(struct conn *c)
     c->tx = c->rx = NULL;
 }
 
-/* The sealed path: the record is built in the output queue, then the queue is flushed. */
-static void link_send_sealed(struct ivy_rt *rt, struct conn *c, const uint8_t *hdr, const uint8_t *data,
-                             size_t record)
+/* One send() of the output queue; what the kernel does not take waits for EPOLLOUT. */
+static void link_push(struct ivy_rt *rt, struct conn *c)
 {
-    bool was_queued = c->out_len != 0;
-    uint8_t *dst = conn_reserve(c, record);
-    if (ivy_aead_seal2(c->tx, hdr, IVY_WIRE_HDR_SIZE, data, data ? IVY_PAGE_SIZE : 0, dst)) {
-        rt_fail(rt, "sealing a frame for node %u failed (libcrypto)", c->peer);
-        return;
-    }
-    c->out_len += record;
-    if (was_queued) {
-        rt->stats.sends_queued++;
-        conn_arm(rt, c, true);
-        return;
-    }
     ssize_t n = send(c->fd, c->out + c->out_off, c->out_len, MSG_NOSIGNAL);
+    rt->stats.sends++;
     PROF(rt, PROF_SENT);
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
         rt_fail_as(rt, IVY_FAIL_PEER_LOST, c->peer, IVY_RT_NO_PAGE, "send",
@@ -111,10 +101,54 @@ static void link_send_sealed(struct ivy_rt *rt, struct conn *c, const uint8_t *h
     }
 }
 
+/*
+ * The sealed path: the record is built in the output queue (so the page's
+ * bytes are taken now, whatever the guest writes next), then the queue goes
+ * to the kernel. With cfg.batch a peer's first frame of a pass still goes at
+ * once (a fault's request or reply is never held back), and later ones wait
+ * in the queue for link_end_pass or for batch_bytes, whichever comes first:
+ * one send() for a burst. Order is the queue's, so per-link FIFO holds.
+ */
+static void link_send_sealed(struct ivy_rt *rt, struct conn *c, const uint8_t *hdr, const uint8_t *data,
+                             size_t record)
+{
+    uint8_t *dst = conn_reserve(c, record);
+    if (ivy_aead_seal2(c->tx, hdr, IVY_WIRE_HDR_SIZE, data, data ? IVY_PAGE_SIZE : 0, dst)) {
+        rt_fail(rt, "sealing a frame for node %u failed (libcrypto)", c->peer);
+        return;
+    }
+    c->out_len += record;
+    if (c->want_out) { /* the kernel has not taken earlier bytes: EPOLLOUT sends these after them */
+        rt->stats.sends_queued++;
+        return;
+    }
+    if (rt->cfg.batch) {
+        rt->pass_peers |= 1ull << c->peer;
+        if (c->pass_frames++ && c->out_len < rt->cfg.batch_bytes) {
+            rt->stats.batched++;
+            return;
+        }
+    }
+    link_push(rt, c);
+}
+
+/* End of a pass of the event loop: every batch waiting goes to the kernel (cfg.batch). */
+void link_end_pass(struct ivy_rt *rt)
+{
+    while (rt->pass_peers && !rt->failed) {
+        struct conn *c = &rt->conns[__builtin_ctzll(rt->pass_peers)];
+        rt->pass_peers &= rt->pass_peers - 1;
+        c->pass_frames = 0;
+        if (c->fd >= 0 && c->out_len && !c->want_out)
+            link_push(rt, c);
+    }
+}
+
 void link_flush(struct ivy_rt *rt, struct conn *c)
 {
     while (c->out_len) {
         ssize_t n = send(c->fd, c->out + c->out_off, c->out_len, MSG_NOSIGNAL);
+        rt->stats.sends++;
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 break;
@@ -163,6 +197,7 @@ void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy
         struct iovec iov[2] = {{hdr, IVY_WIRE_HDR_SIZE}, {(void *)data, data ? IVY_PAGE_SIZE : 0}};
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = data ? 2 : 1};
         ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        rt->stats.sends++;
         PROF(rt, PROF_SENT);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
             rt_fail_as(rt, IVY_FAIL_PEER_LOST, c->peer, m->page, "send",

@@ -36,6 +36,7 @@ struct conn {
     uint8_t *out;           /* bytes the kernel did not take yet */
     size_t out_off, out_len, out_cap;
     uint64_t last_recv_ns, last_send_ns;
+    uint32_t pass_frames;   /* frames to this peer since the last link_end_pass (cfg.batch) */
     struct ivy_aead *tx, *rx; /* this link's sealing keys (aead.h); NULL only for insecure_plaintext */
 };
 
@@ -117,6 +118,7 @@ struct ivy_rt {
     uint64_t *held_pages;     /* holding pages with requests parked: looked at when the loop wakes */
     size_t nheld, held_cap;
     struct fifo fifo;
+    uint64_t pass_peers;      /* peers sent to since the last link_end_pass: their batches wait (cfg.batch) */
     struct conn conns[IVY_MAX_NODES];
     int uffd, epfd, stopfd, timerfd, failfd;
     pthread_t thread;
@@ -195,6 +197,7 @@ void pred_granted(struct ivy_rt *rt, uint64_t page, bool writable);
 /* link.c */
 void link_send(struct ivy_rt *rt, struct conn *c, uint8_t type, const struct ivy_msg *m, const uint8_t *data);
 void link_flush(struct ivy_rt *rt, struct conn *c);
+void link_end_pass(struct ivy_rt *rt);
 void link_read(struct ivy_rt *rt, struct conn *c);
 void link_close(struct ivy_rt *rt, struct conn *c);
 void link_heartbeat(struct ivy_rt *rt);

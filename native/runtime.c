@@ -753,6 +753,7 @@ static void release_faulters(struct ivy_rt *rt)
 static void read_answers(struct ivy_rt *rt)
 {
     while (rt->answer_soon && !rt->failed) {
+        link_end_pass(rt); /* what the peer is to answer must have left */
         unsigned peer = (unsigned)__builtin_ctzll(rt->answer_soon);
         rt->answer_soon &= rt->answer_soon - 1;
         if (rt->conns[peer].fd >= 0)
@@ -835,6 +836,7 @@ static void *event_loop(void *arg)
     (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); /* cannot fail for a valid slack; only precision */
     while (!stop && !rt->failed) {
         uint64_t next_release = loop_release_holds(rt);
+        link_end_pass(rt); /* nothing may wait in a batch while the loop sleeps */
         int n = loop_wait(rt, evs, next_release);
         if (n < 0) {
             if (errno == EINTR)
@@ -988,6 +990,11 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
         snprintf(err, errlen, "migratory %u: a flag, and only with giantvm reads", cfg->migratory);
         return NULL;
     }
+    if (cfg->batch > 1 || cfg->batch_bytes > IVY_RT_BATCH_MAX_BYTES) {
+        snprintf(err, errlen, "batch %u / batch_bytes %u: a flag, and at most %u bytes", cfg->batch,
+                 cfg->batch_bytes, IVY_RT_BATCH_MAX_BYTES);
+        return NULL;
+    }
     for (unsigned i = 0; i < cfg->nnodes; i++) {
         if ((i == cfg->self) != (cfg->peer_fds[i] < 0)) {
             snprintf(err, errlen, "node %u: a socket is needed for every peer and none for self (peer %u fd %d)",
@@ -1013,6 +1020,8 @@ struct ivy_rt *ivy_rt_create(const struct ivy_rt_config *cfg, char *err, size_t 
         rt->cfg.heartbeat_ms = IVY_RT_HEARTBEAT_MS;
     if (!rt->cfg.timeout_ms)
         rt->cfg.timeout_ms = IVY_RT_TIMEOUT_MS;
+    if (!rt->cfg.batch_bytes)
+        rt->cfg.batch_bytes = IVY_RT_BATCH_BYTES;
     rt->uffd = rt->epfd = rt->stopfd = rt->timerfd = rt->failfd = -1;
     rt->npages = cfg->size / IVY_PAGE_SIZE;
     for (unsigned i = 0; i < IVY_MAX_NODES; i++) {

@@ -25,6 +25,11 @@
 #define IVY_RT_TIMEOUT_MS 2000   /* a peer silent this long fails the node */
 #define IVY_RT_PREFETCH_MAX 32 /* pages one sequential read fault may ask for ahead of the vCPU */
 #define IVY_RT_MAX_VCPUS 64   /* vCPU threads one node can register */
+/* With ivy_rt_config.batch: a peer's frames of one pass of the event loop wait in its output
+ * queue until the pass ends, or until this many bytes wait (so a burst of page replies leaves
+ * in a few sends while the second reply waits for at most ~8 seals; docs/dsm.md, "Batching"). */
+#define IVY_RT_BATCH_BYTES (32u * 1024u)
+#define IVY_RT_BATCH_MAX_BYTES (1u << 20)
 
 /* This host's TSC, read in the calling thread: the join's clock probes
  * (hypervisor/tscsync.py) estimate how far each host's TSC is from node 0's. */
@@ -64,6 +69,9 @@ struct ivy_rt_config {
                                first touch of a page nobody else has touched takes no userfaultfd fault */
     uint8_t fifo_priority;  /* 1..99: the event-loop thread runs SCHED_FIFO at this priority, so a message
                                preempts a vCPU spinning on its CPU (needs root); 0: the default policy */
+    uint8_t batch;          /* bool: a peer's second and later frames of one event-loop pass leave together
+                               at the pass's end (or at batch_bytes), one send() for many (link.c; node-local) */
+    uint32_t batch_bytes;   /* with batch: send once this many bytes wait (0: IVY_RT_BATCH_BYTES) */
 };
 
 /*
@@ -98,6 +106,8 @@ struct ivy_rt_stats {
     uint64_t wakes;
     uint64_t eexist;          /* grants that found the page already mapped */
     uint64_t sends_queued;    /* frames the kernel did not take at once (output queue used) */
+    uint64_t sends;           /* send()/sendmsg() calls on the links: one per frame without batch */
+    uint64_t batched;         /* frames that waited for their pass's end (or batch_bytes) to leave */
     uint64_t mapped_up_front; /* pages map_owned mapped at start */
     uint64_t prefetches;      /* pages asked for ahead of a sequential run (engine row prefetch_request) */
     uint64_t prefetched;      /* of those, installed before any fault on them */
