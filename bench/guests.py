@@ -107,7 +107,7 @@ def run_guest(build: str, name: str, vcpus: int, nodes: int, timeout: float = 30
         run.node_stats.append({
             "node": n["node"], "remote_faults": n["faults"]["remote"], "local_faults": n["faults"]["local"],
             "mean_fault_us": n["latency"]["mean_ns"] / 1000, "p50_fault_us": n["latency"]["p50_ns"] / 1000,
-            "messages_sent": sum(m["sent"] for m in n["messages"].values()),
+            "messages_sent": sum(m["sent"] for m in n["messages"].values()), "sends": n["sends"],
             "kib_sent": sum(m["bytes_sent"] for m in n["messages"].values()) / 1024,
             "vcpu_blocked_s": sum(v["blocked_ns"] for v in n["vcpu_blocked"]) / 1e9,
             "vcpu_faults": sum(v["faults"] for v in n["vcpu_blocked"])})
@@ -268,11 +268,14 @@ def bench_guests(core_read_us: float, core_placement: str, quick: bool = False) 
     migratory = bench_migratory(build, hz, alternating_runs(quick))
     from bench.prefetch import bench_prefetch
     prefetch = bench_prefetch(build, hz, alternating_runs(quick))
+    from bench.batch import bench_batch
+    batch = bench_batch(build, hz, alternating_runs(quick), quick)
     floor_e = costs["one_node"]["first_touch"]["median_us"] + core_read_us
     return {"tsc_hz": hz, "page_costs": costs, "workloads": workloads,
             "floor_e": {"first_touch_one_node_us": costs["one_node"]["first_touch"]["median_us"],
                         "core_remote_read_us": core_read_us, "core_placement": core_placement, "us": floor_e},
-            "targets": targets(costs, workloads, core_read_us), "migratory": migratory, "prefetch": prefetch}
+            "targets": targets(costs, workloads, core_read_us), "migratory": migratory, "prefetch": prefetch,
+            "batch": batch}
 
 
 def _ratio_text(got: float, better: str) -> str:
@@ -321,6 +324,9 @@ def print_guest_tables(r: dict[str, Any]) -> None:
     if "prefetch" in r:
         from bench.prefetch import print_prefetch
         print_prefetch(r["prefetch"])
+    if "batch" in r:
+        from bench.batch import print_batch
+        print_batch(r["batch"])
 
     print("\n== issue 10 targets (ratios within this run)")
     print(f"{'what':80s} {'ratio':>7s} {'target':>10s} {'better':>7s}  verdict")

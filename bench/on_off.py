@@ -1,6 +1,6 @@
 """One `ivyvm run` option off against on, in the same run: the rows and the table.
 
-bench/migratory.py and bench/prefetch.py measure an option this way: runs
+bench/migratory.py, bench/prefetch.py and bench/batch.py measure an option this way: runs
 without and with its flag, alternating (the host is noisy, so both ways see
 the same load), each figure the median of the runs' medians. Their JSON
 rows and printed tables are built here so that they keep one shape.
@@ -16,8 +16,8 @@ from bench.guests import alternating_runs, build_bench_guests, tsc_hz
 Samples = dict[str, list[float]]   # "off" and "on": one figure per run
 Ways = tuple[tuple[str, tuple[str, ...]], ...]
 
-# How a figure is printed, by the unit its row's keys name (off_us, off_mib_s, off_mincr_s).
-UNIT_FORMATS = {"us": "{:7.1f} us", "mib_s": "{:5.1f} MiB/s", "mincr_s": "{:5.2f} M incr/s"}
+# How a figure is printed, by the unit its row's keys name (off_us, off_mib_s, off_mincr_s, off_ms).
+UNIT_FORMATS = {"us": "{:7.1f} us", "mib_s": "{:5.1f} MiB/s", "mincr_s": "{:5.2f} M incr/s", "ms": "{:7.1f} ms"}
 
 
 def ways(flag: str, base: tuple[str, ...] = ()) -> Ways:

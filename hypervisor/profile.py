@@ -112,6 +112,7 @@ def node_report(node: int, vcpus: Iterable[int], dsm: DsmNode, run_seconds: floa
         "replies_elided": stats["replies_elided"],
         "parked": stats["parked"],
         "held": stats["held"],
+        "sends": stats["sends"],
         "vcpu_blocked": blocked,
         "hot_pages": [{"address": page * PAGE_SIZE, "faults": n} for page, n in dsm.top_pages(HOT_PAGES)],
         "timeline": timeline or {"interval_s": SAMPLE_SECONDS, "faults": []},
@@ -167,6 +168,8 @@ def format_node(report: dict[str, Any], hot: int = 5) -> list[str]:
     hops = report["reply_hops"] / replies if replies else 0.0
     lines.append(f"  forwarding    {report['forwards']} requests passed on, {hops:.2f} hops per reply received; "
                  f"{report['replies_elided']} of {replies} replies without bytes (versions matched)")
+    frames = sum(m["sent"] for m in report["messages"].values())
+    lines.append(f"  sends         {report['sends']} send() calls carried the {frames} frames sent (batching: docs/dsm.md)")
     for v in report["vcpu_blocked"]:
         lines.append(f"  vCPU {v['vcpu']:<3}      blocked {_us(v['blocked_ns'])} in {v['faults']} faults, "
                      f"{100 * v['share']:.1f}% of the run, longest {_us(v['max_ns'])}")
@@ -202,7 +205,7 @@ NODE_SCHEMA: dict[str, Any] = {
     "messages": {name: {"sent": "int", "received": "int", "bytes_sent": "int", "bytes_received": "int"}
                  for name in MESSAGE_NAMES},
     "forwards": "int", "reply_hops": "int", "replies_with_data": "int", "replies_elided": "int",
-    "parked": "int", "held": "int",
+    "parked": "int", "held": "int", "sends": "int",
     "vcpu_blocked": [{"vcpu": "int", "faults": "int", "blocked_ns": "int", "max_ns": "int", "share": "number"}],
     "hot_pages": [{"address": "int", "faults": "int"}],
     "timeline": {"interval_s": "number", "faults": ["int"]},

@@ -106,6 +106,23 @@ def test_prefetch_is_measured_on_and_off(results: dict) -> None:
 
 
 @requires_kvm
+def test_batching_is_measured_on_and_off(results: dict) -> None:
+    from bench.batch import ACCESSES, CORE
+    b = results["batch"]
+    assert b["runs"] == 1 and b["core"]
+    rows = [b["core"][where][f] for where in b["core"] for f in CORE] + [
+        b[kind][a] for kind in ("giantvm", "prefetch") for a in ACCESSES]
+    for row in rows:
+        assert row["off_us"] > 0 and row["on_us"] > 0 and row["better"] == "lower", row["label"]
+        assert row["on_vs_off"] == row["on_us"] / row["off_us"]
+    assert b["pagewalk"]["better"] == "higher" and b["mp4"]["better"] == "lower" and b["mp4"]["off_ms"] > 0
+    # Prefetch windows are bursts: with batching pagewalk's frames took fewer sends, without one each
+    # (or more, where a full socket needed flushes).
+    sends = b["pagewalk_sends_per_frame"]
+    assert sends["on"] < 1 <= sends["off"], sends
+
+
+@requires_kvm
 def test_tables_are_words_with_units(results: dict, capsys: pytest.CaptureFixture[str]) -> None:
     guests.print_guest_tables(results)
     print(hostload.describe(results["host"]))
@@ -121,6 +138,7 @@ def test_tables_are_words_with_units(results: dict, capsys: pytest.CaptureFixtur
     assert out.startswith("\n== guest-level page costs")
     assert "== migratory pages: 2 nodes, on against off" in out
     assert "== prefetch: 2 nodes, ivy reads, on against off" in out
+    assert "== batching, on against off" in out
     assert "host: load average" in out
 
 

@@ -143,11 +143,12 @@ def test_ivyvm_run_fills_every_cluster_option_and_the_file_carries_them_back(tmp
     from hypervisor.cluster import write_config
     args = cli.build_parser().parse_args([
         "run", "g.elf", "--vcpus", "2", "--nodes", "2", "--read-ownership", "ivy", "--manager", "central",
-        "--first-touch", "write", "--no-map-owned", "--prefetch", "--poll-us", "25", "--hold-us", "0", "--stall-warn", "0.75",
+        "--first-touch", "write", "--no-map-owned", "--prefetch", "--no-batch", "--poll-us", "25", "--hold-us", "0", "--stall-warn", "0.75",
         "--timeout", "12.5"])
     options = ClusterOptions.taken_from(args)
     assert options == ClusterOptions(read_ownership="ivy", manager="central", first_touch="write", prefetch=True,
-                                     map_owned=False, poll_us=25, hold_us=0, stall_warn=0.75, timeout=12.5)
+                                     map_owned=False, batch=False, poll_us=25, hold_us=0, stall_warn=0.75,
+                                     timeout=12.5)
     written = loopback_cluster(tmp_path / "g.elf", 2, 64 << 20, 2, [(7000, 7001), (7002, 7003)], options)
     assert ClusterOptions.taken_from(load_config(write_config(written, tmp_path))) == options
 
@@ -207,6 +208,20 @@ def test_map_owned_is_on_unless_the_file_says_false(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, TUNED.format(""))).map_owned is True
     config = load_config(write(tmp_path, TUNED.format("map_owned = false")))
     assert Node(config, 0, b"s" * 32).options == DsmOptions(map_owned=False)
+
+
+def test_batch_is_on_unless_the_file_or_the_command_line_says_false(tmp_path: Path) -> None:
+    from hypervisor import cli
+    from hypervisor.dsm import DsmOptions
+    from hypervisor.node import Node
+    assert load_config(write(tmp_path, TUNED.format(""))).batch is True
+    config = load_config(write(tmp_path, TUNED.format("batch = false")))
+    assert Node(config, 1, b"s" * 32).options == DsmOptions(batch=False)
+    parse = cli.build_parser().parse_args
+    assert parse(["run", "g.elf", "--nodes", "2"]).batch is True
+    assert parse(["run", "g.elf", "--nodes", "2", "--no-batch"]).batch is False
+    with pytest.raises(ConfigError, match="batch must be true or false, not 'yes'"):
+        load_config(write(tmp_path, TUNED.format('batch = "yes"')))
 
 
 @pytest.mark.parametrize("line, message", [

@@ -50,7 +50,7 @@ def sample_node(node: int = 0) -> dict:
                     "p99_ns": 300000, "histogram": [[32768, 4], [131072, 3], [262144, 1]]},
         "messages": {name: {"sent": 1, "received": 2, "bytes_sent": 4152, "bytes_received": 112}
                      for name in ("READ", "WRITE", "REPLY", "INVALIDATE", "INV_ACK", "PING", "BYE")},
-        "forwards": 1, "reply_hops": 2, "replies_with_data": 3, "replies_elided": 1, "parked": 0, "held": 2,
+        "forwards": 1, "reply_hops": 2, "replies_with_data": 3, "replies_elided": 1, "parked": 0, "held": 2, "sends": 5,
         "vcpu_blocked": [{"vcpu": node, "faults": 9, "blocked_ns": 500_000_000, "max_ns": 300000, "share": 0.25}],
         "hot_pages": [{"address": 0x5000, "faults": 4}, {"address": 0x201000, "faults": 2}],
         "timeline": {"interval_s": 0.1, "faults": [3, 0, 6]},

@@ -1,0 +1,87 @@
+"""Batching on and off in one run: what it does to the DSM core's remote read fault and
+ping-pong, and to guests whose nodes send bursts (docs/dsm.md, "Batching").
+
+With batching a node's second and later frames to one peer in one pass of its
+event loop leave in one send() (DsmOptions.batch); the first goes at once, so
+a lone fault's request and reply are never held back. The core scenarios
+(bench/dsm_bench.py, each placement) and the guests run with ``--no-batch``
+and ``--batch``, alternating: pagecost (a)-(d) on 2 nodes, with GiantVM reads
+and with ivy reads and ``--prefetch`` (whose windows are the bursts), pagewalk
+with prefetch, and the message-passing guest with 4 vCPUs on 4 nodes. Each
+figure is the median of the runs' medians; on / off: lower is better for a
+latency or a run's time, higher for pagewalk's MiB/s.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from bench.dsm_bench import placements, scenario
+from bench.guests import PHASES, page_costs, run_guest
+from bench.on_off import no_samples, print_table, row, run_alone
+
+ACCESSES = tuple(p for p in PHASES if p != "first_touch")     # (a)-(d)
+OFF, ON = ("--no-batch",), ("--batch",)
+PREFETCH = ("--read-ownership", "ivy", "--prefetch")
+GUEST_WAYS = (("off", OFF), ("on", ON))
+CORE = ("read_fault", "pingpong")
+
+
+def bench_core(repeat: int, quick: bool) -> dict[str, Any]:
+    """The core's read fault and ping-pong, batching off and on, per placement."""
+    npages, rounds = (100, 300) if quick else (500, 1500)
+    chosen, _ = placements(sorted(os.sched_getaffinity(0)), "both")
+    out: dict[str, Any] = {}
+    for where in chosen:
+        samples = no_samples(CORE)
+        for _ in range(repeat):
+            for way, batch in (("off", False), ("on", True)):
+                r = scenario(2, npages, {"batch": batch}, rounds, where)
+                if r["errors"]:
+                    raise RuntimeError(f"core scenario, batch {batch}: {r['errors']}")
+                for figure in CORE:
+                    samples[figure][way].append(r[figure]["median_us"])
+        out[where.name] = {f: row(f"core {f.replace('_', ' ')} ({where.name} CPUs)", samples[f]) for f in CORE}
+    return out
+
+
+def bench_batch(build: str, hz: float, repeat: int, quick: bool = False) -> dict[str, Any]:
+    costs = {"giantvm": no_samples(ACCESSES), "prefetch": no_samples(ACCESSES)}
+    walk: dict[str, list[float]] = {"off": [], "on": []}
+    mp4: dict[str, list[float]] = {"off": [], "on": []}
+    sends: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(repeat):
+        for way, flag in GUEST_WAYS:
+            for kind, base in (("giantvm", ()), ("prefetch", PREFETCH)):
+                run = run_guest(build, "pagecost", 2, 2, extra=base + flag)
+                for a, c in page_costs(run, hz).items():
+                    if a in ACCESSES:
+                        costs[kind][a][way].append(c["median_us"])
+            w = run_guest(build, "pagewalk", 2, 2, extra=PREFETCH + flag)
+            walk[way].append(3 * w.fields["mib"] / (w.fields["cycles"] / hz))
+            sends[way].append(sum(s["sends"] for s in w.node_stats) / max(1, sum(s["messages_sent"]
+                                                                                 for s in w.node_stats)))
+            m = run_guest(build, "mp_litmus", 4, 4, extra=flag)
+            mp4[way].append(m.fields["cycles"] / hz * 1e3)
+    out: dict[str, Any] = {"runs": repeat, "core": bench_core(repeat, quick)}
+    for kind, label in (("giantvm", "2 nodes"), ("prefetch", "2 nodes, ivy reads, prefetch")):
+        out[kind] = {a: row(f"{PHASES[a]} ({label})", costs[kind][a]) for a in ACCESSES}
+    out["pagewalk"] = row("pagewalk, 2 nodes, prefetch", walk, unit="mib_s", better="higher")
+    out["pagewalk_sends_per_frame"] = {way: min(v) for way, v in sends.items()}
+    out["mp4"] = row("message passing (mp_litmus), 4 vCPUs on 4 nodes", mp4, unit="ms")
+    return out
+
+
+def print_batch(r: dict[str, Any]) -> None:
+    rows = [(c, "") for place in r["core"].values() for c in place.values()]
+    rows += [(r[kind][a], "") for kind in ("giantvm", "prefetch") for a in ACCESSES]
+    rows += [(r["pagewalk"], ""), (r["mp4"], "")]
+    print_table("batching", r["runs"], 68, rows)
+    s = r["pagewalk_sends_per_frame"]
+    print(f"pagewalk with prefetch: {s['off']:.2f} send() per frame off, {s['on']:.2f} on (lower is fewer syscalls)")
+
+
+if __name__ == "__main__":
+    QUICK = "--quick" in sys.argv[1:]
+    raise SystemExit(run_alone(lambda build, hz, repeat: bench_batch(build, hz, repeat, QUICK), print_batch))
