@@ -14,12 +14,14 @@ latency or a run's time, higher for pagewalk's MiB/s.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 from typing import Any
 
 from bench.dsm_bench import placements, scenario
 from bench.guests import PHASES, page_costs, run_guest
 from bench.on_off import no_samples, print_table, row, run_alone
+from hypervisor.devkit.cluster import Cluster
 
 ACCESSES = tuple(p for p in PHASES if p != "first_touch")     # (a)-(d)
 OFF, ON = ("--no-batch",), ("--batch",)
@@ -46,6 +48,35 @@ def bench_core(repeat: int, quick: bool) -> dict[str, Any]:
     return out
 
 
+# The batch's bound (DsmOptions.batch_bytes) against batching off: a sequential read of every page
+# with prefetch on 2 node processes, so the owner answers windows of up to 32 READs at once.
+# Smaller bounds send sooner (the second reply of a window waits for fewer seals), larger ones
+# send less often. 0 is the runtime's default, IVY_RT_BATCH_BYTES.
+BOUNDS = (8 << 10, 0, 128 << 10)
+
+
+def bench_bound(repeat: int, quick: bool) -> dict[str, Any]:
+    npages = 200 if quick else 2000
+    where = placements(sorted(os.sched_getaffinity(0)), "both")[0][-1]   # per-node when there are 2 CPUs
+    ways = {"off": {"batch": False}} | {f"{b >> 10 or 'default'}": {"batch_bytes": b} for b in BOUNDS}
+    totals: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(repeat):
+        for way, extra in ways.items():
+            with Cluster(2, pages=npages + 64, options={"read_ownership": "ivy", "prefetch": True, **extra},
+                         cpus=where.node_cpus(2)) as cluster:
+                cluster.workers[1].call("run", workload="write_pages", pages_list=list(range(64, 64 + npages)))
+                ns = cluster.workers[0].call("run", workload="touch_timed", pages_list=list(range(64, 64 + npages)),
+                                             write=0)["ns"]
+                errors = [r["stats"]["error"] for r in cluster.stop_all() if r["stats"]["error"]]
+            if errors:
+                raise RuntimeError(f"bound {way}: {errors}")
+            totals[way].append(sum(ns) / len(ns) / 1000)
+    off = statistics.median(totals["off"])
+    return {"placement": where.name, "pages": npages,
+            "us_per_page": {way: statistics.median(v) for way, v in totals.items()},
+            "vs_off": {way: statistics.median(v) / off for way, v in totals.items()}, "all_runs": totals}
+
+
 def bench_batch(build: str, hz: float, repeat: int, quick: bool = False) -> dict[str, Any]:
     costs = {"giantvm": no_samples(ACCESSES), "prefetch": no_samples(ACCESSES)}
     walk: dict[str, list[float]] = {"off": [], "on": []}
@@ -64,7 +95,7 @@ def bench_batch(build: str, hz: float, repeat: int, quick: bool = False) -> dict
                                                                                  for s in w.node_stats)))
             m = run_guest(build, "mp_litmus", 4, 4, extra=flag)
             mp4[way].append(m.fields["cycles"] / hz * 1e3)
-    out: dict[str, Any] = {"runs": repeat, "core": bench_core(repeat, quick)}
+    out: dict[str, Any] = {"runs": repeat, "core": bench_core(repeat, quick), "bound": bench_bound(repeat, quick)}
     for kind, label in (("giantvm", "2 nodes"), ("prefetch", "2 nodes, ivy reads, prefetch")):
         out[kind] = {a: row(f"{PHASES[a]} ({label})", costs[kind][a]) for a in ACCESSES}
     out["pagewalk"] = row("pagewalk, 2 nodes, prefetch", walk, unit="mib_s", better="higher")
@@ -80,6 +111,11 @@ def print_batch(r: dict[str, Any]) -> None:
     print_table("batching", r["runs"], 68, rows)
     s = r["pagewalk_sends_per_frame"]
     print(f"pagewalk with prefetch: {s['off']:.2f} send() per frame off, {s['on']:.2f} on (lower is fewer syscalls)")
+    b = r["bound"]
+    cells = ", ".join(f"{way if way in ('off', 'default') else way + ' KiB'} {us:.1f} us ({b['vs_off'][way]:.2f} x)"
+                      for way, us in b["us_per_page"].items())
+    print(f"the bound: a sequential read of {b['pages']} pages with prefetch ({b['placement']} CPUs), mean per page, "
+          f"against off (lower is better): {cells}")
 
 
 if __name__ == "__main__":
