@@ -25,10 +25,11 @@
 #define IVY_RT_TIMEOUT_MS 2000   /* a peer silent this long fails the node */
 #define IVY_RT_PREFETCH_MAX 32 /* pages one sequential read fault may ask for ahead of the vCPU */
 #define IVY_RT_MAX_VCPUS 64   /* vCPU threads one node can register */
-/* With ivy_rt_config.batch: a peer's frames of one pass of the event loop wait in its output
- * queue until the pass ends, or until this many bytes wait (so a burst of page replies leaves
- * in a few sends while the second reply waits for at most ~8 seals; docs/dsm.md, "Batching"). */
-#define IVY_RT_BATCH_BYTES (32u * 1024u)
+/* With ivy_rt_config.batch: a peer's later frames of one pass of the event loop wait in its
+ * output queue until the pass ends, or until this many bytes wait: two page replies, so a reply
+ * of a prefetch window waits for one more seal, a window's READs leave in one send. The best of
+ * 4-128 KiB measured (docs/dsm.md, "Batching"; bench/batch.py). */
+#define IVY_RT_BATCH_BYTES (8u * 1024u)
 #define IVY_RT_BATCH_MAX_BYTES (1u << 20)
 
 /* This host's TSC, read in the calling thread: the join's clock probes

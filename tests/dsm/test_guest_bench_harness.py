@@ -118,7 +118,7 @@ def test_batching_is_measured_on_and_off(results: dict) -> None:
     assert b["pagewalk"]["better"] == "higher" and b["mp4"]["better"] == "lower" and b["mp4"]["off_ms"] > 0
     # Prefetch windows are bursts: with batching pagewalk's frames took fewer sends, without one each
     # (or more, where a full socket needed flushes).
-    sends = b["pagewalk_sends_per_frame"]
+    sends = b["sends_per_frame"]["pagewalk"]
     assert sends["on"] < 1 <= sends["off"], sends
 
 
