@@ -55,6 +55,11 @@ TARGETS = (
     ("write_inval_vs_read_rand", "(c) write that invalidates one copy / (b) random-order remote read", 1.0, "lower"),
     ("pagewalk_2_vs_1", "pagewalk throughput, 2 nodes / 1 node", 0.25, "higher"),
     ("mp8_vs_1", "message passing, 8 vCPUs: time on 8 nodes / on 1 node", 15.0, "lower"),
+    # The same targets with the option built for them on (off by default; bench/prefetch.py and
+    # bench/migratory.py measure them, in this run, against the same baselines).
+    ("read_seq_vs_first_touch_prefetch", "  the same (a), with --read-ownership ivy --prefetch", 1.0, "lower"),
+    ("rmw_vs_read_rand_migratory", "  the same (d) / (b), with --migratory (write-soon reads)", 1.2, "lower"),
+    ("pagewalk_2_vs_1_prefetch", "  the same pagewalk, with --read-ownership ivy --prefetch", 0.25, "higher"),
 )
 
 
@@ -230,7 +235,8 @@ def cpu_floor(one: GuestRun, many: GuestRun, idle: GuestRun, hz: float) -> dict[
             "all_cpus_busy_ms": busy_ms, "floor_vs_1": busy_ms / (one.fields["cycles"] / hz * 1e3)}
 
 
-def targets(costs: dict[str, Any], workloads: dict[str, Any], core_read_us: float) -> list[dict[str, Any]]:
+def targets(costs: dict[str, Any], workloads: dict[str, Any], core_read_us: float,
+            migratory: dict[str, Any] | None = None, prefetch: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     one, two = costs["one_node"], costs["two_nodes"]
     floor_e = one["first_touch"]["median_us"] + core_read_us
     rand = two["read_rand"]["median_us"]
@@ -245,6 +251,11 @@ def targets(costs: dict[str, Any], workloads: dict[str, Any], core_read_us: floa
         values["pagewalk_2_vs_1"] = workloads["pagewalk"]["many_nodes"] / workloads["pagewalk"]["one_node"]
     if "mp_litmus_8" in workloads:
         values["mp8_vs_1"] = workloads["mp_litmus_8"]["many_nodes"] / workloads["mp_litmus_8"]["one_node"]
+    if prefetch:
+        values["read_seq_vs_first_touch_prefetch"] = prefetch["read_seq"]["on_vs_first_touch"]
+        values["pagewalk_2_vs_1_prefetch"] = prefetch["pagewalk"]["on_vs_one_node"]
+    if migratory:
+        values["rmw_vs_read_rand_migratory"] = migratory["rmw_vs_read_rand"]["on"]
     out = []
     for key, label, target, better in TARGETS:
         if key in values:
@@ -274,7 +285,7 @@ def bench_guests(core_read_us: float, core_placement: str, quick: bool = False) 
     return {"tsc_hz": hz, "page_costs": costs, "workloads": workloads,
             "floor_e": {"first_touch_one_node_us": costs["one_node"]["first_touch"]["median_us"],
                         "core_remote_read_us": core_read_us, "core_placement": core_placement, "us": floor_e},
-            "targets": targets(costs, workloads, core_read_us), "migratory": migratory, "prefetch": prefetch,
+            "targets": targets(costs, workloads, core_read_us, migratory, prefetch), "migratory": migratory, "prefetch": prefetch,
             "batch": batch}
 
 
