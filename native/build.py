@@ -26,7 +26,7 @@ from cffi import FFI
 NATIVE = Path(__file__).resolve().parent
 ROOT = NATIVE.parent
 PACKAGE = ROOT / "hypervisor"
-RUNTIME_SOURCES = ["engine.c", "runtime.c", "link.c", "trace.c", "probe.c", "predict.c", "aead.c"]
+RUNTIME_SOURCES = ["engine.c", "runtime.c", "rt_uffd.c", "rt_lifecycle.c", "link.c", "trace.c", "probe.c", "predict.c", "aead.c"]
 RUNTIME_HEADERS = ["aead.h", "engine.h", "wire.h", "runtime.h", "trace.h"]
 NETEM_SOURCES = ["netem.c"]
 NETEM_HEADERS = ["netem.h"]

@@ -180,6 +180,20 @@ void rt_describe_wait(struct ivy_rt *rt, char *buf, size_t len);
 const char *rt_type_name(uint8_t type);
 void rt_handle_frame(struct ivy_rt *rt, struct conn *c, const struct ivy_wire_frame *f);
 
+/* runtime.c */
+void *rt_event_loop(void *arg);
+void rt_release_faulters(struct ivy_rt *rt);
+
+/* rt_uffd.c: the guest's view of one page (event-loop thread only) */
+static inline uint8_t *rt_guest_page(const struct ivy_rt *rt, uint64_t page)
+{
+    return (uint8_t *)(uintptr_t)(rt->cfg.guest_addr + page * IVY_PAGE_SIZE);
+}
+void rt_grant(struct ivy_rt *rt, uint64_t page, bool rw, bool force_continue);
+void rt_zap(struct ivy_rt *rt, uint64_t page);
+void rt_wrprotect(struct ivy_rt *rt, uint64_t page);
+void rt_wake_spurious(struct ivy_rt *rt, uint64_t page, bool minor);
+
 /* probe.c */
 void probe_fault_read(struct ivy_rt *rt, uint64_t page, uint32_t tid, uint64_t now);
 void probe_fault_end(struct ivy_rt *rt, uint64_t page, uint64_t now);
