@@ -11,9 +11,14 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from contextlib import contextmanager
+from typing import Iterator
 
 from hypervisor.crypto import OVERHEAD, PREFIX, LinkKeys, Opener, Sealer
+from hypervisor.dsm import DsmNode, DsmOptions
 from hypervisor.handshake import Link
+from hypervisor.memory import GuestRam
+from hypervisor.native_consts import PAGE_SIZE
 
 _MAGIC = struct.Struct("<I")
 _HDR_SIZE = 56
@@ -85,3 +90,21 @@ def linked_pair() -> tuple[Link, Link]:
     a, b = socket.socketpair()
     keys = LinkKeys(os.urandom(32), os.urandom(32))
     return Link(a, keys), Link(b, keys.swapped())
+
+
+@contextmanager
+def running_pair(npages: int, options: DsmOptions) -> Iterator[tuple[list[DsmNode], list[GuestRam]]]:
+    """Nodes 0 and 1 of a 2-node cluster in this process, started, each with npages of guest RAM,
+    joined by linked_pair(); closed, with their RAM, on the way out."""
+    rams = [GuestRam(npages * PAGE_SIZE), GuestRam(npages * PAGE_SIZE)]
+    a, b = linked_pair()
+    nodes = [DsmNode(0, 2, rams[0], {1: a}, options), DsmNode(1, 2, rams[1], {0: b}, options)]
+    try:
+        for n in nodes:
+            n.start()
+        yield nodes, rams
+    finally:
+        for n in nodes:
+            n.close()
+        for r in rams:
+            r.close()

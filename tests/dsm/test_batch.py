@@ -13,7 +13,7 @@ from hypervisor.dsm import DsmError, DsmNode, DsmOptions
 from hypervisor.memory import GuestRam
 from hypervisor.native_consts import PAGE_SIZE, WIRE_HDR_SIZE, WireType
 from tests.dsm import frames
-from tests.dsm.sealed_peer import linked_pair, sealed_pair
+from tests.dsm.sealed_peer import running_pair, sealed_pair
 
 READ, REPLY = WireType["READ"], WireType["REPLY"]
 WINDOW = 8          # READs the test's peer sends in one write: one pass of the node's loop
@@ -64,13 +64,8 @@ def test_a_prefetch_window_takes_fewer_sends_with_batching(batch: bool) -> None:
     """A sequential read run on node 1: its prefetch windows' READs, and node 0's replies, leave
     in fewer sends than frames with batching, one send each without; every value is exact."""
     npages = 64
-    rams = [GuestRam(npages * PAGE_SIZE), GuestRam(npages * PAGE_SIZE)]
-    a, b = linked_pair()
     options = DsmOptions(read_ownership="ivy", prefetch=True, batch=batch)
-    nodes = [DsmNode(0, 2, rams[0], {1: a}, options), DsmNode(1, 2, rams[1], {0: b}, options)]
-    try:
-        for n in nodes:
-            n.start()
+    with running_pair(npages, options) as (nodes, rams):
         for page in range(npages):
             kit.ivy_test_store64(rams[0].guest_addr + page * PAGE_SIZE + 8, 3000 + page)
         for page in range(npages):
@@ -80,11 +75,6 @@ def test_a_prefetch_window_takes_fewer_sends_with_batching(batch: bool) -> None:
                 time.sleep(0.002)
             assert kit.ivy_test_load64(rams[1].guest_addr + page * PAGE_SIZE + 8) == 3000 + page
         reader, owner = nodes[1].stats(), nodes[0].stats()
-    finally:
-        for n in nodes:
-            n.close()
-        for r in rams:
-            r.close()
     assert reader["prefetches"] > npages // 2 and reader["error"] is None and owner["error"] is None, reader
     for s in (reader, owner):
         assert s["sends_queued"] == 0, s

@@ -12,7 +12,7 @@ from hypervisor._ivy_testkit import lib as kit
 from hypervisor.dsm import DsmError, DsmNode, DsmOptions
 from hypervisor.memory import GuestRam
 from hypervisor.native_consts import PAGE_SIZE
-from tests.dsm.sealed_peer import linked_pair
+from tests.dsm.sealed_peer import running_pair
 
 NPAGES = 64
 IVY_PREFETCH = DsmOptions(read_ownership="ivy", prefetch=True)
@@ -27,18 +27,8 @@ def settled(cond, seconds: float = 2.0) -> bool:
 
 @pytest.fixture
 def pair():
-    rams = [GuestRam(NPAGES * PAGE_SIZE), GuestRam(NPAGES * PAGE_SIZE)]
-    a, b = linked_pair()
-    nodes = [DsmNode(0, 2, rams[0], {1: a}, IVY_PREFETCH), DsmNode(1, 2, rams[1], {0: b}, IVY_PREFETCH)]
-    try:
-        for n in nodes:
-            n.start()
-        yield nodes, rams
-    finally:
-        for n in nodes:
-            n.close()
-        for r in rams:
-            r.close()
+    with running_pair(NPAGES, IVY_PREFETCH) as nodes_and_rams:
+        yield nodes_and_rams
 
 
 def word(ram: GuestRam, page: int) -> int:

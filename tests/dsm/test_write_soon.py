@@ -12,32 +12,16 @@ from hypervisor._ivy_testkit import lib as kit
 from hypervisor.dsm import DsmNode, DsmOptions
 from hypervisor.memory import GuestRam
 from hypervisor.native_consts import PAGE_SIZE
-from tests.dsm.sealed_peer import linked_pair
+from tests.dsm.sealed_peer import running_pair
 
 NPAGES = 96
 SHUFFLED = [(37 * i) % NPAGES for i in range(NPAGES)]  # 37 is coprime with 96: each page once
 
 
-def pair_with(migratory: bool):
-    rams = [GuestRam(NPAGES * PAGE_SIZE), GuestRam(NPAGES * PAGE_SIZE)]
-    a, b = linked_pair()
-    opts = DsmOptions(migratory=migratory)
-    nodes = [DsmNode(0, 2, rams[0], {1: a}, opts), DsmNode(1, 2, rams[1], {0: b}, opts)]
-    for n in nodes:
-        n.start()
-    return nodes, rams
-
-
 @pytest.fixture(params=[True, False], ids=["migratory", "no-migratory"])
 def pair(request):
-    nodes, rams = pair_with(request.param)
-    try:
+    with running_pair(NPAGES, DsmOptions(migratory=request.param)) as (nodes, rams):
         yield nodes, rams, request.param
-    finally:
-        for n in nodes:
-            n.close()
-        for r in rams:
-            r.close()
 
 
 def word(ram: GuestRam, page: int) -> int:
