@@ -9,7 +9,7 @@ import time
 import pytest
 
 from hypervisor._ivy_testkit import lib as kit
-from hypervisor.dsm import DsmError, DsmNode, DsmOptions
+from hypervisor.dsm import DsmError, DsmOptions
 from hypervisor.memory import GuestRam
 from hypervisor.native_consts import PAGE_SIZE
 from tests.dsm.sealed_peer import running_pair
