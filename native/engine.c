@@ -767,22 +767,24 @@ static const char *reply_fits(const struct ivy_engine *e, const struct ivy_page 
     return NULL;
 }
 
+/* A grant that makes the requester the page's sole holder fits only with no other copy listed. */
+static const char *sole_holder_grant_fits(const struct ivy_engine *e, const struct ivy_page *p,
+                                          const struct ivy_msg *m, const char *lists_copies)
+{
+    const char *why = reply_fits(e, p, m);
+    return !why && (m->copyset & ~NODE_BIT(e->cfg.self)) != 0 ? lists_copies : why;
+}
+
 static const char *migratory_grant_fits(const struct ivy_engine *e, const struct ivy_page *p,
                                         const struct ivy_msg *m)
 {
-    const char *why = reply_fits(e, p, m);
-    if (!why && (m->copyset & ~NODE_BIT(e->cfg.self)) != 0)
-        why = "a migratory grant that lists other copies";
-    return why;
+    return sole_holder_grant_fits(e, p, m, "a migratory grant that lists other copies");
 }
 
 static const char *writable_grant_fits(const struct ivy_engine *e, const struct ivy_page *p,
                                        const struct ivy_msg *m)
 {
-    const char *why = reply_fits(e, p, m);
-    if (!why && (m->copyset & ~NODE_BIT(e->cfg.self)) != 0)
-        why = "a writable grant that lists other copies";
-    return why;
+    return sole_holder_grant_fits(e, p, m, "a writable grant that lists other copies");
 }
 
 static const char *reply_with_ownership(const struct ivy_engine *e, const struct ivy_page *p,

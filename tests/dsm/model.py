@@ -369,19 +369,18 @@ class ModelNode:
             return "a writable grant for a read that gave no write-soon hint"
         return None
 
-    def writable_grant_fits(self, e: Entry, m: Msg | None) -> str | None:
+    def _sole_holder_grant_fits(self, e: Entry, m: Msg | None, lists_copies: str) -> str | None:
         assert m is not None
         why = self._reply_fits(e, m)
         if why is None and nodes_of(m.copyset) - {self.me}:
-            return "a writable grant that lists other copies"
+            return lists_copies
         return why
 
+    def writable_grant_fits(self, e: Entry, m: Msg | None) -> str | None:
+        return self._sole_holder_grant_fits(e, m, "a writable grant that lists other copies")
+
     def migratory_grant_fits(self, e: Entry, m: Msg | None) -> str | None:
-        assert m is not None
-        why = self._reply_fits(e, m)
-        if why is None and nodes_of(m.copyset) - {self.me}:
-            return "a migratory grant that lists other copies"
-        return why
+        return self._sole_holder_grant_fits(e, m, "a migratory grant that lists other copies")
 
     def reply_with_ownership(self, e: Entry, m: Msg | None) -> str | None:
         assert m is not None
