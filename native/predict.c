@@ -80,7 +80,9 @@ void pred_read_fault(struct ivy_rt *rt, uint64_t page, uint8_t pending_before, u
 void pred_write_fault(struct ivy_rt *rt, uint64_t page)
 {
     struct predictor *pr = &rt->pred;
-    for (unsigned i = 0; i < PRED_RECENT && rt->cfg.migratory; i++) {
+    if (!rt->cfg.migratory)
+        return;
+    for (unsigned i = 0; i < PRED_RECENT; i++) {
         if (pr->recent[i] == page + 1) {
             pr->recent[i] = 0;
             pred_score(rt, true);

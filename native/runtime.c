@@ -494,8 +494,9 @@ static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
     if (!rt->pg[page].fault_t0)
         rt->pg[page].fault_t0 = now;
     probe_fault_read(rt, page, um->arg.pagefault.feat.ptid, now);
+    const uint16_t word_off = (uint16_t)(addr % IVY_PAGE_SIZE & ~7u); /* the faulting word */
     if (write && rt->pg[page].write_off == NO_WATCH)
-        rt->pg[page].write_off = (uint16_t)(addr % IVY_PAGE_SIZE & ~7u);
+        rt->pg[page].write_off = word_off;
     struct ivy_actions acts;
     acts.n = 0;
     const uint8_t pending_before = rt->pages[page].pending;
@@ -506,7 +507,7 @@ static void handle_fault(struct ivy_rt *rt, const struct uffd_msg *um)
     if (write)
         pred_write_fault(rt, page);
     else
-        pred_read_fault(rt, page, pending_before, (uint16_t)(addr % IVY_PAGE_SIZE & ~7u));
+        pred_read_fault(rt, page, pending_before, word_off);
     if (acts.n == 0)
         rt->stats.faults_duplicate++; /* another thread's fault on this page is being served */
     run_actions(rt, &acts, !wp);
