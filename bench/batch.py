@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from bench.dsm_bench import placements, scenario
-from bench.guests import PHASES, page_costs, run_guest
+from bench.guests import PHASES, page_costs, pagewalk_mib_s, run_guest
 from bench.on_off import no_samples, print_table, row, run_alone
 from hypervisor.devkit.cluster import Cluster
 
@@ -97,7 +97,7 @@ def bench_batch(build: str, hz: float, repeat: int, quick: bool = False) -> dict
                         costs[kind][a][way].append(c["median_us"])
                 sends["pagecost" if kind == "giantvm" else "pagecost_prefetch"][way].append(sends_per_frame(run))
             w = run_guest(build, "pagewalk", 2, 2, extra=PREFETCH + flag)
-            walk[way].append(3 * w.fields["mib"] / (w.fields["cycles"] / hz))
+            walk[way].append(pagewalk_mib_s(w, hz))
             sends["pagewalk"][way].append(sends_per_frame(w))
             m = run_guest(build, "mp_litmus", 4, 4, extra=flag)
             mp4[way].append(m.fields["cycles"] / hz * 1e3)

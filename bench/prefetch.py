@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from bench.guests import page_costs, run_guest
+from bench.guests import page_costs, pagewalk_mib_s, run_guest
 from bench.on_off import no_samples, print_table, row, run_alone, ways
 
 WAYS = ways("--prefetch", base=("--read-ownership", "ivy"))
@@ -26,17 +26,14 @@ def bench_prefetch(build: str, hz: float, repeat: int) -> dict[str, Any]:
     access = no_samples(ACCESSES)
     walk: dict[str, list[float]] = {"off": [], "on": []}
 
-    def walk_rate(run: Any) -> float:
-        return 3 * run.fields["mib"] / (run.fields["cycles"] / hz)
-
     for _ in range(repeat):
         first_touch.append(page_costs(run_guest(build, "pagecost", 1, 1), hz)["first_touch"]["median_us"])
-        walk_one.append(walk_rate(run_guest(build, "pagewalk", 2, 1)))
+        walk_one.append(pagewalk_mib_s(run_guest(build, "pagewalk", 2, 1), hz))
         for way, extra in WAYS:
             costs = page_costs(run_guest(build, "pagecost", 2, 2, extra=extra), hz)
             for a in ACCESSES:
                 access[a][way].append(costs[a]["median_us"])
-            walk[way].append(walk_rate(run_guest(build, "pagewalk", 2, 2, extra=extra)))
+            walk[way].append(pagewalk_mib_s(run_guest(build, "pagewalk", 2, 2, extra=extra), hz))
     ft, w1 = statistics.median(first_touch), statistics.median(walk_one)
     out: dict[str, Any] = {"runs": repeat, "first_touch_one_node_us": ft, "pagewalk_one_node_mib_s": w1}
     for a, label in ACCESSES.items():
